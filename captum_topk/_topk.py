@@ -1,0 +1,202 @@
+r"""Streaming top-k / bottom-k state of one layer, O(channels x k) memory.
+
+The order used everywhere is a strict total order on candidates:
+higher value first, then lower image ``index``, then lower position ``y * W + x``.
+Because the order is total, the k best of a union are the k best of the per-part k best,
+which is what makes batches, shards and resumed runs merge to exactly one pass's result.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+_EMPTY = -1
+
+
+def _select(values: Tensor, key: Tensor, k: int) -> Tensor:
+    r"""Column indices of the ``k`` best candidates per row: value desc, then ``key`` asc.
+
+    Args:
+        values (Tensor): (C, M) float, ``-inf`` for empty slots.
+        key (Tensor): (C, M) int64 tie-break key (``index * positions + pos``).
+    Returns:
+        Tensor: (C, min(k, M)) int64 column indices, best first.
+    """
+    by_key = torch.argsort(key, dim=1, stable=True)
+    v = torch.gather(values, 1, by_key)
+    by_value = torch.argsort(v, dim=1, descending=True, stable=True)
+    return torch.gather(by_key, 1, by_value)[:, :k]
+
+
+def _first_k_of_rows(values: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+    r"""Exact per-row top-k of a wide (C, M) matrix with ties going to the lower column.
+
+    ``torch.topk`` is not stable on ties; this keeps everything strictly above the k-th
+    value plus the first (lowest-column) entries equal to it.
+
+    Returns:
+        (values, columns): both (C, k'), k' = min(k, M), columns ascending within a row.
+    """
+    kk = min(k, values.shape[1])
+    kth = torch.topk(values, kk, dim=1, sorted=True).values[:, -1:]
+    above = values > kth
+    tied = values == kth
+    need = kk - above.sum(dim=1, keepdim=True)
+    keep = above | (tied & (torch.cumsum(tied, dim=1) <= need))
+    cols = keep.nonzero()[:, 1].view(values.shape[0], kk)
+    return torch.gather(values, 1, cols), cols
+
+
+@dataclass
+class LayerState:
+    r"""Top-k and bottom-k of every channel of one layer.
+
+    All tensors are (C, k): ``values`` float32 (``-inf`` marks an empty slot in ``top`` and
+    ``+inf`` in ``bottom``), ``index`` int64 (position of the image in iteration order,
+    -1 when empty), ``y`` and ``x`` int64 positions in the layer's output grid.
+    """
+
+    k: int
+    channels: int
+    spatial: bool
+    distinct_images: bool = True
+    tensors: Dict[str, Tensor] = field(default_factory=dict)
+    nan_count: int = 0
+    out_size: Optional[Tuple[int, int]] = None
+
+    def __post_init__(self) -> None:
+        if not self.tensors:
+            shape = (self.channels, self.k)
+            for side, fill in (("top", float("-inf")), ("bottom", float("inf"))):
+                self.tensors[f"{side}_values"] = torch.full(shape, fill)
+                for name in ("index", "y", "x"):
+                    self.tensors[f"{side}_{name}"] = torch.full(shape, _EMPTY, dtype=torch.int64)
+
+    # ------------------------------------------------------------------ update
+    def update(self, acts: Tensor, indices: Tensor) -> None:
+        r"""Fold one batch of activations into the state.
+
+        Args:
+            acts (Tensor): (B, C, H, W) or (B, C) activations of this layer.
+            indices (Tensor): (B,) int64 global image indices of the batch (iteration order).
+        """
+        if acts.dim() not in (2, 4):
+            raise ValueError(
+                f"Can only mine 2-D (N, C) or 4-D (N, C, H, W) layer outputs, got shape "
+                f"{tuple(acts.shape)}; pick a convolutional or linear layer."
+            )
+        if acts.shape[1] != self.channels:
+            raise ValueError(
+                f"This batch gives the layer {acts.shape[1]} channels but earlier batches gave "
+                f"{self.channels}; every batch must go through the same model and layer."
+            )
+        b = acts.shape[0]
+        if acts.dim() == 4:
+            h, w = acts.shape[2], acts.shape[3]
+            if self.out_size is None:
+                self.out_size = (h, w)
+        else:
+            h, w = 1, 1
+        flat = acts.detach().reshape(b, self.channels, h * w)
+        if flat.dtype != torch.float32:
+            flat = flat.float()
+        indices = indices.to(device=flat.device, dtype=torch.int64)
+        for side in ("top", "bottom"):
+            self._update_side(side, flat, indices, w)
+
+    def _update_side(self, side: str, flat: Tensor, indices: Tensor, width: int) -> None:
+        b, c, hw = flat.shape
+        device = flat.device
+        top = side == "top"
+        if self.distinct_images:
+            # (B, C); the first extreme is the lowest (y, x). No negated copy of the batch.
+            best, pos = flat.max(dim=2) if top else flat.min(dim=2)
+            if torch.isnan(best).any():  # max/min propagate NaN: only then pay for a cleanup
+                bad = torch.isnan(flat)
+                if top:
+                    self._warn_nan(int(bad.sum()))
+                fill = float("-inf") if top else float("inf")
+                clean = flat.masked_fill(bad, fill)
+                best, pos = clean.max(dim=2) if top else clean.min(dim=2)
+            cand_v = best.t() if top else -best.t()
+            cand_pos = pos.t()
+            cand_idx = indices.expand(c, b)
+        else:
+            wide = flat.permute(1, 0, 2).reshape(c, b * hw)
+            wide = wide if top else -wide
+            bad = torch.isnan(wide)
+            if bad.any():
+                if top:
+                    self._warn_nan(int(bad.sum()))
+                wide = wide.masked_fill(bad, float("-inf"))
+            cand_v, cols = _first_k_of_rows(wide, self.k)
+            cand_idx = indices[cols // hw]
+            cand_pos = cols % hw
+        t = self.tensors
+        sign = 1.0 if side == "top" else -1.0
+        old_v = (t[f"{side}_values"] * sign).to(device)
+        old_idx = t[f"{side}_index"].to(device)
+        old_pos = (t[f"{side}_y"] * width + t[f"{side}_x"]).to(device)
+        values = torch.cat([old_v, cand_v.to(old_v.dtype)], dim=1)
+        index = torch.cat([old_idx, cand_idx], dim=1)
+        pos = torch.cat([old_pos, cand_pos], dim=1)
+        self._store(side, values, index, pos, width)
+
+    def _store(self, side: str, values: Tensor, index: Tensor, pos: Tensor, width: int) -> None:
+        positions = (self.out_size[0] * self.out_size[1]) if self.out_size else 1
+        key = torch.where(index < 0, torch.full_like(index, -1), index * positions + pos)
+        cols = _select(values, key, self.k)
+        v = torch.gather(values, 1, cols)
+        idx = torch.gather(index, 1, cols)
+        p = torch.gather(pos, 1, cols)
+        empty = torch.isinf(v) & (v < 0)
+        idx = idx.masked_fill(empty, _EMPTY)
+        sign = 1.0 if side == "top" else -1.0
+        t = self.tensors
+        t[f"{side}_values"] = (v * sign).cpu()
+        t[f"{side}_index"] = idx.cpu()
+        t[f"{side}_y"] = torch.where(empty, _EMPTY, p // width).cpu()
+        t[f"{side}_x"] = torch.where(empty, _EMPTY, p % width).cpu()
+
+    def _warn_nan(self, n: int) -> None:
+        self.nan_count += n
+        warnings.warn(
+            f"{n} NaN activations skipped (never ranked); check the model and its inputs.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+
+    # ------------------------------------------------------------------ merge
+    def merge(self, other: "LayerState") -> None:
+        r"""Fold another state over disjoint images into this one (exact, order-free)."""
+        if (other.k, other.channels, other.spatial, other.distinct_images) != (
+            self.k, self.channels, self.spatial, self.distinct_images
+        ):
+            raise ValueError("Cannot merge states mined with different k / channels / options.")
+        if self.out_size is None:
+            self.out_size = other.out_size
+        width = self.out_size[1] if self.out_size else 1
+        for side in ("top", "bottom"):
+            sign = 1.0 if side == "top" else -1.0
+            parts = [s.tensors for s in (self, other)]
+            values = torch.cat([p[f"{side}_values"] * sign for p in parts], dim=1)
+            index = torch.cat([p[f"{side}_index"] for p in parts], dim=1)
+            pos = torch.cat([p[f"{side}_y"] * width + p[f"{side}_x"] for p in parts], dim=1)
+            self._store(side, values, index, pos, width)
+        self.nan_count += other.nan_count
+
+    def live_indices(self) -> Tensor:
+        r"""Sorted unique image indices referenced by any slot."""
+        idx = torch.cat([self.tensors["top_index"].flatten(), self.tensors["bottom_index"].flatten()])
+        return torch.unique(idx[idx >= 0])
+
+    def clone(self) -> "LayerState":
+        return LayerState(
+            self.k, self.channels, self.spatial, self.distinct_images,
+            {n: t.clone() for n, t in self.tensors.items()}, self.nan_count, self.out_size,
+        )

@@ -1,0 +1,304 @@
+"""LayerTopKPatches against brute-force twins, plus the streaming-state contract."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+import torchvision
+from captum.attr import LayerActivation
+from torch import nn
+
+from captum_topk import LayerTopKPatches, PatchRecord, TopKResult
+
+from ._reference import full_activations, reference_topk
+
+
+def _tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).eval()
+
+
+def _images(n=23, size=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g)
+
+
+def _batches(images, bs=5):
+    return [images[i : i + bs] for i in range(0, images.shape[0], bs)]
+
+
+def _assert_matches(result, layer, ref, which="top", atol=0.0):
+    for ch, expected in ref.items():
+        recs = result.records(layer, ch, which)
+        got = [(r.value, r.index, r.y, r.x) for r in recs]
+        assert [g[1:] for g in got] == [e[1:] for e in expected], (layer, ch, which)
+        for g, e in zip(got, expected):
+            assert g[0] == pytest.approx(e[0], abs=atol, rel=1e-6)
+
+
+CASES = [
+    ("tiny", _tiny_cnn, ["0", "3", "7"], 16),
+    ("resnet18", lambda: torchvision.models.resnet18(num_classes=10).eval(), ["layer1.0", "layer2"], 32),
+    ("mobilenet_v2", lambda: torchvision.models.mobilenet_v2(num_classes=10).eval(),
+     ["features.2.conv.1", "features.4"], 32),
+]
+
+
+@pytest.mark.parametrize("name,make,layers,size", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("distinct", [True, False])
+def test_brute_force_twin(name, make, layers, size, distinct):
+    torch.manual_seed(0)
+    model = make()
+    images = _images(13, size)
+    k = 4
+    miner = LayerTopKPatches(model, layers, k=k, distinct_images=distinct)
+    result = miner.mine(_batches(images, 4), progress=False)
+    named = dict(model.named_modules())
+    for layer in layers:
+        acts = full_activations(model, named[layer], images, batch_size=4)
+        for which in ("top", "bottom"):
+            ref = reference_topk(acts, k, distinct_images=distinct, which=which)
+            _assert_matches(result, layer, ref, which)
+
+
+def test_ties_go_to_lower_index_then_lower_position():
+    # A ReLU layer on duplicated / constant images: massive ties at 0 and between copies.
+    model = _tiny_cnn()
+    base = _images(4, 16)
+    images = torch.cat([base, base, torch.zeros(3, 3, 16, 16), -10 * torch.ones(2, 3, 16, 16)])
+    for distinct in (True, False):
+        miner = LayerTopKPatches(model, ["1", "4"], k=6, distinct_images=distinct)
+        result = miner.mine(_batches(images, 3), progress=False)
+        for layer in ("1", "4"):
+            acts = full_activations(model, dict(model.named_modules())[layer], images, batch_size=3)
+            for which in ("top", "bottom"):
+                ref = reference_topk(acts, 6, distinct, which)
+                _assert_matches(result, layer, ref, which)
+    # duplicated image: its copy (higher index) never beats the original at equal value
+    recs = LayerTopKPatches(model, "4", k=8).mine(images, progress=False).records("4", 0)
+    firsts = {}
+    for r in recs:
+        firsts.setdefault(round(r.value, 6), r.index)
+    assert all(i == min(j.index for j in recs if round(j.value, 6) == v) for v, i in firsts.items())
+
+
+def test_distinct_images_rule_and_several_per_image():
+    model = _tiny_cnn()
+    images = _images(3, 16)
+    distinct = LayerTopKPatches(model, "0", k=3).mine(images, progress=False)
+    several = LayerTopKPatches(model, "0", k=3, distinct_images=False).mine(images, progress=False)
+    for ch in range(6):
+        idx = [r.index for r in distinct.records("0", ch)]
+        assert sorted(idx) == [0, 1, 2]
+    # with 256 positions per image, the top-3 of some channel come from one image
+    assert any(len({r.index for r in several.records("0", ch)}) < 3 for ch in range(6))
+
+
+def test_linear_layer_is_mined_without_position():
+    model = _tiny_cnn()
+    images = _images(10, 16)
+    result = LayerTopKPatches(model, "7", k=3).mine(images, progress=False)
+    acts = full_activations(model, model[7], images)
+    _assert_matches(result, "7", reference_topk(acts, 3))
+    r = result.records("7", 2)[0]
+    assert (r.y, r.x) == (0, 0) and r.box == (0, 0, 16, 16)
+
+
+def test_merged_shards_equal_one_pass():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    images = _images(20, 32)
+    layers = ["layer1", "layer2.0.conv1"]
+    one = LayerTopKPatches(model, layers, k=5).mine(_batches(images, 5), progress=False)
+    a = LayerTopKPatches(model, layers, k=5)
+    b = LayerTopKPatches(model, layers, k=5)
+    for s in (0, 10):  # shard a: batches 0,2 ; shard b: batches 1,3 (interleaved, like ranks)
+        a.update(images[s : s + 5], indices=range(s, s + 5))
+        b.update(images[s + 5 : s + 10], indices=range(s + 5, s + 10))
+    merged = a.merge(b).compute()
+    assert merged.n_images == one.n_images == 20
+    for layer in layers:
+        for name, t in one.states[layer].tensors.items():
+            assert torch.equal(t, merged.states[layer].tensors[name]), (layer, name)
+
+
+def test_save_load_roundtrip_is_safe_and_atomic(tmp_path):
+    model = _tiny_cnn()
+    images = _images(12, 16)
+    labels = torch.arange(12) % 3
+    ids = [f"img{i:02d}" for i in range(12)]
+    data = [(images[i : i + 4], labels[i : i + 4], ids[i : i + 4]) for i in range(0, 12, 4)]
+    result = LayerTopKPatches(model, ["0", "3"], k=3).mine(data, progress=False)
+    path = tmp_path / "sub" / "res.pt"
+    result.save(path)
+    assert sorted(os.listdir(path.parent)) == ["res.pt"]  # no temp file left behind
+    raw = torch.load(path, weights_only=True)  # loadable without unpickling code
+    assert set(raw) == {"header", "tensors"}
+    back = TopKResult.load(path)
+    assert back.metadata["layers"] == ["0", "3"] and back.metadata["k"] == 3
+    for layer in ("0", "3"):
+        for ch in range(result.num_channels(layer)):
+            assert back.records(layer, ch) == result.records(layer, ch)
+    rec = back.records("3", 1)[0]
+    assert rec.image_id == ids[rec.index] and rec.label == rec.index % 3
+    with pytest.raises(ValueError, match="not a readable"):
+        (tmp_path / "bad.pt").write_bytes(b"garbage")
+        TopKResult.load(tmp_path / "bad.pt")
+
+
+def test_patches_are_receptive_field_crops():
+    model = _tiny_cnn()
+    images = _images(8, 16)
+    result = LayerTopKPatches(model, "3", k=4).mine(images, progress=False)
+    crops = result.patches(images, "3", 2)
+    rf = result.receptive_fields["3"][(16, 16)]
+    assert crops.shape == (4, 3, *rf.size)
+    # conv3 s1 p1 -> pool 2 -> conv3 s2 p1: input rows [4y - 3, 4y + 4], size 8
+    assert rf.size == (8, 8)
+    for rec, crop in zip(result.records("3", 2), crops):
+        t, l, b, r = rec.box
+        assert (t, l) == (max(0, 4 * rec.y - 3), max(0, 4 * rec.x - 3))
+        assert (b, r) == (min(16, 4 * rec.y + 5), min(16, 4 * rec.x + 5))
+        h, w = b - t, r - l
+        oy = 8 - h if t == 0 and h < 8 else 0  # clipped at the top: padded on the top
+        ox = 8 - w if l == 0 and w < 8 else 0
+        assert torch.equal(crop[:, oy : oy + h, ox : ox + w], images[rec.index][:, t:b, l:r])
+
+
+def test_attribute_is_layer_activation():
+    model = _tiny_cnn()
+    images = _images(4, 16)
+    single = LayerTopKPatches(model, "3").attribute(images)
+    assert torch.equal(single, LayerActivation(model, model[3]).attribute(images))
+    several = LayerTopKPatches(model, ["0", model[3]]).attribute(images)
+    assert isinstance(several, list) and len(several) == 2
+    assert torch.equal(several[1], single)
+    inp = LayerTopKPatches(model, "3").attribute(images, attribute_to_layer_input=True)
+    assert torch.equal(inp, LayerActivation(model, model[3]).attribute(images, attribute_to_layer_input=True))
+
+
+def test_forward_stops_after_deepest_layer():
+    model = _tiny_cnn()
+    calls = []
+    model[5].register_forward_hook(lambda *a: calls.append(1))
+    LayerTopKPatches(model, ["0", "3"], k=2).mine(_images(6, 16), progress=False)
+    assert calls == []  # nothing past layer 3 ran
+    LayerTopKPatches(model, ["7"], k=2).mine(_images(6, 16), progress=False)
+    assert len(calls) == 1
+
+
+def _hook_counts(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+class _Boom(nn.Module):
+    def __init__(self, after: int):
+        super().__init__()
+        self.after, self.calls = after, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > self.after:
+            raise RuntimeError("boom")
+        return x
+
+
+def test_no_hook_left_after_success_or_exception():
+    model = _tiny_cnn()
+    LayerTopKPatches(model, ["0", "3"]).mine(_images(6, 16), progress=False)
+    assert _hook_counts(model) == 0
+    boom = nn.Sequential(nn.Conv2d(3, 4, 3), _Boom(after=2), nn.Conv2d(4, 4, 3)).eval()
+    miner = LayerTopKPatches(boom, ["0", "2"], k=2)
+    with pytest.raises(RuntimeError, match="boom"):
+        miner.mine(_batches(_images(12, 16), 3), progress=False)  # fails in the 3rd batch
+    assert _hook_counts(boom) == 0
+    with pytest.raises(RuntimeError, match="boom"):
+        miner.attribute(_images(2, 16))
+    assert _hook_counts(boom) == 0
+
+
+def test_bad_inputs():
+    model = _tiny_cnn()
+    with pytest.raises(ValueError, match="No images were mined"):
+        LayerTopKPatches(model, "3").mine([], progress=False)
+    with pytest.raises(ValueError, match="Closest valid names.*features|Unknown layer"):
+        LayerTopKPatches(torchvision.models.mobilenet_v2(), "feature.3")
+    with pytest.raises(ValueError, match="channels but the model's first convolution takes 3"):
+        LayerTopKPatches(model, "3").mine(torch.randn(2, 1, 16, 16), progress=False)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        LayerTopKPatches(model, "3", k=0)
+    # k larger than the dataset: as many records as there are images
+    res = LayerTopKPatches(model, "3", k=9).mine(_images(4, 16), progress=False)
+    assert len(res.records("3", 0)) == 4 and len(res.records("3", 0, "bottom")) == 4
+
+
+def test_unknown_layer_lists_close_names():
+    model = torchvision.models.mobilenet_v2()
+    with pytest.raises(ValueError) as err:
+        LayerTopKPatches(model, "feature.3")
+    assert "features.3" in str(err.value)
+
+
+def test_nan_activations_are_skipped_with_warning():
+    model = nn.Sequential(nn.Conv2d(3, 2, 1)).eval()
+    images = _images(6, 8)
+    images[2, :, 3, 3] = float("nan")  # image 2 is NaN at one position in every channel
+    with pytest.warns(RuntimeWarning, match="NaN activations skipped"):
+        res = LayerTopKPatches(model, "0", k=6).mine(images, progress=False)
+    acts = full_activations(model, model[0], images)
+    for which in ("top", "bottom"):
+        _assert_matches(res, "0", reference_topk(acts, 6, True, which), which)
+    assert res.states["0"].nan_count == 2
+    all_nan = torch.full((2, 3, 8, 8), float("nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = LayerTopKPatches(model, "0", k=3).mine(all_nan, progress=False)
+    assert res.records("0", 0) == []
+
+
+def test_wrong_number_of_layer_channels_between_batches():
+    conv = nn.Conv2d(3, 4, 1)
+    miner = LayerTopKPatches(conv, conv, k=2)
+    miner.update(torch.randn(2, 3, 8, 8))
+    conv.weight.data = torch.randn(5, 3, 1, 1)
+    conv.bias.data = torch.randn(5)
+    with pytest.raises(ValueError, match="5 channels but earlier batches gave 4"):
+        miner.update(torch.randn(2, 3, 8, 8))
+
+
+def test_records_are_patch_records_sorted():
+    res = LayerTopKPatches(_tiny_cnn(), "3", k=5).mine(_images(9, 16), progress=False)
+    recs = res.records("3", 0)
+    assert all(isinstance(r, PatchRecord) for r in recs)
+    assert [r.rank for r in recs] == list(range(5))
+    assert [r.value for r in recs] == sorted((r.value for r in recs), reverse=True)
+    bottom = res.records("3", 0, "bottom")
+    assert [r.value for r in bottom] == sorted(r.value for r in bottom)
+
+
+def test_labels_ids_from_dict_batches_and_snapshot_resume(tmp_path):
+    model = _tiny_cnn()
+    images = _images(16, 16)
+    batches = [{"images": images[i : i + 4], "labels": list(range(i, i + 4)),
+                "ids": [f"p{j}" for j in range(i, i + 4)]} for i in range(0, 16, 4)]
+    full = LayerTopKPatches(model, ["0", "3"], k=3).mine(batches, progress=False)
+    first = LayerTopKPatches(model, ["0", "3"], k=3)
+    first.mine(batches[:2], progress=False, snapshot_path=tmp_path / "snap.pt")
+    resumed = LayerTopKPatches(model, ["0", "3"], k=3)
+    resumed.load_state(tmp_path / "snap.pt")
+    assert resumed.n_images == 8
+    res = resumed.mine(batches[2:], progress=False, reset=False)
+    for layer in ("0", "3"):
+        for ch in range(res.num_channels(layer)):
+            assert res.records(layer, ch) == full.records(layer, ch)
