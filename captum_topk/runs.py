@@ -1,0 +1,297 @@
+r"""Mining runs on disk: resumable mining jobs, reopening them, rendering their PNGs.
+
+A run folder holds ``run.json`` (what was mined, how), ``snapshot.pt`` (the streaming
+state, rewritten atomically every few seconds while mining) and ``result.pt`` (the final
+:class:`~captum_topk.TopKResult`). ``resume=True`` continues from the snapshot with the same
+batch boundaries, so an interrupted run (even ``kill -9``) ends with exactly the result of an
+uninterrupted one. The CLI and the dashboard are thin layers over these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ._layers import resolve_layers, run_capture
+from .data import demo_images, image_folder, imagenet_val, make_loader
+from .filters import filter_grid
+from .layer_topk import LayerTopKPatches
+from .models import ModelInfo, load_model, make_transform
+from .plot import channel_sheet, patch_grid, save_png
+from .receptive_field import receptive_fields
+from .result import TopKResult
+
+DEFAULT_MODEL = "mobilenet_v2-imagenet"
+PathLike = Union[str, os.PathLike]
+
+
+def _load(model: str, checkpoint: Optional[PathLike], input_size: Optional[int]) -> Tuple[nn.Module, ModelInfo]:
+    net, info = load_model(model, checkpoint=str(checkpoint) if checkpoint else None)
+    if input_size and tuple(info.input_size) != (input_size, input_size):
+        info = replace(info, input_size=(input_size, input_size), resize_size=round(input_size / 0.875),
+                       transform=make_transform(input_size, mean=info.mean, std=info.std))
+    return net, info
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    r"""Write ``text`` to ``path`` through a temp file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def open_dataset(data: Optional[PathLike], transform: Optional[Callable]):
+    r"""The dataset a run mines: packaged photos (``None``), an ImageNet val folder
+    (``ILSVRC2012_val_*.JPEG`` files) or any image folder.
+
+    Returns:
+        (dataset, descriptor): ``descriptor`` is JSON-able and reopens the same dataset.
+    """
+    if data is None or str(data) == "demo":
+        return demo_images(transform=transform), {"kind": "demo"}
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Data folder {root} does not exist (or is not a folder).")
+    if any(p.name.upper().startswith("ILSVRC2012_VAL_") for p in root.iterdir()):
+        return imagenet_val(root, transform=transform), {"kind": "imagenet_val", "root": str(root.resolve())}
+    return image_folder(root, transform=transform), {"kind": "folder", "root": str(root.resolve())}
+
+
+def _reopen(descriptor: Dict[str, Any], transform: Optional[Callable]):
+    kind = descriptor.get("kind")
+    if kind == "demo":
+        return demo_images(transform=transform)
+    if kind == "imagenet_val":
+        return imagenet_val(descriptor["root"], transform=transform)
+    return image_folder(descriptor["root"], transform=transform)
+
+
+def mine_run(
+    model: str = DEFAULT_MODEL,
+    checkpoint: Optional[PathLike] = None,
+    layers: Sequence[str] = ("features.3",),
+    data: Optional[PathLike] = None,
+    out: PathLike = "results/run",
+    k: int = 9,
+    batch_size: int = 32,
+    workers: int = 0,
+    resume: bool = False,
+    snapshot_every: float = 30.0,
+    max_images: Optional[int] = None,
+    distinct_images: bool = True,
+    progress: bool = True,
+    input_size: Optional[int] = None,
+) -> Path:
+    r"""Mine ``layers`` of ``model`` over ``data`` into the run folder ``out``.
+
+    Args:
+        model (str): a built-in (:func:`captum_topk.models.list_models`), torchvision arch
+            (with ``checkpoint``) or checkpoint path.
+        checkpoint (str, optional): weights, loaded with ``weights_only=True``.
+        layers (list of str): dotted layer names.
+        data (str, optional): image folder / ImageNet val folder; default packaged photos.
+        out (str): run folder.
+        k (int): records per channel.
+        batch_size (int), workers (int): DataLoader settings.
+        resume (bool): continue from ``out/snapshot.pt`` (same settings enforced).
+        snapshot_every (float): seconds between atomic snapshots.
+        max_images (int, optional): mine only the first images.
+        distinct_images (bool): see :class:`~captum_topk.LayerTopKPatches`.
+        progress (bool): tqdm bar with images/s.
+        input_size (int, optional): crop size in px instead of the model's own.
+    Returns:
+        Path: ``out/result.pt``.
+    """
+    out = Path(out)
+    net, info = _load(model, checkpoint, input_size)
+    dataset, descriptor = open_dataset(data, info.transform)
+    settings = {
+        "model": model,
+        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+        "layers": list(layers),
+        "data": descriptor,
+        "k": k,
+        "batch_size": batch_size,
+        "distinct_images": distinct_images,
+        "max_images": max_images,
+        "input_size": list(info.input_size),
+    }
+    miner = LayerTopKPatches(net, list(layers), k=k, distinct_images=distinct_images)
+    snapshot = out / "snapshot.pt"
+    start = 0
+    if resume and snapshot.exists():
+        previous = json.loads((out / "run.json").read_text())
+        differ = {key: (previous.get(key), v) for key, v in settings.items() if previous.get(key) != v}
+        if differ:
+            raise ValueError(f"--resume with different settings than the interrupted run: {differ}")
+        miner.load_state(snapshot)
+        start = miner.n_images
+    total = len(dataset) if max_images is None else min(len(dataset), max_images)
+    atomic_write_text(out / "run.json", json.dumps(
+        {**settings, "n_total": total, "skipped": [list(s) for s in getattr(dataset, "skipped", [])]},
+        indent=2))
+    remaining = dataset.subset(range(start, total)) if start or total < len(dataset) else dataset
+    loader = make_loader(remaining, batch_size=batch_size, workers=workers)
+    throttle = float(os.environ.get("CAPTUM_TOPK_THROTTLE_S", "0") or 0)
+    if throttle > 0:  # a testing aid: slow batches down so that a kill lands mid-run
+        loader = _throttled(loader, throttle)
+    result = miner.mine(loader, progress=progress, reset=False, snapshot_path=snapshot,
+                        snapshot_every=snapshot_every)
+    result.metadata.update(
+        model_name=model,
+        checkpoint=settings["checkpoint"],
+        data=descriptor,
+        mean=list(info.mean),
+        std=list(info.std),
+        input_size=list(info.input_size),
+        categories=info.categories,
+        skipped=[list(s) for s in getattr(dataset, "skipped", [])],
+    )
+    result.save(out / "result.pt")
+    return out / "result.pt"
+
+
+def _throttled(loader, seconds: float):
+    for batch in loader:
+        time.sleep(seconds)
+        yield batch
+
+
+@dataclass
+class Run:
+    r"""A finished run reopened from disk: the result plus what is needed to re-crop patches."""
+
+    path: Path
+    result: TopKResult
+    info: ModelInfo
+    dataset: Any
+
+    def image_source(self) -> Callable[[int], Tensor]:
+        r"""``index -> model-input tensor``, found by image id (no pass over the dataset)."""
+        images = self.result.images
+
+        def fetch(index: int) -> Tensor:
+            image_id = images[index].get("id")
+            pos = self.dataset.index_of(image_id) if image_id is not None else index
+            return self.dataset[pos][0]
+
+        return fetch
+
+    def patches(self, layer: str, channel: int, which: str = "top") -> Tensor:
+        return self.result.patches(self.image_source(), layer, channel, which)
+
+
+def load_run(path: PathLike) -> Run:
+    r"""Reopen a run folder (or its ``result.pt``) written by :func:`mine_run`."""
+    path = Path(path)
+    result_path = path / "result.pt" if path.is_dir() else path
+    if not result_path.exists():
+        raise FileNotFoundError(f"No result at {result_path}: run `captum-topk mine --out {path}` first.")
+    result = TopKResult.load(result_path)
+    meta = result.metadata
+    size = meta.get("input_size")
+    _, info = _load(meta.get("model_name", DEFAULT_MODEL), meta.get("checkpoint"), size[0] if size else None)
+    dataset = _reopen(meta.get("data", {"kind": "demo"}), info.transform)
+    return Run(result_path.parent, result, info, dataset)
+
+
+def render_run(
+    run: Run,
+    layers: Optional[Sequence[str]] = None,
+    channels: Optional[Sequence[int]] = None,
+    which: str = "top",
+    out_dir: Optional[PathLike] = None,
+    max_channels: int = 16,
+) -> List[Path]:
+    r"""Write, per layer, ``<layer>_<which>9.png`` (top-9 sheets of several channels, the
+    activation under each patch) and ``<layer>_<which>1.png`` (top-1 patch of many channels)."""
+    out_dir = Path(out_dir) if out_dir else run.path
+    mean, std = run.info.mean, run.info.std
+    written = []
+    for layer in layers or run.result.layers:
+        n = run.result.num_channels(layer)
+        chosen = list(channels) if channels else list(range(min(n, max_channels)))
+        sets, values = {}, {}
+        for c in chosen:
+            recs = run.result.records(layer, c, which)
+            if recs:
+                sets[c] = run.patches(layer, c, which)
+                values[c] = [r.value for r in recs]
+        sheet = channel_sheet(sets, values, mean=mean, std=std,
+                              title=f"{layer}: {which}-9 patches")
+        written.append(save_png(sheet, out_dir / f"{_slug(layer)}_{which}9.png"))
+        firsts = [c for c in range(min(n, 64)) if run.result.records(layer, c, which)]
+        tops = torch.stack([run.patches(layer, c, which)[0] for c in firsts])
+        top_vals = [run.result.records(layer, c, which)[0].value for c in firsts]
+        grid = patch_grid(tops, values=top_vals, ncols=8, mean=mean, std=std,
+                          title=f"{layer}: {which}-1 patch of channels 0-{firsts[-1]}")
+        written.append(save_png(grid, out_dir / f"{_slug(layer)}_{which}1.png"))
+    return written
+
+
+def _slug(name: str) -> str:
+    return name.replace(".", "_").replace("/", "_") or "input"
+
+
+def _first_conv(model: nn.Module) -> Tuple[str, nn.Module]:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return name, m
+    raise ValueError("The model has no nn.Conv2d: pass --layer with a layer that has a .weight.")
+
+
+def render_filters(model: str = DEFAULT_MODEL, checkpoint: Optional[PathLike] = None,
+                   layer: Optional[str] = None, out: PathLike = "filters.png") -> Path:
+    r"""Write the filter tiles of ``layer`` (default: the first convolution) to ``out``."""
+    net, _ = load_model(model, checkpoint=str(checkpoint) if checkpoint else None)
+    module = resolve_layers(net, layer)[0][1] if layer else _first_conv(net)[1]
+    return save_png(filter_grid(module, scale=12, pad=2, pad_value=255), out)
+
+
+def describe_layers(model: str = DEFAULT_MODEL, checkpoint: Optional[PathLike] = None,
+                    input_size: Optional[int] = None, all_modules: bool = False) -> List[Dict[str, Any]]:
+    r"""Every minable layer with its output shape, stride and receptive-field size.
+
+    Returns:
+        list of dict: keys ``layer``, ``type``, ``output`` (C x H x W), ``stride``, ``rf``.
+    """
+    net, info = load_model(model, checkpoint=str(checkpoint) if checkpoint else None)
+    size = (input_size, input_size) if input_size else tuple(info.input_size)
+    named = [(n, m) for n, m in net.named_modules() if n]
+    with torch.no_grad():
+        outs = run_capture(net, [m for _, m in named], torch.zeros(1, 3, *size),
+                           stop_early=False, raw=True)
+    shapes = {n: (tuple(o.shape[1:]) if isinstance(o, Tensor) else None) for (n, _), o in zip(named, outs)}
+    spatial = [n for n, s in shapes.items() if s is not None and len(s) == 3]
+    rfs = receptive_fields(net, spatial, size) if spatial else {}
+    rows = []
+    for n, m in named:
+        s = shapes[n]
+        minable = s is not None and len(s) in (1, 3)
+        if not minable and not all_modules:
+            continue
+        rf = rfs.get(n)
+        rows.append({
+            "layer": n,
+            "type": m.__class__.__name__,
+            "output": "x".join(map(str, s)) if s is not None else "(not one tensor)",
+            "stride": f"{rf.stride[0]}x{rf.stride[1]}" if rf else "-",
+            "rf": f"{rf.size[0]}x{rf.size[1]}" if rf else ("whole image" if s and len(s) == 1 else "-"),
+        })
+    return rows

@@ -1,0 +1,133 @@
+"""The captum-topk CLI: mining a folder, resume after SIGKILL, show, layers, filters, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from captum_topk import TopKResult
+from captum_topk.cli import main
+
+PY = sys.executable
+
+
+def _folder(root: Path, n: int = 40, size: int = 72) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        cls = root / f"class{i % 2}"
+        cls.mkdir(parents=True, exist_ok=True)
+        arr = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(cls / f"img{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "resnet18_random.pt"
+    torch.save({"state_dict": torchvision.models.resnet18(num_classes=2).state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return _folder(tmp_path_factory.mktemp("data"))
+
+
+def _mine_args(data, checkpoint, out, *extra):
+    return ["mine", "--model", "resnet18", "--checkpoint", str(checkpoint), "--layers",
+            "layer1", "layer2", "--data", str(data), "--k", "4", "--batch-size", "4",
+            "--input-size", "64", "--out", str(out), "--no-progress", *extra]
+
+
+def _same(a: TopKResult, b: TopKResult) -> None:
+    assert a.n_images == b.n_images
+    for layer in a.layers:
+        for name, t in a.states[layer].tensors.items():
+            assert torch.equal(t, b.states[layer].tensors[name]), (layer, name)
+        for c in range(a.num_channels(layer)):
+            assert a.records(layer, c) == b.records(layer, c)
+
+
+def test_mine_show_and_records_name_their_images(tmp_path, data, checkpoint):
+    out = tmp_path / "run"
+    assert main(_mine_args(data, checkpoint, out)) == 0
+    result = TopKResult.load(out / "result.pt")
+    assert result.n_images == 40
+    rec = result.records("layer2", 3)[0]
+    assert rec.image_id.startswith("class") and rec.label == int(rec.image_id[5])
+    assert json.loads((out / "run.json").read_text())["layers"] == ["layer1", "layer2"]
+    assert main(["show", str(out), "--layer", "layer2", "--channels", "0", "3"]) == 0
+    sheet = Image.open(out / "layer2_top9.png")
+    assert sheet.size[0] > 100 and sheet.size[1] > 100
+    assert (out / "layer2_top1.png").exists()
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path, data, checkpoint):
+    full = tmp_path / "full"
+    assert main(_mine_args(data, checkpoint, full)) == 0
+    cut = tmp_path / "cut"
+    env = dict(os.environ, CAPTUM_TOPK_THROTTLE_S="0.3")  # slow batches so the kill lands mid-run
+    proc = subprocess.Popen([PY, "-m", "captum_topk", *_mine_args(data, checkpoint, cut, "--snapshot-every", "0")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    snap = cut / "snapshot.pt"
+    deadline = time.time() + 120
+    seen = 0
+    while time.time() < deadline:
+        if snap.exists():
+            try:
+                seen = TopKResult.load(snap).n_images
+            except ValueError:
+                seen = 0
+            if seen >= 8:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 8 <= seen < 40, f"the kill should land mid-run (snapshot had {seen} images)"
+    assert not (cut / "result.pt").exists()
+    assert main(_mine_args(data, checkpoint, cut, "--resume")) == 0
+    _same(TopKResult.load(full / "result.pt"), TopKResult.load(cut / "result.pt"))
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, data, checkpoint, capsys):
+    out = tmp_path / "run"
+    assert main(_mine_args(data, checkpoint, out, "--max-images", "8")) == 0
+    assert main(_mine_args(data, checkpoint, out, "--resume")) == 2
+    assert "different settings" in capsys.readouterr().err
+
+
+def test_layers_lists_shapes_strides_and_receptive_fields(capsys, checkpoint):
+    assert main(["layers", "resnet18", "--checkpoint", str(checkpoint), "--input-size", "64"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("layer1 "))
+    # resnet18 layer1 at 64 px: 64 x 16 x 16, stride 4, receptive field 43 (clipped < 64)
+    assert "64x16x16" in line and "4x4" in line and "43x43" in line
+    assert any(ln.startswith("fc ") and "whole image" in ln for ln in out.splitlines())
+
+
+def test_filters_png(tmp_path, checkpoint):
+    out = tmp_path / "f.png"
+    assert main(["filters", "resnet18", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    img = np.asarray(Image.open(out))
+    assert img.ndim == 3 and img.shape[2] == 3 and img.shape[0] > 7 * 8
+
+
+def test_clear_errors(tmp_path, capsys, checkpoint):
+    assert main(["mine", "--model", "no_such_net", "--out", str(tmp_path / "x")]) == 2
+    assert "no_such_net" in capsys.readouterr().err
+    assert main(["mine", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["show", str(tmp_path / "nothing")]) == 2
+    assert "captum-topk mine" in capsys.readouterr().err
