@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
@@ -29,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
+
+from ._io import atomic_open
 
 __all__ = ["to_display", "patch_grid", "channel_sheet", "save_png", "label_height"]
 
@@ -339,19 +340,6 @@ def save_png(image: Union[Image.Image, np.ndarray], path: Union[str, os.PathLike
     if not isinstance(image, Image.Image):
         raise TypeError(f"Expected a PIL image or a uint8 numpy array, got {type(image).__name__}.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "wb") as f:
+        image.save(f, format="PNG")
     return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -12,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ._topk import LayerState
+from ._io import atomic_torch_save
 from .receptive_field import ReceptiveField
 
 FORMAT = "captum-topk/1"
@@ -172,6 +172,7 @@ class TopKResult:
         which: str = "top",
         transform: Optional[Callable] = None,
         fill: float = 0.0,
+        n: Optional[int] = None,
     ) -> Tensor:
         r"""Crop the exact receptive field of each of a channel's records from its image.
 
@@ -182,13 +183,14 @@ class TopKResult:
             layer (str), channel (int), which (str): as in :meth:`records`.
             transform (Callable, optional): applied to PIL items before cropping.
             fill (float): value of the padding added to boxes clipped at the border.
+            n (int, optional): crop only the ``n`` strongest records.
         Returns:
             Tensor: (n, C, h, w), n <= k records, (h, w) the layer's receptive-field size;
             boxes clipped at the border are padded on the clipped side so grids line up.
         Example::
             >>> crops = result.patches(dataset, "features.3", 12)   # 9 x 3 x h x w
         """
-        recs = self.records(layer, channel, which)
+        recs = self.records(layer, channel, which)[:n]
         crops = []
         for r in recs:
             image = _fetch_image(images_source, r.index, transform)
@@ -317,21 +319,3 @@ def _side(which: str) -> str:
     if which not in ("top", "bottom"):
         raise ValueError(f"which must be 'top' or 'bottom', got {which!r}.")
     return which
-
-
-def atomic_torch_save(obj: Any, path: Union[str, os.PathLike]) -> None:
-    r"""``torch.save`` to a temp file beside ``path``, fsync, then ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -9,17 +9,18 @@ uninterrupted one. The CLI and the dashboard are thin layers over these function
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from ._io import atomic_write_text
 from ._layers import resolve_layers, run_capture
 from .data import demo_images, image_folder, imagenet_val, make_loader
 from .filters import filter_grid
@@ -39,21 +40,6 @@ def _load(model: str, checkpoint: Optional[PathLike], input_size: Optional[int])
         info = replace(info, input_size=(input_size, input_size), resize_size=round(input_size / 0.875),
                        transform=make_transform(input_size, mean=info.mean, std=info.std))
     return net, info
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    r"""Write ``text`` to ``path`` through a temp file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def open_dataset(data: Optional[PathLike], transform: Optional[Callable]):
@@ -181,20 +167,27 @@ class Run:
     result: TopKResult
     info: ModelInfo
     dataset: Any
+    _source: Optional[Callable[[int], Tensor]] = field(default=None, repr=False)
 
     def image_source(self) -> Callable[[int], Tensor]:
-        r"""``index -> model-input tensor``, found by image id (no pass over the dataset)."""
-        images = self.result.images
+        r"""``index -> model-input tensor``, found by image id (no pass over the dataset).
 
-        def fetch(index: int) -> Tensor:
-            image_id = images[index].get("id")
-            pos = self.dataset.index_of(image_id) if image_id is not None else index
-            return self.dataset[pos][0]
+        Decoded images are kept in a small LRU cache, since one image often holds the
+        top patches of many channels."""
+        if self._source is None:
+            images = self.result.images
 
-        return fetch
+            @functools.lru_cache(maxsize=256)
+            def fetch(index: int) -> Tensor:
+                image_id = images[index].get("id")
+                pos = self.dataset.index_of(image_id) if image_id is not None else index
+                return self.dataset[pos][0]
 
-    def patches(self, layer: str, channel: int, which: str = "top") -> Tensor:
-        return self.result.patches(self.image_source(), layer, channel, which)
+            self._source = fetch
+        return self._source
+
+    def patches(self, layer: str, channel: int, which: str = "top", n: Optional[int] = None) -> Tensor:
+        return self.result.patches(self.image_source(), layer, channel, which, n=n)
 
 
 def load_run(path: PathLike) -> Run:
@@ -218,9 +211,12 @@ def render_run(
     which: str = "top",
     out_dir: Optional[PathLike] = None,
     max_channels: int = 16,
+    patch_px: int = 96,
 ) -> List[Path]:
     r"""Write, per layer, ``<layer>_<which>9.png`` (top-9 sheets of several channels, the
-    activation under each patch) and ``<layer>_<which>1.png`` (top-1 patch of many channels)."""
+    activation under each patch) and ``<layer>_<which>1.png`` (top-1 patch of many channels).
+
+    Patches whose receptive field is larger than ``patch_px`` are shown downscaled to it."""
     out_dir = Path(out_dir) if out_dir else run.path
     mean, std = run.info.mean, run.info.std
     written = []
@@ -231,18 +227,29 @@ def render_run(
         for c in chosen:
             recs = run.result.records(layer, c, which)
             if recs:
-                sets[c] = run.patches(layer, c, which)
+                sets[c] = _fit(run.patches(layer, c, which), patch_px)
                 values[c] = [r.value for r in recs]
         sheet = channel_sheet(sets, values, mean=mean, std=std,
                               title=f"{layer}: {which}-9 patches")
         written.append(save_png(sheet, out_dir / f"{_slug(layer)}_{which}9.png"))
         firsts = [c for c in range(min(n, 64)) if run.result.records(layer, c, which)]
-        tops = torch.stack([run.patches(layer, c, which)[0] for c in firsts])
+        tops = _fit(torch.stack([run.patches(layer, c, which, n=1)[0] for c in firsts]), patch_px * 2 // 3)
         top_vals = [run.result.records(layer, c, which)[0].value for c in firsts]
         grid = patch_grid(tops, values=top_vals, ncols=8, mean=mean, std=std,
                           title=f"{layer}: {which}-1 patch of channels 0-{firsts[-1]}")
         written.append(save_png(grid, out_dir / f"{_slug(layer)}_{which}1.png"))
     return written
+
+
+def _fit(patches: Tensor, side: int) -> Tensor:
+    r"""Downscale (k, C, h, w) patches so that their longer side is at most ``side``."""
+    h, w = patches.shape[-2:]
+    if max(h, w) <= side:
+        return patches
+    scale = side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return torch.nn.functional.interpolate(patches, size=size, mode="bilinear", antialias=True,
+                                           align_corners=False)
 
 
 def _slug(name: str) -> str:

@@ -1,0 +1,47 @@
+r"""Atomic writes: a temp file in the destination folder, fsync, then ``os.replace``.
+
+A reader (or a crash) never sees a half-written file: it sees the old one or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Iterator, Union
+
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+
+@contextmanager
+def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    r"""Open a temp file beside ``path``; on clean exit it is fsynced and renamed onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> None:
+    r"""``torch.save`` atomically (load it back with ``torch.load(weights_only=True)``)."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    r"""Write text atomically."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
