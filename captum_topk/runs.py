@@ -229,13 +229,15 @@ def render_run(
             if recs:
                 sets[c] = _fit(run.patches(layer, c, which), patch_px)
                 values[c] = [r.value for r in recs]
-        sheet = channel_sheet(sets, values, mean=mean, std=std,
+        side = max((p.shape[-1] for p in sets.values()), default=patch_px)
+        sheet = channel_sheet(sets, values, mean=mean, std=std, scale=max(1, patch_px // side),
                               title=f"{layer}: {which}-9 patches")
         written.append(save_png(sheet, out_dir / f"{_slug(layer)}_{which}9.png"))
         firsts = [c for c in range(min(n, 64)) if run.result.records(layer, c, which)]
         tops = _fit(torch.stack([run.patches(layer, c, which, n=1)[0] for c in firsts]), patch_px * 2 // 3)
         top_vals = [run.result.records(layer, c, which)[0].value for c in firsts]
         grid = patch_grid(tops, values=top_vals, ncols=8, mean=mean, std=std,
+                          scale=max(1, (patch_px * 2 // 3) // tops.shape[-1]),
                           title=f"{layer}: {which}-1 patch of channels 0-{firsts[-1]}")
         written.append(save_png(grid, out_dir / f"{_slug(layer)}_{which}1.png"))
     return written
