@@ -116,9 +116,13 @@ def capture_hooks(
         def keep(value: Any) -> None:
             value = value if raw else _first_tensor(value)
             dev = value.device if isinstance(value, Tensor) else None
-            store.setdefault(mod_id, {})[dev] = value
+            slot = store.setdefault(mod_id, {})
             # Per device, so that DataParallel replicas each run up to the deepest layer.
-            if stop_early and all(dev in store.get(i, ()) for i in ids):
+            last = stop_early and all(dev in store.get(i, ()) or i == mod_id for i in ids)
+            # The forward goes on after every layer but the last one, and may change their
+            # outputs in place (ResNet: bn1 -> ReLU(inplace=True)): keep a copy of those.
+            slot[dev] = value if last or not isinstance(value, Tensor) else value.clone()
+            if last:
                 raise _StopForward
 
         if attribute_to_layer_input:

@@ -23,7 +23,7 @@ def _select(values: Tensor, key: Tensor, k: int) -> Tensor:
 
     Args:
         values (Tensor): (C, M) float, ``-inf`` for empty slots.
-        key (Tensor): (C, M) int64 tie-break key (``index * positions + pos``).
+        key (Tensor): (C, M) int64 tie-break key, increasing in (index, y, x).
     Returns:
         Tensor: (C, min(k, M)) int64 column indices, best first.
     """
@@ -138,30 +138,24 @@ class LayerState:
             cand_idx = indices[cols // hw]
             cand_pos = cols % hw
         t = self.tensors
-        sign = 1.0 if side == "top" else -1.0
-        old_v = (t[f"{side}_values"] * sign).to(device)
-        old_idx = t[f"{side}_index"].to(device)
-        old_pos = (t[f"{side}_y"] * width + t[f"{side}_x"]).to(device)
-        values = torch.cat([old_v, cand_v.to(old_v.dtype)], dim=1)
-        index = torch.cat([old_idx, cand_idx], dim=1)
-        pos = torch.cat([old_pos, cand_pos], dim=1)
-        self._store(side, values, index, pos, width)
+        sign = 1.0 if top else -1.0
+        values = torch.cat([(t[f"{side}_values"] * sign).to(device), cand_v.float()], dim=1)
+        index = torch.cat([t[f"{side}_index"].to(device), cand_idx], dim=1)
+        y = torch.cat([t[f"{side}_y"].to(device), cand_pos // width], dim=1)
+        x = torch.cat([t[f"{side}_x"].to(device), cand_pos % width], dim=1)
+        self._store(side, values, index, y, x)
 
-    def _store(self, side: str, values: Tensor, index: Tensor, pos: Tensor, width: int) -> None:
-        positions = (self.out_size[0] * self.out_size[1]) if self.out_size else 1
-        key = torch.where(index < 0, torch.full_like(index, -1), index * positions + pos)
+    def _store(self, side: str, values: Tensor, index: Tensor, y: Tensor, x: Tensor) -> None:
+        # Tie-break key (index, y, x) packed in int64: y, x < 2**14 and index < 2**35.
+        key = torch.where(index < 0, torch.full_like(index, -1), (index << 28) + (y << 14) + x)
         cols = _select(values, key, self.k)
         v = torch.gather(values, 1, cols)
-        idx = torch.gather(index, 1, cols)
-        p = torch.gather(pos, 1, cols)
         empty = torch.isinf(v) & (v < 0)
-        idx = idx.masked_fill(empty, _EMPTY)
         sign = 1.0 if side == "top" else -1.0
         t = self.tensors
         t[f"{side}_values"] = (v * sign).cpu()
-        t[f"{side}_index"] = idx.cpu()
-        t[f"{side}_y"] = torch.where(empty, _EMPTY, p // width).cpu()
-        t[f"{side}_x"] = torch.where(empty, _EMPTY, p % width).cpu()
+        for name, src in (("index", index), ("y", y), ("x", x)):
+            t[f"{side}_{name}"] = torch.gather(src, 1, cols).masked_fill(empty, _EMPTY).cpu()
 
     def _warn_nan(self, n: int) -> None:
         self.nan_count += n
@@ -180,14 +174,12 @@ class LayerState:
             raise ValueError("Cannot merge states mined with different k / channels / options.")
         if self.out_size is None:
             self.out_size = other.out_size
-        width = self.out_size[1] if self.out_size else 1
         for side in ("top", "bottom"):
             sign = 1.0 if side == "top" else -1.0
             parts = [s.tensors for s in (self, other)]
-            values = torch.cat([p[f"{side}_values"] * sign for p in parts], dim=1)
-            index = torch.cat([p[f"{side}_index"] for p in parts], dim=1)
-            pos = torch.cat([p[f"{side}_y"] * width + p[f"{side}_x"] for p in parts], dim=1)
-            self._store(side, values, index, pos, width)
+            cat = {name: torch.cat([p[f"{side}_{name}"] for p in parts], dim=1)
+                   for name in ("values", "index", "y", "x")}
+            self._store(side, cat["values"] * sign, cat["index"], cat["y"], cat["x"])
         self.nan_count += other.nan_count
 
     def live_indices(self) -> Tensor:

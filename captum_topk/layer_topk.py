@@ -17,6 +17,9 @@ from ._layers import LayerSpec, _root_module, resolve_layers, run_capture
 from ._topk import LayerState
 from .receptive_field import receptive_fields
 from .result import TopKResult
+from .stats import ChannelStats
+
+StatsSpec = Union[bool, None, Sequence[float], Tensor, Dict[str, Any]]
 
 Batch = Union[Tensor, Sequence[Any], Dict[str, Any]]
 
@@ -103,6 +106,7 @@ class LayerTopKPatches(LayerAttribution):
         k: int = 9,
         distinct_images: bool = True,
         attribute_to_layer_input: bool = False,
+        stats: StatsSpec = False,
     ) -> None:
         r"""
         Args:
@@ -115,6 +119,12 @@ class LayerTopKPatches(LayerAttribution):
             distinct_images (bool): one record per image per channel (its best position)
                 when True; several positions of one image may be kept when False.
             attribute_to_layer_input (bool): mine the layer's input instead of its output.
+            stats (bool, edges or dict): also gather per-channel dataset statistics in the
+                same pass (:class:`~captum_topk.stats.ChannelStats`: histogram, mean, fraction
+                > 0, count; read them with ``result.stats(layer)``). ``True`` uses the default
+                edges (64 bins over [-16, 16]); a 1-D sequence / tensor gives the bin edges of
+                every layer; a dict maps layer names to edges (``True`` / None for the
+                default). Default False: mining stays at forward speed.
         Example::
             >>> model = torchvision.models.mobilenet_v2().eval()
             >>> miner = LayerTopKPatches(model, ["features.3", model.features[7]], k=9)
@@ -124,7 +134,7 @@ class LayerTopKPatches(LayerAttribution):
         """
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
-        self._named_layers = resolve_layers(forward_func, layer)
+        self._named_layers = self._resolve_layers(forward_func, layer)
         self._single = not isinstance(layer, (list, tuple))
         modules: Union[nn.Module, List[nn.Module]] = (
             self._named_layers[0][1] if self._single else [m for _, m in self._named_layers]
@@ -133,9 +143,11 @@ class LayerTopKPatches(LayerAttribution):
         self.k = k
         self.distinct_images = distinct_images
         self.attribute_to_layer_input = attribute_to_layer_input
+        self._stats_edges = self._parse_stats(stats)
         self._root = _root_module(forward_func)
         self._in_channels = _expected_in_channels(self._root)
         self._rf_cache: Dict[Tuple[int, int], Dict[str, Any]] = {}
+        self._progress = True
         self.reset()
 
     # ------------------------------------------------------------------ captum
@@ -160,7 +172,59 @@ class LayerTopKPatches(LayerAttribution):
             inputs, additional_forward_args, attribute_to_layer_input
         )
 
+    # ------------------------------------------------------------------ backend hooks
+    # The forward-specific steps, overridden by captum_topk.onnx.OnnxTopKPatches (ONNX Runtime).
+    def _resolve_layers(self, forward_func: Callable, layer: Any) -> List[Tuple[str, nn.Module]]:
+        r"""``(name, module)`` pairs of the layers to mine."""
+        return resolve_layers(forward_func, layer)
+
+    def _layer_outputs(self, images: Tensor, additional_forward_args: Optional[object] = None) -> List[Tensor]:
+        r"""Each mined layer's output (N, C, H, W) or (N, C) for one batch, in layer order."""
+        device = _model_device(self._root)
+        if device is not None and images.device != device and not self.device_ids:
+            images = images.to(device, non_blocking=True)
+        return run_capture(
+            self.forward_func,
+            [m for _, m in self._named_layers],
+            images,
+            additional_forward_args,
+            attribute_to_layer_input=self.attribute_to_layer_input,
+            stop_early=True,
+            device_ids=self.device_ids,
+        )
+
+    def _layer_receptive_fields(self, spatial: Sequence[Tuple[str, nn.Module]], size: Tuple[int, int]) -> Dict[str, Any]:
+        r"""Receptive fields of the spatial layers ``spatial`` at input ``size``, in that order."""
+        return receptive_fields(
+            self.forward_func,
+            [m for _, m in spatial],
+            size,
+            attribute_to_layer_input=self.attribute_to_layer_input,
+            batch_size=8,  # the probe's peak memory stays below a mining batch's
+            progress=self._progress,
+        )
+
     # ------------------------------------------------------------------ streaming state
+    def _parse_stats(self, stats: StatsSpec) -> Optional[Dict[str, Optional[Tensor]]]:
+        r"""``None`` (no statistics) or layer name -> histogram edges (None: the default)."""
+        names = [n for n, _ in self._named_layers]
+        if stats is None or stats is False:
+            return None
+        if stats is True:
+            return {n: None for n in names}
+        if isinstance(stats, dict):
+            unknown = set(stats) - set(names)
+            if unknown:
+                raise ValueError(f"stats names layers {sorted(unknown)} that are not mined: {names}.")
+            out = {}
+            for n, e in stats.items():
+                if e is False:
+                    continue
+                out[n] = None if e is True or e is None else ChannelStats(1, e).edges
+            return out or None
+        edges = ChannelStats(1, stats).edges  # validates
+        return {n: edges for n in names}
+
     @property
     def layer_names(self) -> List[str]:
         return [n for n, _ in self._named_layers]
@@ -172,6 +236,7 @@ class LayerTopKPatches(LayerAttribution):
     def reset(self) -> None:
         r"""Forget everything seen so far."""
         self._states: Dict[str, LayerState] = {}
+        self._stats: Dict[str, ChannelStats] = {}
         self._images: Dict[int, Dict[str, Any]] = {}
         self._n = 0  # images seen
         self._next = 0  # default index of the next image
@@ -206,9 +271,12 @@ class LayerTopKPatches(LayerAttribution):
             batch: an (N, C, H, W) tensor, ``(images, labels[, ids])`` or a dict.
             additional_forward_args (Any, optional): extra arguments of ``forward_func``.
             indices (sequence of int, optional): global indices of the batch's images;
-                default: the next N indices in iteration order.
+                default: a dict batch's ``"indices"``, else the next N indices in iteration
+                order.
         """
         images, labels, ids = split_batch(batch)
+        if indices is None and isinstance(batch, dict):
+            indices = batch.get("indices")  # batches of a sharded (distributed) loader
         self._check_images(images)
         n = images.shape[0]
         if indices is None:
@@ -217,18 +285,7 @@ class LayerTopKPatches(LayerAttribution):
             idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
             if idx.numel() != n:
                 raise ValueError(f"{idx.numel()} indices given for a batch of {n} images.")
-        device = _model_device(self._root)
-        if device is not None and images.device != device and not self.device_ids:
-            images = images.to(device, non_blocking=True)
-        outs = run_capture(
-            self.forward_func,
-            [m for _, m in self._named_layers],
-            images,
-            additional_forward_args,
-            attribute_to_layer_input=self.attribute_to_layer_input,
-            stop_early=True,
-            device_ids=self.device_ids,
-        )
+        outs = self._layer_outputs(images, additional_forward_args)
         for (name, _), out in zip(self._named_layers, outs):
             state = self._states.get(name)
             if state is None:
@@ -240,6 +297,11 @@ class LayerTopKPatches(LayerAttribution):
                 state = LayerState(self.k, out.shape[1], out.dim() == 4, self.distinct_images)
                 self._states[name] = state
             state.update(out, idx)
+            if self._stats_edges is not None and name in self._stats_edges:
+                cs = self._stats.get(name)
+                if cs is None:
+                    cs = self._stats[name] = ChannelStats(out.shape[1], self._stats_edges[name])
+                cs.update(out)
         self._remember(idx, labels, ids, tuple(images.shape[-2:]))
         self._n += n
         self._next = max(self._next, int(idx.max()) + 1)
@@ -264,6 +326,7 @@ class LayerTopKPatches(LayerAttribution):
             images=dict(self._images),
             n_images=self._n,
             metadata=self._metadata(),
+            channel_stats={n: s.clone() for n, s in self._stats.items()},
         )
         result.prune_images()
         return result
@@ -277,6 +340,7 @@ class LayerTopKPatches(LayerAttribution):
             "k": self.k,
             "distinct_images": self.distinct_images,
             "attribute_to_layer_input": self.attribute_to_layer_input,
+            "stats": sorted(self._stats_edges or {}),
             "captum_topk_version": __version__,
         }
 
@@ -293,17 +357,16 @@ class LayerTopKPatches(LayerAttribution):
                 "No images were mined: the data yielded nothing. Check the dataset path, "
                 "its file extensions and the DataLoader (drop_last with a tiny dataset?)."
             )
+        if self._n < self.k:
+            warnings.warn(
+                f"k={self.k} is larger than the {self._n} images mined: each channel holds "
+                f"{self._n} records.", UserWarning, stacklevel=2)
         result = self._snapshot()
         sizes = {tuple(v["size"]) for v in result.images.values()}
         spatial = [(n, m) for n, m in self._named_layers if self._states[n].spatial]
         for size in sorted(sizes):
             if size not in self._rf_cache and spatial:
-                self._rf_cache[size] = receptive_fields(
-                    self.forward_func,
-                    [m for _, m in spatial],
-                    size,
-                    attribute_to_layer_input=self.attribute_to_layer_input,
-                )
+                self._rf_cache[size] = self._layer_receptive_fields(spatial, size)
             for (name, _), rf in zip(spatial, self._rf_cache.get(size, {}).values()):
                 result.receptive_fields.setdefault(name, {})[size] = rf
         return result
@@ -316,6 +379,12 @@ class LayerTopKPatches(LayerAttribution):
             self
         """
         snap = other._snapshot() if isinstance(other, LayerTopKPatches) else other
+        self._check_stats(snap)
+        for name, cs in snap.channel_stats.items():
+            if name in self._stats:
+                self._stats[name].merge(cs)
+            elif self._stats_edges is not None and name in self._stats_edges:
+                self._stats[name] = cs.clone()
         for name, st in snap.states.items():
             if name not in self._states:
                 self._states[name] = st.clone()
@@ -325,6 +394,24 @@ class LayerTopKPatches(LayerAttribution):
         self._n += snap.n_images
         self._next = max([self._next, *(i + 1 for i in snap.images)])
         return self
+
+    def _check_stats(self, snap: TopKResult) -> None:
+        r"""Statistics can only be combined exactly when both sides gathered them, with the
+        same edges, over all their images."""
+        for name in (self._stats_edges or {}):
+            if name not in snap.states:
+                continue
+            cs = snap.channel_stats.get(name)
+            if cs is None:
+                raise ValueError(
+                    f"This miner gathers statistics of {name!r} but the state to merge / load has "
+                    "none (mined with stats=False): its images would be missing from them. Use "
+                    "the same stats option for every shard / resumed run."
+                )
+            want = self._stats_edges[name]
+            want = want if want is not None else ChannelStats(1).edges
+            if not torch.equal(cs.edges, want):
+                raise ValueError(f"Statistics of {name!r} were gathered with other histogram edges.")
 
     # ------------------------------------------------------------------ snapshots
     def save_state(self, path: Union[str, os.PathLike]) -> None:
@@ -345,7 +432,9 @@ class LayerTopKPatches(LayerAttribution):
             )
         if snap.states and snap.k != self.k:
             raise ValueError(f"The snapshot was mined with k={snap.k}, this miner has k={self.k}.")
+        self._check_stats(snap)
         self.reset()
+        self._stats = {n: s.clone() for n, s in snap.channel_stats.items() if n in (self._stats_edges or {})}
         self._states = {n: s.clone() for n, s in snap.states.items()}
         self._images = dict(snap.images)
         self._n = self._next = snap.n_images
@@ -361,7 +450,8 @@ class LayerTopKPatches(LayerAttribution):
         snapshot_path: Optional[Union[str, os.PathLike]] = None,
         snapshot_every: float = 60.0,
         max_images: Optional[int] = None,
-    ) -> TopKResult:
+        finalize: bool = True,
+    ) -> Optional[TopKResult]:
         r"""Push every batch of ``data`` through the model and return the top-k result.
 
         Args:
@@ -376,6 +466,8 @@ class LayerTopKPatches(LayerAttribution):
             snapshot_path (str, optional): where to write periodic state snapshots
                 (atomically), every ``snapshot_every`` seconds and at the end.
             max_images (int, optional): stop after this many images.
+            finalize (bool): return :meth:`compute`'s result; False only streams (e.g. a
+                distributed rank whose state rank 0 gathers) and returns None.
         Returns:
             TopKResult: see :meth:`compute`. When k exceeds the number of images, channels
             hold as many records as there are images (fewer than k).
@@ -387,11 +479,13 @@ class LayerTopKPatches(LayerAttribution):
         """
         if reset:
             self.reset()
+        self._progress = progress
         if isinstance(data, Tensor):
             data = [data[i : i + batch_size] for i in range(0, data.shape[0], batch_size)]
-        total = None
+        total = getattr(data, "num_images", None)
         try:
-            total = len(data.dataset) if hasattr(data, "dataset") else None  # type: ignore[union-attr]
+            if total is None and hasattr(data, "dataset"):
+                total = len(data.dataset)  # type: ignore[union-attr]
         except TypeError:
             total = None
         if max_images is not None:
@@ -422,4 +516,4 @@ class LayerTopKPatches(LayerAttribution):
             bar.close()
         if snapshot_path is not None and self._n:
             self.save_state(snapshot_path)
-        return self.compute()
+        return self.compute() if finalize else None

@@ -26,6 +26,7 @@ import importlib.util
 import io
 import os
 import pickle
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -257,8 +258,12 @@ def _torch_load_safe(path: str) -> Any:
             f"e.g. torch.save(model.state_dict(), path) or "
             f"torch.save({{'state_dict': model.state_dict(), 'classes': [...]}}, path)."
         ) from exc
-    except RuntimeError as exc:  # not a torch file at all, or a corrupt zip
-        raise ValueError(f"Cannot read checkpoint {path}: {exc}") from exc
+    except (RuntimeError, EOFError, struct.error, ValueError, OSError) as exc:
+        # not a torch file at all, a truncated file or a corrupt zip
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint or is corrupt ({type(exc).__name__}: {exc}); "
+            "save one with torch.save(model.state_dict(), path)."
+        ) from exc
 
 
 def load_checkpoint_state_dict(path: str) -> Tuple["OrderedDict[str, Tensor]", Dict[str, Any]]:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ._io import atomic_open
 
-__all__ = ["to_display", "patch_grid", "channel_sheet", "save_png", "label_height"]
+__all__ = ["to_display", "patch_grid", "channel_sheet", "projection_sheet", "save_png", "label_height"]
 
 ImagesLike = Union[Tensor, np.ndarray]
 Stats = Optional[Union[float, Sequence[float], Tensor]]
@@ -308,6 +308,88 @@ def channel_sheet(
     for j, b in enumerate(blocks):
         r, c = divmod(j, ncols)
         sheet.paste(b, (gap + c * (slot_w + gap), title_h + gap + r * (slot_h + gap)))
+    if title:
+        ImageDraw.Draw(sheet).text((gap, gap), title, fill=_BLACK, font=_font())
+    return sheet
+
+
+def projection_sheet(
+    pairs: Mapping[Any, Tuple[Union[Tensor, Sequence[Tensor]], Union[Tensor, np.ndarray]]],
+    values: Optional[Mapping[Any, Sequence[Any]]] = None,
+    ncols: int = 2,
+    grid_ncols: int = 3,
+    pad: int = 2,
+    gap: int = 8,
+    scale: int = 1,
+    title: Optional[str] = None,
+    mean: Stats = None,
+    std: Stats = None,
+    fmt: str = "{:.3g}",
+    method: str = "projection",
+) -> Image.Image:
+    r"""Patches beside their projections, one block per channel (Zeiler & Fergus, Fig. 2).
+
+    Each block is two :func:`patch_grid` side by side, ``gap`` pixels apart: the channel's
+    image patches (titled ``"ch N"``, values under them) and the same records' projections
+    (titled ``method``), cell for cell, so the k-th projection sits at the place of the k-th
+    patch. Blocks are tiled ``ncols`` per row on a light grey sheet, as in :func:`channel_sheet`.
+
+    Args:
+        pairs (dict): channel -> ``(patches, projections)``; patches as accepted by
+            :func:`patch_grid` (normalised floats), projections as ``(k, h, w, 3)`` uint8
+            RGB (e.g. ``Projections.rgb``) or a ``(k, 3, h, w)`` uint8 tensor.
+        values (dict, optional): channel -> its ``k`` values, written under both grids.
+        ncols (int): blocks per row. Default 2.
+        grid_ncols (int): cells per row of each grid. Default 3.
+        pad, gap, scale, fmt: as in :func:`channel_sheet`.
+        title (str, optional): a line above the sheet.
+        mean, std (optional): normalisation of the patches to undo (not of the projections).
+        method (str): title of the projection grids. Default ``"projection"``.
+
+    Returns:
+        PIL.Image.Image: RGB.
+
+    Example::
+
+        >>> proj = result.projections(dataset, "features.7", 12, model=model)
+        >>> sheet = projection_sheet({12: (result.patches(dataset, "features.7", 12), proj.rgb)},
+        ...                          mean=IMAGENET_MEAN, std=IMAGENET_STD, method="deconvnet")
+    """
+    if not pairs:
+        raise ValueError("pairs is empty: give at least one channel.")
+    if int(ncols) < 1 or int(gap) < 0:
+        raise ValueError(f"Need ncols >= 1 and gap >= 0, got ncols={ncols}, gap={gap}.")
+    ncols, gap = int(ncols), int(gap)
+    values = values or {}
+    blocks = []
+    for ch, (patches, proj) in pairs.items():
+        rgb = torch.as_tensor(np.asarray(proj)) if not isinstance(proj, Tensor) else proj
+        if rgb.dim() == 4 and rgb.shape[-1] == 3 and rgb.shape[1] != 3:
+            rgb = rgb.permute(0, 3, 1, 2)
+        if rgb.dtype != torch.uint8:
+            raise TypeError(f"projections must be uint8 RGB (Projections.rgb), got {rgb.dtype}.")
+        left = patch_grid(patches, values.get(ch), ncols=grid_ncols, pad=pad, scale=scale,
+                          title=f"ch {ch}", mean=mean, std=std, fmt=fmt)
+        right = patch_grid(rgb, values.get(ch), ncols=grid_ncols, pad=pad, scale=scale,
+                           title=method, fmt=fmt)
+        block = Image.new("RGB", (left.width + gap + right.width, max(left.height, right.height)),
+                          (230, 230, 230))
+        block.paste(left, (0, 0))
+        block.paste(right, (left.width + gap, 0))
+        blocks.append(block)
+    slot_w = max(b.width for b in blocks)
+    slot_h = max(b.height for b in blocks)
+    ncols = min(ncols, len(blocks))
+    nrows = math.ceil(len(blocks) / ncols)
+    title_h = label_height() + gap if title else 0
+    width = ncols * (slot_w + 2 * gap) + gap
+    if title:
+        width = max(width, _text_size(title)[0] + 2 * gap)
+    height = title_h + nrows * (slot_h + gap) + gap
+    sheet = Image.new("RGB", (width, height), (230, 230, 230))
+    for j, b in enumerate(blocks):
+        r, c = divmod(j, ncols)
+        sheet.paste(b, (gap + c * (slot_w + 2 * gap), title_h + gap + r * (slot_h + gap)))
     if title:
         ImageDraw.Draw(sheet).text((gap, gap), title, fill=_BLACK, font=_font())
     return sheet

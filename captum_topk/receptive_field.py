@@ -284,6 +284,7 @@ def receptive_field(
     batch_size: int = 32,
     in_channels: int | None = None,
     cache: bool = True,
+    progress: bool = True,
 ) -> ReceptiveField:
     r"""Exact receptive field of every output position of ``layer``, by NaN probing.
 
@@ -330,7 +331,8 @@ def receptive_field(
     return next(
         iter(
             _receptive_fields(
-                model, pairs, input_size, attribute_to_layer_input, batch_size, in_channels, cache
+                model, pairs, input_size, attribute_to_layer_input, batch_size, in_channels, cache,
+                progress,
             ).values()
         )
     )
@@ -345,6 +347,7 @@ def receptive_fields(
     batch_size: int = 32,
     in_channels: int | None = None,
     cache: bool = True,
+    progress: bool = True,
 ) -> Dict[str, ReceptiveField]:
     r"""Receptive fields of several layers from one probe.
 
@@ -371,7 +374,7 @@ def receptive_fields(
     """
     pairs = resolve_layers(model, layers)
     return _receptive_fields(
-        model, pairs, input_size, attribute_to_layer_input, batch_size, in_channels, cache
+        model, pairs, input_size, attribute_to_layer_input, batch_size, in_channels, cache, progress
     )
 
 
@@ -399,6 +402,7 @@ def _receptive_fields(
     batch_size: int,
     in_channels: int | None,
     cache: bool,
+    progress: bool = True,
 ) -> Dict[str, ReceptiveField]:
     if not callable(model):
         raise TypeError(f"model must be an nn.Module or a callable, got {type(model).__name__}.")
@@ -442,7 +446,7 @@ def _receptive_fields(
     if todo:
         _check_nan_propagation(device, dtype)
         fresh = _probe(model, scope, todo, size, channels, attribute_to_layer_input,
-                       int(batch_size), device, dtype)
+                       int(batch_size), device, dtype, progress)
         for name, rf in fresh.items():
             results[name] = rf
             if name in keys:
@@ -646,6 +650,7 @@ def _probe(
     batch_size: int,
     device: torch.device,
     dtype: torch.dtype,
+    progress: bool = True,
 ) -> Dict[str, ReceptiveField]:
     H, W = size
     modules = [m for _, m in pairs]
@@ -654,8 +659,8 @@ def _probe(
     background = (0.25 + 0.5 * torch.rand(channels, H, W, generator=gen)).to(device, dtype)
     hit: List[List[Tensor]] = [[] for _ in pairs]
     starts = range(0, total, batch_size)
-    bar = tqdm(starts, desc="receptive-field probe (once per architecture)", unit="batch",
-               disable=len(starts) < 4, leave=False)
+    bar = tqdm(starts, desc="receptive-field probe (cached per architecture and input size)",
+               unit="batch", disable=not progress or len(starts) < 4, leave=False)
     with _eval_mode(scope, catch_all=True), torch.no_grad():
         for start in bar:
             idx = torch.arange(start, min(total, start + batch_size))

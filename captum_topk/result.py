@@ -13,6 +13,7 @@ from torch import Tensor
 from ._topk import LayerState
 from ._io import atomic_torch_save
 from .receptive_field import ReceptiveField
+from .stats import ChannelStats, label_histogram
 
 FORMAT = "captum-topk/1"
 Box = Tuple[int, int, int, int]
@@ -83,6 +84,7 @@ class TopKResult:
     receptive_fields: Dict[str, Dict[Tuple[int, int], ReceptiveField]] = field(default_factory=dict)
     n_images: int = 0
     metadata: Dict[str, Any] = field(default_factory=dict)
+    channel_stats: Dict[str, ChannelStats] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ access
     @property
@@ -208,11 +210,67 @@ class TopKResult:
             return torch.empty(0)
         return torch.stack(crops)
 
+    # ------------------------------------------------------------------ statistics, neurons
+    def stats(self, layer: str) -> ChannelStats:
+        r"""Per-channel dataset statistics of ``layer`` (histogram, mean, fraction > 0, count),
+        gathered during mining with ``LayerTopKPatches(..., stats=True)``.
+
+        Returns:
+            ChannelStats: see :mod:`captum_topk.stats`.
+        Example::
+            >>> s = result.stats("features.7")
+            >>> s.mean.shape, s.fraction_positive.shape, s.counts.shape   # (C,), (C,), (C, B)
+        """
+        self._state(layer)
+        if layer not in self.channel_stats:
+            raise KeyError(
+                f"No statistics for layer {layer!r}: mine with LayerTopKPatches(..., stats=True) "
+                "(or `captum-topk mine --stats`)."
+            )
+        return self.channel_stats[layer]
+
+    def label_histogram(self, layer: str, channel: Optional[int] = None, which: str = "top",
+                        num_classes: Optional[int] = None) -> Tensor:
+        r"""Label counts of a channel's top-k images: (num_classes,), or (C, num_classes) for
+        every channel. See :func:`captum_topk.stats.label_histogram`."""
+        return label_histogram(self, layer, channel, which, num_classes)
+
+    def neurons(self, layer: str, channel: int, which: str = "top", n: Optional[int] = None) -> List[Any]:
+        r"""``(record, neuron_selector)`` pairs of a channel, for any Captum neuron method.
+        See :func:`captum_topk.projections.neurons`."""
+        from .projections import neurons
+
+        return neurons(self, layer, channel, which, n)
+
+    def projections(self, images_source: ImageSource, layer: str, channel: int,
+                    method: Any = "deconvolution", model: Any = None, which: str = "top",
+                    n: Optional[int] = None, **kwargs: Any) -> Any:
+        r"""Zeiler & Fergus projections of a channel's records, cropped like :meth:`patches`.
+        See :func:`captum_topk.projections.projections`.
+
+        Example::
+            >>> proj = result.projections(dataset, "features.7", 12, model=model)
+            >>> proj.attributions.shape, proj.rgb.shape      # (9, 3, h, w), (9, h, w, 3)
+        """
+        from .projections import projections
+
+        return projections(self, images_source, layer, channel, method, model, which, n, **kwargs)
+
     # ------------------------------------------------------------------ merge
     def merge(self, other: "TopKResult") -> "TopKResult":
         r"""Fold a result mined on other (disjoint) images into this one, in place; returns self."""
         if set(other.states) != set(self.states):
             raise ValueError("Cannot merge results mined on different layers.")
+        if set(other.channel_stats) != set(self.channel_stats):
+            raise ValueError(
+                "Cannot merge a result mined with stats=True with one mined without (or on "
+                "other layers): mine every shard with the same stats option."
+            )
+        for name, cs in other.channel_stats.items():  # validate all before changing anything
+            if not torch.equal(cs.edges, self.channel_stats[name].edges):
+                raise ValueError(f"Layer {name!r}: statistics mined with different histogram edges.")
+        for name, cs in other.channel_stats.items():
+            self.channel_stats[name].merge(cs)
         for name, st in other.states.items():
             self.states[name].merge(st)
         self.images.update(other.images)
@@ -252,11 +310,15 @@ class TopKResult:
                 tensors[key] = rf.boxes.contiguous()
                 rfs.append({"layer": name, "key": key, "input_size": list(rf.input_size),
                             "size": list(rf.size), "stride": list(rf.stride)})
+        for name, cs in self.channel_stats.items():
+            for tname, t in cs.to_payload().items():
+                tensors[f"stats/{name}/{tname}"] = t.contiguous()
         header = {
             "format": FORMAT,
             "n_images": self.n_images,
             "layers": layers,
             "receptive_fields": rfs,
+            "stats": sorted(self.channel_stats),
             "images": {str(i): v for i, v in self.images.items()},
             "metadata": self.metadata,
         }
@@ -290,8 +352,14 @@ class TopKResult:
             v = dict(v)
             v["size"] = tuple(v.get("size", (0, 0)))
             images[int(i)] = v
+        channel_stats = {}
+        for name in header.get("stats", []):  # absent in files written before statistics
+            prefix = f"stats/{name}/"
+            channel_stats[name] = ChannelStats.from_payload(
+                {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         return cls(states=states, images=images, receptive_fields=rfs,
-                   n_images=header["n_images"], metadata=header["metadata"])
+                   n_images=header["n_images"], metadata=header["metadata"],
+                   channel_stats=channel_stats)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         r"""Write atomically (temp file in the same folder, then rename): never a half file."""

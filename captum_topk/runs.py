@@ -18,15 +18,25 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ._io import atomic_write_text
 from ._layers import resolve_layers, run_capture
-from .data import demo_images, image_folder, imagenet_val, make_loader
+from .data import demo_images, image_folder, imagenet_val
 from .filters import filter_grid
+from .distributed import (
+    DistEnv,
+    ShardLoader,
+    batches_done,
+    dist_env,
+    gather_states,
+    init_distributed,
+    shard_batches,
+)
 from .layer_topk import LayerTopKPatches
 from .models import ModelInfo, load_model, make_transform
-from .plot import channel_sheet, patch_grid, save_png
+from .plot import channel_sheet, patch_grid, projection_sheet, save_png
 from .receptive_field import receptive_fields
 from .result import TopKResult
 
@@ -83,7 +93,10 @@ def mine_run(
     distinct_images: bool = True,
     progress: bool = True,
     input_size: Optional[int] = None,
-) -> Path:
+    device: str = "auto",
+    half: bool = False,
+    stats: bool = True,
+) -> Optional[Path]:
     r"""Mine ``layers`` of ``model`` over ``data`` into the run folder ``out``.
 
     Args:
@@ -101,8 +114,14 @@ def mine_run(
         distinct_images (bool): see :class:`~captum_topk.LayerTopKPatches`.
         progress (bool): tqdm bar with images/s.
         input_size (int, optional): crop size in px instead of the model's own.
+        device (str): ``"auto"`` (this rank's GPU if any, else CPU), ``"cpu"``, ``"cuda"``.
+        half (bool): run the model in float16 (GPU only); rankings are kept in float32.
+        stats (bool): gather per-channel statistics in the same pass (histogram, mean,
+            fraction > 0: ``result.stats(layer)``); a few percent of the mining time.
+    Under ``torchrun`` each rank mines a disjoint shard of batches and rank 0 merges them
+    (see :mod:`captum_topk.distributed`).
     Returns:
-        Path: ``out/result.pt``.
+        Path: ``out/result.pt`` (None on ranks other than 0).
     """
     out = Path(out)
     net, info = _load(model, checkpoint, input_size)
@@ -118,27 +137,44 @@ def mine_run(
         "max_images": max_images,
         "input_size": list(info.input_size),
     }
-    miner = LayerTopKPatches(net, list(layers), k=k, distinct_images=distinct_images)
-    snapshot = out / "snapshot.pt"
-    start = 0
+    env = dist_env()
+    dev = resolve_device(device, env)
+    if half and dev.type != "cuda":
+        raise ValueError("--half needs a GPU (half precision convolutions are slow or missing on CPU).")
+    net = net.to(dev).half() if half else net.to(dev)
+    started = init_distributed(env, dev)
+    settings.update(world_size=env.world, half=bool(half))
+    settings["stats"] = bool(stats)
+    miner = LayerTopKPatches(net, list(layers), k=k, distinct_images=distinct_images, stats=bool(stats))
+    snapshot = out / ("snapshot.pt" if env.world == 1 else f"snapshot.rank{env.rank}-of-{env.world}.pt")
+    total = len(dataset) if max_images is None else min(len(dataset), max_images)
+    ranges = shard_batches(total, batch_size, env.rank, env.world)
     if resume and snapshot.exists():
         previous = json.loads((out / "run.json").read_text())
         differ = {key: (previous.get(key), v) for key, v in settings.items() if previous.get(key) != v}
         if differ:
             raise ValueError(f"--resume with different settings than the interrupted run: {differ}")
         miner.load_state(snapshot)
-        start = miner.n_images
-    total = len(dataset) if max_images is None else min(len(dataset), max_images)
-    atomic_write_text(out / "run.json", json.dumps(
-        {**settings, "n_total": total, "skipped": [list(s) for s in getattr(dataset, "skipped", [])]},
-        indent=2))
-    remaining = dataset.subset(range(start, total)) if start or total < len(dataset) else dataset
-    loader = make_loader(remaining, batch_size=batch_size, workers=workers)
+        ranges = ranges[batches_done(ranges, miner.n_images):]
+    if env.is_main:
+        atomic_write_text(out / "run.json", json.dumps(
+            {**settings, "n_total": total, "skipped": [list(s) for s in getattr(dataset, "skipped", [])]},
+            indent=2))
+    loader = ShardLoader(dataset, ranges, workers=workers, pin_memory=dev.type == "cuda",
+                         dtype=torch.float16 if half else None)
     throttle = float(os.environ.get("CAPTUM_TOPK_THROTTLE_S", "0") or 0)
     if throttle > 0:  # a testing aid: slow batches down so that a kill lands mid-run
-        loader = _throttled(loader, throttle)
-    result = miner.mine(loader, progress=progress, reset=False, snapshot_path=snapshot,
-                        snapshot_every=snapshot_every)
+        loader = _Throttled(loader, throttle)
+    try:
+        miner.mine(loader, progress=progress and env.is_main, reset=False,
+                   snapshot_path=snapshot, snapshot_every=snapshot_every, finalize=False)
+        gather_states(miner, env)
+        if not env.is_main:
+            return None
+        result = miner.compute()
+    finally:
+        if started:
+            dist.destroy_process_group()
     result.metadata.update(
         model_name=model,
         checkpoint=settings["checkpoint"],
@@ -153,10 +189,27 @@ def mine_run(
     return out / "result.pt"
 
 
-def _throttled(loader, seconds: float):
-    for batch in loader:
-        time.sleep(seconds)
-        yield batch
+class _Throttled:
+    def __init__(self, loader: ShardLoader, seconds: float) -> None:
+        self.loader, self.seconds, self.num_images = loader, seconds, loader.num_images
+
+    def __iter__(self):
+        for batch in self.loader:
+            time.sleep(self.seconds)
+            yield batch
+
+
+def resolve_device(device: str, env: Optional[DistEnv] = None) -> torch.device:
+    r"""``"auto"``: this rank's GPU when CUDA is available, else the CPU."""
+    env = env or dist_env()
+    if device == "auto":
+        return torch.device(f"cuda:{env.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA was asked for but no GPU is available; use --device cpu.")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{env.local_rank}")
+    return dev
 
 
 @dataclass
@@ -230,9 +283,10 @@ def render_run(
                 sets[c] = _fit(run.patches(layer, c, which), patch_px)
                 values[c] = [r.value for r in recs]
         side = max((p.shape[-1] for p in sets.values()), default=patch_px)
+        k = run.result.k
         sheet = channel_sheet(sets, values, mean=mean, std=std, scale=max(1, patch_px // side),
-                              title=f"{layer}: {which}-9 patches")
-        written.append(save_png(sheet, out_dir / f"{_slug(layer)}_{which}9.png"))
+                              title=f"{layer}: {which}-{k} patches")
+        written.append(save_png(sheet, out_dir / f"{_slug(layer)}_{which}{k}.png"))
         firsts = [c for c in range(min(n, 64)) if run.result.records(layer, c, which)]
         tops = _fit(torch.stack([run.patches(layer, c, which, n=1)[0] for c in firsts]), patch_px * 2 // 3)
         top_vals = [run.result.records(layer, c, which)[0].value for c in firsts]
@@ -240,6 +294,68 @@ def render_run(
                           scale=max(1, (patch_px * 2 // 3) // tops.shape[-1]),
                           title=f"{layer}: {which}-1 patch of channels 0-{firsts[-1]}")
         written.append(save_png(grid, out_dir / f"{_slug(layer)}_{which}1.png"))
+    return written
+
+
+def render_projections(
+    run: Run,
+    method: str = "deconvolution",
+    layers: Optional[Sequence[str]] = None,
+    channels: Optional[Sequence[int]] = None,
+    which: str = "top",
+    out_dir: Optional[PathLike] = None,
+    max_channels: int = 8,
+    patch_px: int = 96,
+    model: Optional[nn.Module] = None,
+    progress: bool = True,
+) -> List[Path]:
+    r"""Write, per layer, ``<layer>_<which><k>_<method>.png``: each channel's top-k patches
+    beside their projections (Zeiler & Fergus, Fig. 2), see
+    :func:`captum_topk.projections.projections` and :func:`captum_topk.plot.projection_sheet`.
+
+    Args:
+        run (Run): from :func:`load_run`.
+        method (str): ``"deconvolution"`` or ``"guided_backprop"`` (or ``"gradient"``).
+        layers, channels, which, out_dir: as in :func:`render_run`.
+        max_channels (int): channels per sheet when ``channels`` is not given. Default 8.
+        patch_px (int): longest side of patches and projections (downscaled beyond it).
+        model (nn.Module, optional): the mined model; default: reloaded from the run.
+        progress (bool): tqdm bar over the channels.
+    Returns:
+        list of Path: the PNGs written.
+    """
+    from tqdm.auto import tqdm
+
+    from .projections import symmetric_rgb
+
+    out_dir = Path(out_dir) if out_dir else run.path
+    if model is None:
+        meta = run.result.metadata
+        model, _ = _load(meta.get("model_name", DEFAULT_MODEL), meta.get("checkpoint"),
+                         run.info.input_size[0])
+    model.eval()
+    written = []
+    for layer in layers or run.result.layers:
+        n = run.result.num_channels(layer)
+        chosen = list(channels) if channels else list(range(min(n, max_channels)))
+        pairs, values = {}, {}
+        for c in tqdm(chosen, desc=f"{method} {layer}", disable=not progress):
+            if not run.result.records(layer, c, which):
+                continue
+            proj = run.result.projections(run.image_source(), layer, c, method, model=model,
+                                          which=which, progress=False)
+            patches = _fit(run.patches(layer, c, which), patch_px)
+            rgb, _ = symmetric_rgb(_fit(proj.attributions, patch_px))
+            pairs[c] = (patches, rgb)
+            values[c] = [r.value for r in proj.records]
+        if not pairs:
+            continue
+        side = max(p.shape[-1] for p, _ in pairs.values())
+        k = run.result.k
+        sheet = projection_sheet(pairs, values, mean=run.info.mean, std=run.info.std,
+                                 scale=max(1, patch_px // side), method=method.replace("_", " "),
+                                 title=f"{layer}: {which}-{k} patches | {method.replace('_', ' ')} projections")
+        written.append(save_png(sheet, out_dir / f"{_slug(layer)}_{which}{k}_{method}.png"))
     return written
 
 
@@ -293,14 +409,15 @@ def describe_layers(model: str = DEFAULT_MODEL, checkpoint: Optional[PathLike] =
     for n, m in named:
         s = shapes[n]
         minable = s is not None and len(s) in (1, 3)
-        if not minable and not all_modules:
-            continue
+        if not all_modules and (not minable or n.count(".") > 1):
+            continue  # default: blocks (depth <= 2); --all lists every module
         rf = rfs.get(n)
         rows.append({
             "layer": n,
             "type": m.__class__.__name__,
             "output": "x".join(map(str, s)) if s is not None else "(not one tensor)",
             "stride": f"{rf.stride[0]}x{rf.stride[1]}" if rf else "-",
-            "rf": f"{rf.size[0]}x{rf.size[1]}" if rf else ("whole image" if s and len(s) == 1 else "-"),
+            "rf": (f"{rf.size[0]}x{rf.size[1]}" + (" (clipped: >= image)" if tuple(rf.size) == tuple(size) else "")
+                   if rf else ("whole image" if s and len(s) == 1 else "-")),
         })
     return rows

@@ -69,7 +69,7 @@ def test_mine_show_and_records_name_their_images(tmp_path, data, checkpoint):
     assert rec.image_id.startswith("class") and rec.label == int(rec.image_id[5])
     assert json.loads((out / "run.json").read_text())["layers"] == ["layer1", "layer2"]
     assert main(["show", str(out), "--layer", "layer2", "--channels", "0", "3"]) == 0
-    sheet = Image.open(out / "layer2_top9.png")
+    sheet = Image.open(out / "layer2_top4.png")  # k=4: named and titled by the real k
     assert sheet.size[0] > 100 and sheet.size[1] > 100
     assert (out / "layer2_top1.png").exists()
 

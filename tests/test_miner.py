@@ -302,3 +302,42 @@ def test_labels_ids_from_dict_batches_and_snapshot_resume(tmp_path):
     for layer in ("0", "3"):
         for ch in range(res.num_channels(layer)):
             assert res.records(layer, ch) == full.records(layer, ch)
+
+
+def test_images_of_different_sizes_keep_their_own_positions_and_boxes():
+    # batch size 1 with alternating input sizes: positions of a wide image must survive
+    # being merged with those of a narrow one, and each box uses its own image's size.
+    model = _tiny_cnn()
+    g = torch.Generator().manual_seed(3)
+    images = [torch.randn(3, 16 if i % 2 else 24, 24 if i % 2 else 16, generator=g) for i in range(7)]
+    for distinct in (True, False):
+        res = LayerTopKPatches(model, "3", k=4, distinct_images=distinct).mine(
+            [im[None] for im in images], progress=False)
+        for which, sign in (("top", -1.0), ("bottom", 1.0)):
+            for ch in range(8):
+                cands = []
+                for i, im in enumerate(images):
+                    a = full_activations(model, model[3], im[None], batch_size=1)[0, ch]
+                    per = sorted((sign * float(a[y, x]), i, y, x)
+                                 for y in range(a.shape[0]) for x in range(a.shape[1]))
+                    cands.extend(per[:1] if distinct else per)
+                expected = [(i, y, x) for _, i, y, x in sorted(cands)[:4]]
+                recs = res.records("3", ch, which)
+                assert [(r.index, r.y, r.x) for r in recs] == expected
+                for r in recs:
+                    assert r.input_size == tuple(images[r.index].shape[-2:])
+                    rf = res.receptive_fields["3"][r.input_size]
+                    assert r.box == rf.box(r.y, r.x)
+
+
+def test_outputs_changed_in_place_later_in_the_forward_are_mined_as_they_were():
+    # resnet18: bn1 is followed by ReLU(inplace=True); mined together with a deeper layer,
+    # bn1's negative values must survive (they are what bn1 output).
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    images = _images(6, 32)
+    both = LayerTopKPatches(model, ["bn1", "layer1"], k=3).mine(images, progress=False)
+    alone = LayerTopKPatches(model, "bn1", k=3).mine(images, progress=False)
+    for which in ("top", "bottom"):
+        assert torch.equal(both.values("bn1", which), alone.values("bn1", which))
+        assert torch.equal(both.indices("bn1", which), alone.indices("bn1", which))
+    assert (both.values("bn1", "bottom") < 0).all()

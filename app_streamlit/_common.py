@@ -1,0 +1,222 @@
+"""Streamlit glue shared by the pages: roots, cached library calls, the run picker, error boxes.
+
+Nothing is computed here: every function calls ``captum_topk.dashboard_data`` and only adds
+Streamlit caching (``st.cache_resource`` for opened runs and models, ``st.cache_data`` for
+arrays) or widgets. A run is identified in caches by its folder and the mtime of its
+``result.pt``, so a re-mined run is never served stale.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import streamlit as st
+
+from captum_topk import dashboard_data as dd
+
+REPO = Path(__file__).resolve().parent.parent
+RUN_KEY = "run"  # session_state key of the sidebar run picker
+RUN_REQUEST = "run_request"  # a page asks the picker to switch run on the next rerun
+
+
+def roots() -> dd.Roots:
+    return dd.Roots.from_env(REPO)
+
+
+@contextmanager
+def friendly(what: str) -> Iterator[None]:
+    r"""Show an exception as an ``st.error`` box (no traceback) and go on with the page."""
+    try:
+        yield
+    except Exception as exc:  # Streamlit's stop / rerun are BaseException: not caught
+        st.error(f"{what}: {exc}", icon=":material/error:")
+
+
+# ------------------------------------------------------------------ cached library calls
+@st.cache_resource(show_spinner="Opening the run (model, dataset)...", max_entries=6)
+def open_run(path: str, mtime: float) -> dd.DashRun:
+    return dd.open_run(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def patches(path: str, mtime: float, layer: str, channel: int, which: str, n: int):
+    return dd.channel_patches(open_run(path, mtime), layer, channel, which, n)
+
+
+@st.cache_data(show_spinner="Projecting the neurons back to pixels (Captum)...", max_entries=256)
+def projections(path: str, mtime: float, layer: str, channel: int, method: str, which: str, n: int) -> np.ndarray:
+    return dd.channel_projections(open_run(path, mtime), layer, channel, method, which, n)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def histogram(path: str, mtime: float, layer: str, channel: int) -> Optional[Dict[str, Any]]:
+    return dd.channel_histogram(open_run(path, mtime), layer, channel)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def classes(path: str, mtime: float, layer: str, channel: int, which: str) -> List[Tuple[str, int]]:
+    return dd.channel_classes(open_run(path, mtime), layer, channel, which)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def record_image(path: str, mtime: float, layer: str, channel: int, which: str, rank: int) -> np.ndarray:
+    run = open_run(path, mtime)
+    return dd.record_image(run, run.result.records(layer, channel, which)[rank])
+
+
+@st.cache_data(show_spinner="Cropping the top-1 patch of every channel...", max_entries=64)
+def top1_grid(path: str, mtime: float, layer: str, channels: Tuple[int, ...], which: str):
+    return dd.top1_grid(open_run(path, mtime), layer, channels, which)
+
+
+@st.cache_data(show_spinner="Embedding the images (global average pooling)...", max_entries=32)
+def embeddings(path: str, mtime: float, layer: str):
+    return dd.run_embeddings(open_run(path, mtime), layer)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def thumbnails(path: str, mtime: float, ids: Tuple[str, ...], px: int, data_uri: bool = True) -> List[Any]:
+    return dd.thumbnails(open_run(path, mtime), ids, px, data_uri)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def filter_view(path: str, mtime: float, layer: Optional[str], mode: str) -> Dict[str, Any]:
+    run = open_run(path, mtime)
+    if run.model is None:
+        raise ValueError("Filters need the PyTorch model; this run was mined through ONNX Runtime "
+                         "(open a PyTorch run of the same model).")
+    return dd.filter_view(run.model, layer, mode)
+
+
+@st.cache_data(show_spinner="Comparing the two models over the images (CKA, channel changes)...",
+               max_entries=16)
+def comparison(path_a: str, mtime_a: float, path_b: str, mtime_b: float) -> Dict[str, Any]:
+    return dd.compare_runs(open_run(path_a, mtime_a), open_run(path_b, mtime_b))
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=4)
+def job_model(spec: dd.JobSpec, roots_: dd.Roots):
+    return dd.job_model(spec, roots_)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def job_layers(spec: dd.JobSpec, roots_: dd.Roots) -> List[str]:
+    if spec.onnx:
+        return dd.job_layers(spec, roots_)
+    return dd.job_layers(spec, roots_, model=job_model(spec, roots_)[0])
+
+
+# ------------------------------------------------------------------ runs
+def progress_callback(bar: Any, what: str):
+    r"""A ``progress(phase, done, total)`` for the library that drives an ``st.progress``."""
+
+    def report(phase: str, done: int, total: Optional[int]) -> None:
+        if phase == "mining" and total:
+            bar.progress(min(1.0, done / total), text=f"{what}: mining {done}/{total} images")
+        elif phase == "receptive fields":
+            bar.progress(1.0, text=f"{what}: exact receptive fields (cached on disk after the first time)...")
+        elif phase == "export":
+            bar.progress(0.0, text=f"{what}: exporting to ONNX and checking it against PyTorch...")
+        elif phase == "loading":
+            bar.progress(0.0, text=f"{what}: loading the model and the images...")
+        elif phase == "done":
+            bar.progress(1.0, text=f"{what}: done")
+
+    return report
+
+
+def ensure_some_run(r: dd.Roots) -> None:
+    r"""First start: with no run under the runs root, mine the embedded default here."""
+    if dd.list_runs(r.runs):
+        return
+    bar = st.progress(0.0, text="First start: mining the default run...")
+    with friendly("Could not mine the default run"):
+        dd.ensure_default_run(r, progress=progress_callback(bar, "First start (MobileNetV2-ImageNet on the packaged photos)"))
+    bar.empty()
+
+
+def run_picker(r: dd.Roots) -> Optional[dd.RunEntry]:
+    r"""The sidebar's run selector; returns the chosen entry (None when there is no run).
+
+    The choice lives in ``st.session_state[RUN_KEY]`` (a plain key, not the widget's, so
+    that it survives page switches); a page may ask for another run with ``RUN_REQUEST``."""
+    entries = dd.list_runs(r.runs)
+    if not entries:
+        st.sidebar.warning(f"No run under {r.runs} yet: mine one on the Data and jobs page.")
+        return None
+    names = [e.name for e in entries]
+    by_name = {e.name: e for e in entries}
+    wanted = st.session_state.pop(RUN_REQUEST, None)
+    if wanted in by_name:
+        st.session_state[RUN_KEY] = wanted
+    if st.session_state.get(RUN_KEY) not in by_name:
+        default = dd.find_job(dd.DEFAULT_SPEC, r)
+        default_name = default.relative_to(r.runs).as_posix() if default else None
+        st.session_state[RUN_KEY] = default_name if default_name in by_name else names[0]
+
+    def chosen() -> None:
+        st.session_state[RUN_KEY] = st.session_state["run_widget"]
+
+    st.session_state["run_widget"] = st.session_state[RUN_KEY]
+    st.sidebar.selectbox("Run", names, key="run_widget", on_change=chosen, format_func=lambda n: by_name[n].label,
+                         help="Runs found under the runs root. Mine new ones on the Data and jobs page.")
+    entry = by_name[st.session_state[RUN_KEY]]
+    if entry.error:
+        st.sidebar.caption(f":material/warning: {entry.error}")
+    return entry
+
+
+def sidebar(mine_default: bool = True) -> dd.Roots:
+    r"""What every page starts with: the roots, the default run on a first start, the run
+    picker and the roots box in the sidebar. Returns the roots."""
+    r = roots()
+    if mine_default:
+        ensure_some_run(r)
+    st.sidebar.markdown("**captum-topk** · Zeiler & Fergus dataset top-k patches")
+    run_picker(r)
+    with st.sidebar.expander("Configured roots"):
+        for name, path in r.as_dict().items():
+            st.caption(f"**{name}**: `{path}`")
+        st.caption("Set CAPTUM_TOPK_DATA_ROOT / _RUNS_ROOT / _CHECKPOINTS_ROOT / _ONNX_ROOT to change "
+                   "them. Paths typed in the app must stay inside these folders.")
+    return r
+
+
+def current_run(r: Optional[dd.Roots] = None) -> dd.DashRun:
+    r"""Draw the sidebar and return the run chosen there, opened (cached); stops the page with
+    an error box when it cannot be opened."""
+    r = sidebar() if r is None else r
+    entries = {e.name: e for e in dd.list_runs(r.runs)}
+    entry = entries.get(st.session_state.get(RUN_KEY, ""))
+    if entry is None:
+        st.info("No run yet: mine one on the Data and jobs page.")
+        st.stop()
+    try:
+        return open_run(str(entry.path), entry.mtime)
+    except Exception as exc:
+        st.error(f"Cannot open the run {entry.name}: {exc}", icon=":material/error:")
+        st.stop()
+    raise AssertionError  # unreachable
+
+
+def from_query(key: str, param: str, allowed=None, convert=str) -> None:
+    r"""Initialise widget ``key`` once per session from the URL query parameter ``param``
+    (e.g. ``?layer=features.7&channel=12``), when present and valid."""
+    done = f"_from_query_{key}"
+    if st.session_state.get(done) or param not in st.query_params:
+        return
+    st.session_state[done] = True
+    try:
+        value = convert(st.query_params[param])
+    except (TypeError, ValueError):
+        return
+    if allowed is None or value in allowed:
+        st.session_state[key] = value
+
+
+def run_key(run: dd.DashRun) -> Tuple[str, float]:
+    r"""``(folder, mtime)``: the cache key of an opened run."""
+    return str(run.path), (run.path / "result.pt").stat().st_mtime

@@ -1,0 +1,27 @@
+"""captum-topk dashboard: ``streamlit run app_streamlit/main.py``.
+
+Pages (st.navigation): Top-k patches (default), Filters, Compare, Embeddings, Data and jobs.
+The sidebar picks the run every page shows. All computation is in captum_topk.dashboard_data;
+see docs/dashboard.md.
+"""
+
+import streamlit as st
+
+st.set_page_config(page_title="captum-topk", page_icon=":material/image_search:", layout="wide")
+for option, value in (("client.showErrorDetails", "none"),  # pages show short st.error messages, never a traceback
+                      ("client.toolbarMode", "viewer")):  # no "Deploy" button
+    try:
+        st.set_option(option, value)
+    except Exception:  # an older Streamlit where it cannot be set at run time
+        pass
+
+pages = [
+    st.Page("pages/topk.py", title="Top-k patches", icon=":material/grid_view:", default=True),
+    st.Page("pages/filters.py", title="Filters", icon=":material/tune:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+    st.Page("pages/data_jobs.py", title="Data and jobs", icon=":material/construction:"),
+]
+nav = st.navigation(pages)
+
+nav.run()  # each page draws the sidebar (run picker) itself: _common.sidebar()

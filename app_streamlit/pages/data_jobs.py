@@ -1,0 +1,113 @@
+"""Data and jobs: runs on disk, and new mining jobs with a live progress bar (cached on disk)."""
+
+import pandas as pd
+import streamlit as st
+
+import _common as common
+from captum_topk import dashboard_data as dd
+from captum_topk.models import list_models
+
+roots = common.sidebar(mine_default=False)
+st.title("Data and jobs")
+
+st.subheader("Runs on disk")
+entries = dd.list_runs(roots.runs)
+if entries:
+    st.dataframe(pd.DataFrame({
+        "run": [e.name for e in entries],
+        "model": [e.model + (f" + {e.checkpoint.split('/')[-1]}" if e.checkpoint else "") for e in entries],
+        "backend": [e.backend for e in entries],
+        "data": [e.data for e in entries],
+        "layers": [", ".join(e.layers) for e in entries],
+        "images": [e.n_images for e in entries],
+        "statistics": [e.stats for e in entries],
+        "problem": [e.error or "" for e in entries],
+    }), hide_index=True)
+else:
+    st.info(f"No run under {roots.runs} yet.")
+st.caption(f"Runs root: `{roots.runs}`. A job with the same settings as a finished run reuses it.")
+
+st.subheader("New mining job")
+DEMO = "(packaged photos)"
+c1, c2 = st.columns(2)
+with c1:
+    folders = dd.list_data_folders(roots.data)
+    data_pick = st.selectbox("Images", [DEMO] + folders, key="jobs_data",
+                             help=f"Folders under the data root {roots.data} (class sub-folders give labels).")
+    data_text = st.text_input("…or a folder under the data root", key="jobs_data_text",
+                              placeholder="e.g. my_photos or imagenet/val")
+with c2:
+    err = dd.onnx_available()
+    sources = ["Built-in", "Checkpoint"] + (["ONNX file"] if err is None else [])
+    source = st.radio("Model", sources, horizontal=True, key="jobs_source")
+    if err is not None:
+        st.caption(err)
+
+checkpoint = onnx_file = None
+model = dd.DEFAULT_MODEL
+m1, m2 = st.columns(2)
+if source == "Built-in":
+    model = m1.selectbox("Built-in model", list_models(), key="jobs_builtin")
+elif source == "Checkpoint":
+    files = dd.list_files(roots.checkpoints, dd.CHECKPOINT_EXTENSIONS)
+    picked = m1.selectbox("Checkpoint", files or ["(none under the checkpoints root)"], key="jobs_ckpt")
+    typed = m1.text_input("…or a path under the checkpoints root", key="jobs_ckpt_text")
+    checkpoint = typed.strip() or (picked if files else None)
+    archs = ["(recorded in the checkpoint)"] + list_models() + \
+        ["resnet18", "resnet34", "resnet50", "vgg16", "alexnet", "mobilenet_v2", "efficientnet_b0", "densenet121"]
+    arch = m2.selectbox("Architecture", archs, key="jobs_arch",
+                        help="A built-in name keeps its preprocessing and takes the checkpoint's weights.")
+    model = "" if arch == archs[0] else arch
+else:
+    files = dd.list_files(roots.onnx, [".onnx"])
+    picked = m1.selectbox("ONNX file", files or ["(none under the onnx root)"], key="jobs_onnx")
+    typed = m1.text_input("…or a path under the onnx root", key="jobs_onnx_text")
+    onnx_file = typed.strip() or (picked if files else None)
+
+backends = ["PyTorch", "ONNX Runtime"] if source != "ONNX file" else ["ONNX Runtime"]
+if dd.onnx_available() is not None:
+    backends = ["PyTorch"]
+backend = m2.radio("Backend", backends, horizontal=True, key="jobs_backend",
+                   help="ONNX Runtime: the model is exported to the onnx root (checked against PyTorch) "
+                        "and mined there; same records, no projections.")
+
+o1, o2, o3, o4 = st.columns(4)
+k = int(o1.number_input("k (records per channel)", 1, 64, 9, key="jobs_k"))
+batch = int(o2.number_input("Batch size", 1, 256, 16, key="jobs_batch"))
+max_images = int(o3.number_input("Max images (0 = all)", 0, 10_000_000, 0, key="jobs_max"))
+input_size = int(o4.number_input("Input size px (0 = the model's)", 0, 1024, 0, key="jobs_size"))
+
+data = None if not data_text.strip() and data_pick == DEMO else (data_text.strip() or data_pick)
+base = dd.JobSpec(model=model, checkpoint=checkpoint, onnx=onnx_file, data=data, k=k, batch_size=batch,
+                  input_size=input_size or None, max_images=max_images or None)
+try:
+    if data is not None:
+        dd.resolve_under(roots.data, data, kind="dir")
+    options = common.job_layers(base, roots)
+except Exception as exc:
+    st.error(f"Cannot use this model / data: {exc}", icon=":material/error:")
+    st.stop()
+suggested = dd.suggest_layers(options)
+layers = st.multiselect("Layers", options, default=suggested, key=f"jobs_layers_{base.model}_{base.checkpoint}_{base.onnx}")
+spec = dd.JobSpec(**{**base.to_dict(), "layers": tuple(layers)})
+
+done = dd.find_job(spec, roots) if backend == "PyTorch" or spec.onnx else None
+if done is not None:
+    st.success(f"Already mined, cached on disk: `{done.relative_to(roots.runs).as_posix()}`.")
+if st.button("Mine", type="primary", key="jobs_mine", disabled=not layers):
+    bar = st.progress(0.0, text="Starting...")
+    try:
+        job = spec
+        if backend == "ONNX Runtime" and not spec.onnx:
+            job = dd.export_for_ort(spec, roots, progress=common.progress_callback(bar, "ONNX export"))
+        folder = dd.mine_job(job, roots, progress=common.progress_callback(bar, spec.run_name()))
+        name = folder.relative_to(roots.runs).as_posix()
+        st.session_state[common.RUN_REQUEST] = name
+        st.session_state["jobs_last"] = name
+        st.rerun()
+    except Exception as exc:
+        bar.empty()
+        st.error(f"Mining failed: {exc}", icon=":material/error:")
+if st.session_state.get("jobs_last"):
+    st.success(f"Mined `{st.session_state['jobs_last']}`; it is now the run shown by the other pages.")
+    st.page_link("pages/topk.py", label="Open it in Top-k patches", icon=":material/grid_view:")

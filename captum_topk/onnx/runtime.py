@@ -1,0 +1,579 @@
+r"""Mining through ONNX Runtime: dataset top-k patches need forward activations only.
+
+:class:`OnnxTopKPatches` has the streaming contract of :class:`~captum_topk.LayerTopKPatches`
+(``update`` / ``compute`` / ``reset`` / ``merge`` / ``mine`` / ``save_state`` /
+``load_state``) and runs the same state code (:class:`~captum_topk._topk.LayerState`), so it
+returns a :class:`~captum_topk.TopKResult` of exactly the same format. Only the forward pass
+differs: the chosen tensors become the outputs of a pruned copy of the graph (ONNX Runtime
+stops after the deepest one) and run in an ``onnxruntime.InferenceSession``.
+
+Receptive fields come from the export sidecar (``<file>.onnx.json``) when it has them, else
+they are measured by NaN probing through ONNX Runtime (:func:`onnx_receptive_fields`), on a
+NaN-safe rewrite of the graph (:func:`~captum_topk.onnx.graph.nan_safe`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import onnx  # the real package
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..layer_topk import LayerTopKPatches
+from ..receptive_field import ReceptiveField, _disk_get, _disk_put, _field_from_masks, _parse_size
+from .graph import (InputSpec, ModelLike, input_spec, list_tensors, load_onnx,
+                    nan_safe, resolve_tensors, with_outputs)
+from .sidecar import Sidecar, load_sidecar
+
+PROVIDER_ORDER = ("CUDAExecutionProvider", "CPUExecutionProvider")
+_PROBE_VERSION = 1
+_RF_CACHE: Dict[tuple, ReceptiveField] = {}
+_RF_LOCK = threading.Lock()
+_ORT_NAN_CHECKED: Dict[str, bool] = {}
+
+
+def _ort():
+    import onnxruntime
+
+    return onnxruntime
+
+
+# --------------------------------------------------------------------------------------
+# sessions
+# --------------------------------------------------------------------------------------
+
+
+def resolve_providers(providers: Optional[Sequence[str]] = None) -> List[str]:
+    r"""Execution providers to use, in order.
+
+    Args:
+        providers (list of str, optional): the wanted order; default CUDA then CPU. Names
+            this ONNX Runtime build lacks are dropped with a warning.
+    Returns:
+        list of str: the available ones, in the wanted order.
+    Raises:
+        ValueError: none of them is available.
+    """
+    available = list(_ort().get_available_providers())
+    wanted = list(providers) if providers else list(PROVIDER_ORDER)
+    if isinstance(providers, str):
+        wanted = [providers]
+    chosen = [p for p in wanted if p in available]
+    missing = [p for p in wanted if p not in available]
+    if missing and providers:
+        warnings.warn(
+            f"ONNX Runtime providers {missing} are not available in this build "
+            f"(available: {available}); using {chosen or 'none'}.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if not chosen:
+        raise ValueError(
+            f"None of the execution providers {wanted} is available; this onnxruntime build "
+            f"has {available}. Install onnxruntime-gpu for CUDA, or pass providers=['CPUExecutionProvider']."
+        )
+    return chosen
+
+
+def make_session(
+    model: Union[onnx.ModelProto, bytes],
+    providers: Optional[Sequence[str]] = None,
+    optimize: bool = True,
+    threads: Optional[int] = None,
+):
+    r"""An ``onnxruntime.InferenceSession`` on ``model``.
+
+    Args:
+        model (onnx.ModelProto or bytes): the model.
+        providers (list of str, optional): see :func:`resolve_providers`.
+        optimize (bool): all graph optimisations (True) or none (False, used for probing).
+        threads (int, optional): intra-op threads (default: ONNX Runtime's, the core count).
+    Returns:
+        onnxruntime.InferenceSession
+    Raises:
+        ValueError: ONNX Runtime refuses the model (unsupported operator, opset...).
+    """
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.log_severity_level = 3
+    # No busy-waiting between runs: the idle thread pool would otherwise steal the CPU from
+    # PyTorch, the DataLoader and everything else in this process.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else bytes(model)
+    try:
+        return ort.InferenceSession(data, so, providers=resolve_providers(providers))
+    except Exception as exc:
+        if isinstance(exc, ValueError) and "execution providers" in str(exc):
+            raise
+        raise ValueError(f"ONNX Runtime cannot load this model: {exc}") from exc
+
+
+class OnnxForward:
+    r"""Callable running chosen tensors of an ONNX model on (N, C, H, W) torch images.
+
+    Args:
+        model (onnx.ModelProto): the full model.
+        tensors (list of str): tensor names to return (made graph outputs; the graph is
+            pruned after the deepest).
+        providers (list of str, optional): execution providers (default CUDA, then CPU).
+        input_layout (str): ``"auto"``, ``"NCHW"`` or ``"NHWC"`` (images are always given
+            NCHW; they are transposed for an NHWC model).
+        activation_layout (str): ``"NCHW"`` (default) or ``"NHWC"``: the layout of the
+            chosen 4-D tensors, returned as (N, C, H, W).
+        optimize (bool), threads (int): see :func:`make_session`.
+    Returns (when called):
+        list of Tensor: one (N, C, h, w) or (N, C) CPU tensor per chosen tensor.
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        tensors: Sequence[str],
+        providers: Optional[Sequence[str]] = None,
+        input_layout: str = "auto",
+        activation_layout: str = "NCHW",
+        optimize: bool = True,
+        threads: Optional[int] = None,
+    ) -> None:
+        if activation_layout.upper() not in ("NCHW", "NHWC"):
+            raise ValueError(f"activation_layout must be 'NCHW' or 'NHWC', got {activation_layout!r}.")
+        self.spec: InputSpec = input_spec(model, input_layout)
+        self.tensors = list(tensors)
+        self.activation_layout = activation_layout.upper()
+        self.session = make_session(with_outputs(model, self.tensors), providers, optimize, threads)
+        self.providers = list(self.session.get_providers())
+        self.provider = self.providers[0]
+        self._dtype = np.dtype(self.spec.dtype) if self.spec.dtype != "bfloat16" else np.float32
+
+    def check(self, images: Tensor) -> None:
+        r"""Raise a clear ``ValueError`` when ``images`` do not fit the model's input."""
+        spec = self.spec
+        if images.dim() != 4:
+            raise ValueError(f"Expected (N, C, H, W) images, got shape {tuple(images.shape)}.")
+        c, h, w = images.shape[1:]
+        if spec.channels is not None and c != spec.channels:
+            raise ValueError(
+                f"The batch has {c} channels but the ONNX model takes {spec.channels} "
+                f"({spec.describe()}); convert the images first."
+            )
+        if spec.size is not None and (h, w) != tuple(spec.size):
+            raise ValueError(
+                f"The ONNX model takes {spec.size[0]}x{spec.size[1]} images "
+                f"({spec.describe()}) but the batch is {h}x{w}: resize / crop to that size "
+                "(the sidecar's transform() does), or re-export at the size you need."
+            )
+
+    def __call__(self, images: Tensor) -> List[Tensor]:
+        self.check(images)
+        x = images.detach().to("cpu", torch.float32).numpy()
+        if self.spec.layout == "NHWC":
+            x = x.transpose(0, 2, 3, 1)
+        x = np.ascontiguousarray(x, dtype=self._dtype)
+        n = x.shape[0]
+        step = self.spec.batch or n
+        parts: List[List[np.ndarray]] = []
+        for s in range(0, n, max(1, step)):
+            chunk = x[s : s + step]
+            if self.spec.batch and chunk.shape[0] < step:  # a fixed batch size: pad, then drop
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - chunk.shape[0], axis=0)])
+            try:
+                out = self.session.run(self.tensors, {self.spec.name: chunk})
+            except Exception as exc:
+                raise ValueError(
+                    f"ONNX Runtime failed on a batch of shape {tuple(images.shape)} "
+                    f"(the model takes {self.spec.describe()}): {str(exc).strip()}"
+                ) from exc
+            parts.append([o[: min(step, n - s)] for o in out])
+        outs = []
+        for i in range(len(self.tensors)):
+            a = np.concatenate([p[i] for p in parts]) if len(parts) > 1 else parts[0][i]
+            t = torch.from_numpy(np.ascontiguousarray(a))
+            if t.dim() == 4 and self.activation_layout == "NHWC":
+                t = t.permute(0, 3, 1, 2)
+            outs.append(t.float() if t.dtype != torch.float32 else t)
+        return outs
+
+
+# --------------------------------------------------------------------------------------
+# receptive fields by NaN probing through ONNX Runtime
+# --------------------------------------------------------------------------------------
+
+
+def _check_ort_nan_propagation(providers: List[str]) -> None:
+    r"""Known-answer check of the NaN-safe rewrite on this ONNX Runtime build: a 2x2 stride-2
+    max pooling (which drops NaN in ONNX Runtime) and a global max pooling must report
+    exact receptive fields."""
+    key = ",".join(providers)
+    if _ORT_NAN_CHECKED.get(key):
+        return
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 8, 8])
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Relu", ["p"], ["y"]),
+        helper.make_node("GlobalMaxPool", ["x"], ["g"]),
+    ]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "g")]
+    model = helper.make_model(helper.make_graph(nodes, "nan_check", [x], outs),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 8)
+    safe, _ = nan_safe(model)
+    fwd = OnnxForward(safe, ["y", "g"], providers, optimize=False)
+    rf = _probe(fwd, ["y", "g"], (8, 8), 1, batch_size=17, progress=False)
+    ok = all(rf["y"].box(i, j) == (2 * i, 2 * j, 2 * i + 2, 2 * j + 2) for i in range(4) for j in range(4))
+    ok = ok and rf["g"].box(0, 0) == (0, 0, 8, 8)
+    if not ok:
+        raise RuntimeError(
+            "ONNX Runtime drops NaN even in the NaN-safe rewrite on "
+            f"{providers[0]}: receptive fields cannot be probed through it. Export the model "
+            "with captum_topk.onnx.export (the sidecar carries exact fields) instead."
+        )
+    _ORT_NAN_CHECKED[key] = True
+
+
+def _probe(
+    forward: OnnxForward,
+    names: Sequence[str],
+    size: Tuple[int, int],
+    channels: int,
+    batch_size: int,
+    progress: bool,
+) -> Dict[str, ReceptiveField]:
+    r"""The probe of :mod:`captum_topk.receptive_field` (same background, same row / column
+    NaN images, same box extraction), run through ``forward``."""
+    H, W = size
+    total = 1 + H + W
+    gen = torch.Generator().manual_seed(0)
+    background = 0.25 + 0.5 * torch.rand(channels, H, W, generator=gen)
+    step = max(1, batch_size)  # a fixed-batch model is run in chunks by OnnxForward
+    hits: List[List[Tensor]] = [[] for _ in names]
+    with tqdm(total=total, unit="probe", desc="receptive fields (onnxruntime)", disable=not progress) as bar:
+        for start in range(0, total, step):
+            idx = torch.arange(start, min(total, start + step))
+            n = len(idx)
+            batch = background.expand(n, channels, H, W).clone()
+            k = torch.arange(n)
+            rows = (idx >= 1) & (idx <= H)
+            cols = idx > H
+            batch[k[rows], :, idx[rows] - 1, :] = float("nan")
+            batch[k[cols], :, :, idx[cols] - 1 - H] = float("nan")
+            outs = forward(batch)
+            for i, (name, out) in enumerate(zip(names, outs)):
+                if out.dim() not in (2, 4):
+                    raise ValueError(f"Tensor {name!r} has shape {tuple(out.shape)}; only 2-D / 4-D tensors have receptive fields.")
+                nan = torch.isnan(out).any(dim=1) if out.dim() == 4 else torch.isnan(out).any(dim=1).reshape(n, 1, 1)
+                if start == 0 and bool(nan[0].any()):
+                    raise ValueError(
+                        f"Tensor {name!r} already holds NaN for a finite input, so NaN probing "
+                        "cannot measure its receptive field; check the model's weights."
+                    )
+                hits[i].append(nan)
+            bar.update(n)
+    out = {}
+    for name, chunks in zip(names, hits):
+        mask = torch.cat(chunks)
+        out[name] = _field_from_masks(mask[1 : 1 + H], mask[1 + H :], size)
+    return out
+
+
+def model_digest(model: onnx.ModelProto) -> str:
+    r"""SHA-1 of the serialised model (receptive-field cache key)."""
+    return hashlib.sha1(model.SerializeToString()).hexdigest()
+
+
+def onnx_receptive_fields(
+    model: ModelLike,
+    tensors: Union[str, Sequence[str]],
+    input_size: Optional[Union[int, Tuple[int, int]]] = None,
+    *,
+    input_layout: str = "auto",
+    activation_layout: str = "NCHW",
+    providers: Optional[Sequence[str]] = None,
+    batch_size: int = 16,
+    cache: bool = True,
+    progress: bool = True,
+    digest: Optional[str] = None,
+) -> Dict[str, ReceptiveField]:
+    r"""Exact receptive fields of ONNX tensors, by NaN probing through ONNX Runtime.
+
+    The probe is the one of :func:`captum_topk.receptive_fields` (``H + W + 1`` images,
+    NaN in one input row or column each) run on a NaN-safe rewrite of the graph
+    (:func:`~captum_topk.onnx.graph.nan_safe`: ONNX Runtime's max pooling drops NaN) with
+    graph optimisations off. A known-answer check runs first. Results are cached in memory
+    and on disk (the receptive-field cache folder), keyed by a hash of the model bytes.
+
+    Args:
+        model (str, bytes or onnx.ModelProto): the ONNX model.
+        tensors (str or list of str): tensor / layer names (see :func:`resolve_tensors`).
+        input_size (int or (H, W), optional): default the model's static input size.
+        input_layout, activation_layout: see :class:`OnnxForward`.
+        providers (list of str, optional): execution providers.
+        batch_size (int): probe images per run.
+        cache (bool): use the in-memory / disk cache.
+        progress (bool): tqdm bar.
+        digest (str, optional): precomputed :func:`model_digest` of ``model``.
+    Returns:
+        dict[str, ReceptiveField]: keyed by the names given (2-D tensors get the whole image).
+    Example::
+        >>> rfs = onnx_receptive_fields("vgg16.onnx", ["functional_1/block1_pool_1/MaxPool2d:0"])
+    """
+    proto = load_onnx(model)
+    pairs = resolve_tensors(proto, tensors)
+    spec = input_spec(proto, input_layout)
+    if input_size is None:
+        if spec.size is None:
+            raise ValueError("The ONNX input has a dynamic size: pass input_size=(H, W).")
+        size = tuple(spec.size)
+    else:
+        size = _parse_size(input_size)
+    channels = spec.channels or 3
+    digest = digest or model_digest(proto)
+    results: Dict[str, ReceptiveField] = {}
+    keys = {}
+    for layer, tensor in pairs:
+        key = ("onnx-rf", _PROBE_VERSION, digest, tensor, size, spec.layout, activation_layout.upper(), channels)
+        keys[layer] = key
+        if cache:
+            with _RF_LOCK:
+                hit = _RF_CACHE.get(key)
+            if hit is None:
+                hit = _disk_get(key)
+            if hit is not None:
+                results[layer] = hit
+    todo = [(layer, tensor) for layer, tensor in pairs if layer not in results]
+    if todo:
+        prov = resolve_providers(providers)
+        _check_ort_nan_propagation(prov)
+        safe, _ = nan_safe(proto)
+        fwd = OnnxForward(safe, [t for _, t in todo], prov, input_layout=spec.layout,
+                          activation_layout=activation_layout, optimize=False)
+        fresh = _probe(fwd, [t for _, t in todo], size, channels, batch_size, progress)
+        for layer, tensor in todo:
+            rf = fresh[tensor]
+            results[layer] = rf
+            if cache:
+                with _RF_LOCK:
+                    _RF_CACHE[keys[layer]] = rf
+                _disk_put(keys[layer], rf)
+    return {layer: ReceptiveField(results[layer].boxes.clone(), results[layer].input_size,
+                                  results[layer].size, results[layer].stride)
+            for layer, _ in pairs}
+
+
+# --------------------------------------------------------------------------------------
+# the miner
+# --------------------------------------------------------------------------------------
+
+
+class OnnxTopKPatches(LayerTopKPatches):
+    r"""
+    Dataset top-k patches of an ONNX model, mined through ONNX Runtime.
+
+    Same contract and same result format as :class:`~captum_topk.LayerTopKPatches`
+    (``update`` / ``compute`` / ``reset`` / ``merge`` / ``mine`` / ``save_state`` /
+    ``load_state``; ordering, ties, ``distinct_images``, bottom-k, statistics), so its
+    :class:`~captum_topk.TopKResult` can be compared with, merged with or replace one mined
+    in PyTorch. Only the forward differs; ``attribute`` returns the activations.
+
+    Receptive fields: read from the export sidecar (``<file>.onnx.json``) for the size it
+    was exported at, else measured by NaN probing through ONNX Runtime
+    (:func:`onnx_receptive_fields`, cached).
+    """
+
+    def __init__(
+        self,
+        onnx_model: ModelLike,
+        layers: Optional[Union[str, Sequence[str]]] = None,
+        k: int = 9,
+        providers: Optional[Sequence[str]] = None,
+        distinct_images: bool = True,
+        *,
+        input_layout: str = "auto",
+        activation_layout: str = "NCHW",
+        threads: Optional[int] = None,
+        rf_batch_size: int = 16,
+        progress_rf: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        r"""
+        Args:
+            onnx_model (str, bytes or onnx.ModelProto): an ONNX file (its sidecar
+                ``<file>.json`` is read when present), its bytes or proto.
+            layers (str or list of str, optional): exported layer names (graph outputs such
+                as ``"features.3"``) or any intermediate tensor / node name (list them with
+                :func:`describe_onnx_layers` or ``captum-topk layers MODEL.onnx``). Default:
+                every layer the sidecar lists.
+            k (int): records per channel (top and bottom). Default: 9.
+            providers (list of str, optional): ONNX Runtime execution providers in order of
+                preference; default ``["CUDAExecutionProvider", "CPUExecutionProvider"]``
+                filtered to those available. The one used is :attr:`provider`.
+            distinct_images (bool): as in :class:`~captum_topk.LayerTopKPatches`.
+            input_layout (str): ``"auto"``, ``"NCHW"`` or ``"NHWC"``; batches are always
+                given (N, C, H, W) and transposed for an NHWC model.
+            activation_layout (str): ``"NCHW"`` (default) or ``"NHWC"`` for models whose
+                intermediate tensors are channels-last.
+            threads (int, optional): ONNX Runtime intra-op threads.
+            rf_batch_size (int): images per run of the receptive-field probe.
+            progress_rf (bool): tqdm bar while probing receptive fields.
+            **kwargs: further options of :class:`~captum_topk.LayerTopKPatches` (``stats``).
+        Example::
+            >>> from captum_topk.onnx import export, OnnxTopKPatches
+            >>> exp = export(model, ["layer2", "layer3"], "onnx_models/r18.onnx", input_size=224)
+            >>> miner = OnnxTopKPatches(exp.path, ["layer2", "layer3"], k=9)
+            >>> result = miner.mine(loader)
+            >>> miner.provider, result.metadata["provider"]
+            ('CPUExecutionProvider', 'CPUExecutionProvider')
+        """
+        self.onnx_path = None if isinstance(onnx_model, (bytes, bytearray, onnx.ModelProto)) else str(onnx_model)
+        self.sidecar: Optional[Sidecar] = load_sidecar(self.onnx_path) if self.onnx_path else None
+        self._proto = load_onnx(onnx_model)
+        if layers is None:
+            if self.sidecar is None:
+                raise ValueError("Pass layers=[...]: this ONNX model has no export sidecar listing them "
+                                 "(see `captum-topk layers MODEL.onnx`).")
+            layers = list(self.sidecar.layers)
+        names = [layers] if isinstance(layers, str) else list(layers)
+        self._pairs = resolve_tensors(self._proto, names)
+        self._forward = OnnxForward(self._proto, [t for _, t in self._pairs], providers,
+                                    input_layout, activation_layout, True, threads)
+        self.provider: str = self._forward.provider
+        self.providers: List[str] = self._forward.providers
+        self._providers_wanted = providers
+        self._activation_layout = activation_layout
+        self._rf_batch_size = rf_batch_size
+        self._progress_rf = progress_rf
+        self._digest: Optional[str] = None
+        super().__init__(self._forward, names if not isinstance(layers, str) else layers, k=k,
+                         distinct_images=distinct_images, **kwargs)
+
+    # ------------------------------------------------------------------ hooks of the base
+    def _resolve_layers(self, forward_func: Any, layer: Any) -> List[Tuple[str, nn.Module]]:
+        # One placeholder module per layer: the name is what matters, ONNX has no modules.
+        return [(name, nn.Identity()) for name, _ in self._pairs]
+
+    def _layer_outputs(self, images: Tensor, additional_forward_args: Optional[object] = None) -> List[Tensor]:
+        if additional_forward_args is not None:
+            raise ValueError("An ONNX model takes the images only: additional_forward_args is not supported.")
+        return self._forward(images)
+
+    def _layer_receptive_fields(
+        self, spatial: Sequence[Tuple[str, nn.Module]], size: Tuple[int, int]
+    ) -> Dict[str, ReceptiveField]:
+        names = [n for n, _ in spatial]
+        out: Dict[str, ReceptiveField] = {}
+        sc = self.sidecar
+        for name in names:
+            rf = sc.receptive_fields.get(name) if sc is not None else None
+            if rf is not None and tuple(rf.input_size) == tuple(size):
+                out[name] = rf
+        todo = [n for n in names if n not in out]
+        if todo:
+            if self._digest is None:
+                self._digest = model_digest(self._proto)
+            tensor_of = dict(self._pairs)
+            probed = onnx_receptive_fields(
+                self._proto, [tensor_of[n] for n in todo], size,
+                input_layout=self._forward.spec.layout, activation_layout=self._activation_layout,
+                providers=self._providers_wanted, batch_size=self._rf_batch_size,
+                progress=self._progress_rf, digest=self._digest,
+            )
+            out.update({n: probed[tensor_of[n]] for n in todo})
+        return {n: out[n] for n in names}
+
+    def _check_images(self, images: Tensor) -> None:
+        self._forward.check(images)
+
+    def _metadata(self) -> Dict[str, Any]:
+        meta = super()._metadata()
+        meta.update(
+            model=Path(self.onnx_path).name if self.onnx_path else "onnx model",
+            backend="onnxruntime",
+            provider=self.provider,
+            providers=list(self.providers),
+            onnx_path=self.onnx_path,
+            tensors={layer: tensor for layer, tensor in self._pairs},
+        )
+        if self.sidecar is not None:
+            meta.update(mean=list(self.sidecar.mean) if self.sidecar.mean else None,
+                        std=list(self.sidecar.std) if self.sidecar.std else None,
+                        input_size=list(self.sidecar.input_size))
+        return meta
+
+    # ------------------------------------------------------------------ captum-style
+    def attribute(self, inputs: Tensor, additional_forward_args: Optional[object] = None,
+                  attribute_to_layer_input: bool = False) -> Union[Tensor, List[Tensor]]:
+        r"""The chosen tensors for one batch, computed by ONNX Runtime.
+
+        Args:
+            inputs (Tensor): (N, C, H, W) images.
+        Returns:
+            Tensor (N, C_l, H_l, W_l) for one layer, a list of them for several layers.
+        """
+        if attribute_to_layer_input:
+            raise ValueError("attribute_to_layer_input is not available for ONNX models.")
+        outs = self._layer_outputs(inputs, additional_forward_args)
+        return outs[0] if self._single else outs
+
+
+# --------------------------------------------------------------------------------------
+# listing
+# --------------------------------------------------------------------------------------
+
+
+def describe_onnx_layers(
+    path: ModelLike,
+    input_size: Optional[int] = None,
+    all_tensors: bool = False,
+    probe_rf: bool = False,
+    providers: Optional[Sequence[str]] = None,
+) -> List[Dict[str, Any]]:
+    r"""The tensors of an ONNX model that can be mined, for ``captum-topk layers X.onnx``.
+
+    Shapes come from ONNX shape inference. Stride and receptive field come from the export
+    sidecar when there is one, or from NaN probing through ONNX Runtime with
+    ``probe_rf=True`` (one probe for all tensors: slow for big models at full size).
+
+    Args:
+        path (str): the ONNX file.
+        input_size (int, optional): probe size for a model with a dynamic input size.
+        all_tensors (bool): list every tensor a node produces, not only minable ones.
+        probe_rf (bool): measure receptive fields of tensors the sidecar lacks.
+        providers (list of str, optional): execution providers for the probe.
+    Returns:
+        list of dict: keys ``layer`` (the name to pass as a layer), ``type`` (operator,
+        ``output`` for a graph output), ``output`` (C x H x W), ``stride``, ``rf``.
+    """
+    proto = load_onnx(path)
+    sidecar = load_sidecar(path) if not isinstance(path, (bytes, bytearray, onnx.ModelProto)) else None
+    tensors = list_tensors(proto, minable_only=not all_tensors)
+    rfs: Dict[str, ReceptiveField] = dict(sidecar.receptive_fields) if sidecar else {}
+    if probe_rf:
+        spatial = [t.name for t in tensors if t.minable and len(t.shape) == 4 and t.name not in rfs]
+        if spatial:
+            size = (input_size, input_size) if input_size else None
+            rfs.update(onnx_receptive_fields(proto, spatial, size, providers=providers))
+    rows = []
+    for t in tensors:
+        rf = rfs.get(t.name)
+        shape = "x".join(str(d) for d in t.shape[1:]) if t.shape is not None else "?"
+        rows.append({
+            "layer": t.name,
+            "type": t.op_type + (" (output)" if t.is_output else ""),
+            "output": shape if t.minable or t.shape is not None else "?",
+            "stride": f"{rf.stride[0]}x{rf.stride[1]}" if rf else "-",
+            "rf": f"{rf.size[0]}x{rf.size[1]}" if rf else ("whole image" if t.shape is not None and len(t.shape) == 2 else "-"),
+        })
+    return rows

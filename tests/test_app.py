@@ -1,0 +1,269 @@
+"""The Streamlit dashboard driven headless with streamlit.testing (AppTest): every page runs
+without exception, shows the expected widgets, and what it shows follows the selection and
+equals the mined result (read independently from result.pt)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from captum_topk import dashboard_data as dd
+from captum_topk.result import TopKResult
+
+from ._dashboard_fixture import TINY_SPEC, make_world, restore_env, roots_of, set_env
+
+AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+APP = str(Path(__file__).resolve().parent.parent / "app_streamlit" / "main.py")
+TIMEOUT = 180
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    env = make_world(tmp_path_factory.mktemp("app-world"))
+    old = set_env(env)
+    try:
+        yield roots_of(env)
+    finally:
+        restore_env(old)
+
+
+def _app(run: str = TINY_SPEC.run_name()) -> "AppTest":
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if run:
+        at.session_state["run"] = run  # what the sidebar picker shows first
+    return at
+
+
+def _ok(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _labels(at) -> set:
+    return {w.label for kind in ("selectbox", "number_input", "radio", "toggle", "multiselect",
+                                 "text_input", "button") for w in getattr(at, kind)}
+
+
+def _table_values(at):
+    return at.dataframe[0].value["activation"].tolist()
+
+
+def test_topk_page_follows_the_selection(world):
+    result = TopKResult.load(world.runs / TINY_SPEC.run_name() / "result.pt")
+    at = _app().run()
+    _ok(at)
+    assert at.title[0].value == "Top-k patches"
+    assert {"Run", "Layer", "Channel (0-63)", "Records", "View", "Projection (Captum)", "Patch"} <= _labels(at)
+    assert at.selectbox(key="run_widget").value == TINY_SPEC.run_name()
+
+    def expected(layer, channel, which="top"):
+        return [round(r.value, 4) for r in result.records(layer, channel, which)]
+
+    assert _table_values(at) == expected("layer1", 0)
+    at.number_input(key="topk_channel").set_value(5).run()
+    _ok(at)
+    assert _table_values(at) == expected("layer1", 5) != expected("layer1", 0)
+    at.selectbox(key="topk_layer").set_value("layer2").run()
+    _ok(at)
+    assert at.number_input(key="topk_channel").label == "Channel (0-127)"
+    assert _table_values(at) == expected("layer2", 5)
+    at.radio(key="topk_which").set_value("bottom").run()
+    _ok(at)
+    assert _table_values(at) == expected("layer2", 5, "bottom")
+    assert all(a < 0 for a in _table_values(at)) or min(_table_values(at)) <= expected("layer2", 5)[-1]
+    # the source image follows the chosen patch
+    rec = result.records("layer2", 5, "bottom")[2]
+    at.radio(key="topk_rank").set_value(2).run()
+    _ok(at)
+    assert any(f"**{rec.image_id}**" in c.value and str(tuple(rec.box)) not in c.value for c in at.caption)
+    assert any(f"rows {rec.box[0]}-{rec.box[2] - 1}, columns {rec.box[1]}-{rec.box[3] - 1}" in c.value
+               for c in at.caption)
+    assert "Activation histogram" in [s.value for s in at.subheader]
+    assert "Projections" in [s.value for s in at.subheader]
+
+
+def test_topk_grid_view_opens_a_channel(world):
+    at = _app().run()
+    at.radio(key="topk_view").set_value("Grid of channels").run()
+    _ok(at)
+    assert at.number_input(key="topk_page").label.startswith("Channels page (1-2")
+    at.selectbox(key="topk_grid_pick").set_value(7)
+    at.button(key="topk_open").click().run()
+    _ok(at)
+    assert at.radio(key="topk_view").value == "One channel"
+    assert at.number_input(key="topk_channel").value == 7
+
+
+def test_filters_page(world):
+    at = _app().run()
+    at.switch_page("pages/filters.py").run()
+    _ok(at)
+    assert at.title[0].value == "Filters"
+    model = torchvision.models.resnet18(num_classes=2)
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert at.selectbox(key="filters_layer").options == [f"{convs[0]} (layer 1)", *convs[1:]]
+    assert "conv1: 64 filters of 3x7x7 (rgb view" in " ".join(c.value for c in at.caption)
+    at.selectbox(key="filters_layer").set_value("layer2.0.conv2").run()
+    _ok(at)
+    assert "layer2.0.conv2: 128 filters of 128x3x3 (mean view" in " ".join(c.value for c in at.caption)
+    at.radio(key="filters_mode").set_value("norm").run()
+    _ok(at)
+    at.radio(key="filters_mode").set_value("rgb").run()  # impossible here: a message, not a crash
+    assert not at.exception and "needs filters with 3 input channels" in at.error[0].value
+
+
+def test_compare_page_mines_the_finetuned_checkpoint(world):
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), world.checkpoints / "r18-finetuned.pt")
+    spec = dd.like_run(dd.open_run(world.runs / TINY_SPEC.run_name()), "r18-finetuned.pt", world)
+    try:
+        at = _app().run()
+        at.switch_page("pages/compare.py").run()
+        _ok(at)
+        assert at.title[0].value == "Compare"
+        assert any("r18-finetuned.pt" in i.value and "not mined yet" in i.value for i in at.info)
+        at.button(key="cmp_mine_ft").click().run()
+        _ok(at)
+        assert at.selectbox(key="cmp_b").value == spec.run_name()
+        assert at.selectbox(key="cmp_a").value == TINY_SPEC.run_name()
+        at.number_input(key="cmp_channel").set_value(3).run()
+        _ok(at)
+        a = TopKResult.load(world.runs / TINY_SPEC.run_name() / "result.pt")
+        b = TopKResult.load(world.runs / spec.run_name() / "result.pt")
+        shared = len({r.index for r in a.records("layer1", 3)} & {r.index for r in b.records("layer1", 3)})
+        assert any(c.value.startswith(f"{shared} of run A's top-4 images") for c in at.caption)
+        assert len(at.image) >= 2
+        # CKA and the ranking of changed channels (captum_topk.compare over both models)
+        subheaders = [h.value for h in at.subheader]
+        assert "Layer similarity (linear CKA)" in subheaders and "Channels that changed most" in subheaders
+        from captum_topk.compare import compare_models
+
+        ra, rb = dd.open_run(world.runs / TINY_SPEC.run_name()), dd.open_run(world.runs / spec.run_name())
+        ref = compare_models(ra.model, rb.model, ra.dataset, ["layer1", "layer2"], k=4, batch_size=16,
+                             progress=False)
+        assert at.selectbox(key="cmp_rank_layer").value == "layer2"
+        top = [int(c) for c in ref.channels["layer2"].order[:4]]
+        shown = [m.value for m in at.markdown if m.value.startswith("**#")]
+        assert [int(v.split("channel ")[1].split("**")[0]) for v in shown] == top
+    finally:
+        (world.checkpoints / "r18-finetuned.pt").unlink()
+        shutil.rmtree(world.runs / spec.run_name(), ignore_errors=True)
+
+
+def test_embeddings_page(world):
+    at = _app().run()
+    at.switch_page("pages/embeddings.py").run()
+    _ok(at)
+    assert at.title[0].value == "Embeddings"
+    assert at.selectbox(key="emb_layer").value == "layer2"
+    run = dd.open_run(world.runs / TINY_SPEC.run_name())
+    emb, ids, _ = dd.run_embeddings(run, "layer2")
+    image = ids[4]
+    at.selectbox(key="emb_image").set_value(image).run()
+    _ok(at)
+    near = dd.nearest_neighbours(emb, 4, 5)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    caps = [c.value for c in at.caption]
+    for j, _ in near:
+        assert f"{ids[j]} · cos {float(unit[j] @ unit[4]):.2f}" in caps
+    assert f"**{image}** (discs)" in caps
+    assert "12 images, 128 channels of layer2" in " ".join(caps)
+
+
+def test_data_jobs_page_mines_and_refuses_hostile_input(world):
+    at = _app().run()
+    at.switch_page("pages/data_jobs.py").run()
+    _ok(at)
+    assert at.title[0].value == "Data and jobs"
+    assert {"Images", "Model", "Backend", "k (records per channel)", "Mine"} <= _labels(at)
+    assert at.dataframe[0].value["run"].tolist()[0] in {e.name for e in dd.list_runs(world.runs)}
+
+    at.selectbox(key="jobs_data").set_value("shapes")
+    at.radio(key="jobs_source").set_value("Checkpoint").run()
+    # a plain state dict does not name its architecture: the page says so and waits for one
+    assert not at.exception and "does not say which architecture" in at.error[0].value
+    at.selectbox(key="jobs_ckpt").set_value("r18-random.pt")
+    at.selectbox(key="jobs_arch").set_value("resnet18")
+    at.number_input(key="jobs_size").set_value(64)
+    at.number_input(key="jobs_k").set_value(3).run()
+    _ok(at)
+    layers = at.multiselect[0]
+    assert layers.value == ["layer1", "layer2", "layer3"]
+    layers.set_value(["layer1"])
+    at.button(key="jobs_mine").click().run()
+    _ok(at)
+    spec = dd.JobSpec(model="resnet18", checkpoint="r18-random.pt", layers=("layer1",), data="shapes", k=3,
+                      input_size=64)
+    folder = dd.find_job(spec, world)
+    assert folder is not None
+    assert at.session_state["run"] == folder.name  # the new run is now the one shown
+    assert TopKResult.load(folder / "result.pt").k == 3
+    assert any("cached on disk" in s.value for s in at.success)
+
+    # hostile / broken input: an error box, never an exception, and the page keeps working
+    at.text_input(key="jobs_ckpt_text").set_value("../../../../etc/passwd").run()
+    assert not at.exception and "outside the configured root" in at.error[0].value
+    (world.checkpoints / "corrupt.pt").write_bytes(b"\x00garbage")
+    at.text_input(key="jobs_ckpt_text").set_value("corrupt.pt").run()
+    assert not at.exception and "Cannot use this model" in at.error[0].value
+    at.text_input(key="jobs_ckpt_text").set_value("").run()
+    at.text_input(key="jobs_data_text").set_value("../").run()
+    assert not at.exception and "outside the configured root" in at.error[0].value
+    at.text_input(key="jobs_data_text").set_value("").run()
+    _ok(at)
+
+
+def test_a_broken_run_gives_an_error_box_not_a_crash(world):
+    bad = world.runs / "zz-broken"
+    bad.mkdir()
+    (bad / "result.pt").write_bytes(b"not a torch file")
+    try:
+        at = _app().run()
+        _ok(at)
+        at.selectbox(key="run_widget").set_value("zz-broken").run()
+        assert not at.exception
+        assert "Cannot open the run zz-broken" in at.error[0].value
+        at.switch_page("pages/embeddings.py").run()
+        assert not at.exception and "Cannot open the run zz-broken" in at.error[0].value
+        at.switch_page("pages/topk.py").run()
+        at.selectbox(key="run_widget").set_value(TINY_SPEC.run_name()).run()
+        _ok(at)
+        assert at.title[0].value == "Top-k patches"
+    finally:
+        shutil.rmtree(bad)
+
+
+def test_real_default_model_on_the_packaged_photos(tmp_path):
+    r"""The real MobileNetV2-ImageNet on the real packaged photos (one early layer, the first 20
+    photos at 112 px, to stay fast): the labelled ones show their ImageNet class names."""
+    roots = dd.Roots(data=tmp_path / "data", runs=tmp_path / "runs", checkpoints=tmp_path / "ck",
+                     onnx=tmp_path / "onnx")
+    spec = dd.JobSpec(layers=("features.3",), max_images=20, input_size=112)
+    folder = dd.mine_job(spec, roots)
+    old = set_env({dd.ENV_VARS[k]: str(getattr(roots, k)) for k in dd.ENV_VARS})
+    try:
+        at = _app(run="")
+        at.session_state["topk_projection"] = "none"  # projections are tested on the tiny model
+        at.run()
+        _ok(at)
+        assert at.selectbox(key="run_widget").value == folder.name
+        result = TopKResult.load(folder / "result.pt")
+        at.number_input(key="topk_channel").set_value(11).run()
+        _ok(at)
+        assert _table_values(at) == [round(r.value, 4) for r in result.records("features.3", 11)]
+        labels = at.dataframe[0].value["label"].tolist()
+        from captum_topk.models import imagenet_categories
+
+        cats = imagenet_categories()
+        assert labels == [cats[r.label] if r.label >= 0 else "unlabelled"
+                          for r in result.records("features.3", 11)]
+        assert "Which classes drive it" in [s.value for s in at.subheader]
+        assert any("mobilenet_v2-imagenet; 20 images (packaged photos); top-9 per channel; input 112x112" in c.value
+                   for c in at.caption)
+    finally:
+        restore_env(old)
