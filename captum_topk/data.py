@@ -32,6 +32,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from ._assets import package_dir
+
 __all__ = [
     "ImageDataset",
     "to_rgb",
@@ -370,15 +372,7 @@ _SKIMAGE_PHOTOS: Dict[str, str] = {
 }
 
 
-def _package_dir(package: str) -> Optional[str]:
-    r"""Directory of an installed package, without importing it (None if absent)."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return list(spec.submodule_search_locations)[0]
+_package_dir = package_dir
 
 
 def _slug(text: str) -> str:

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._assets import package_dir
+
 __all__ = [
     "ModelInfo",
     "load_model",
@@ -152,15 +154,7 @@ def imagenet_categories() -> List[str]:
     return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def _package_dir(package: str) -> Optional[str]:
-    r"""Directory of an installed package, found without importing it (None if absent)."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return list(spec.submodule_search_locations)[0]
+_package_dir = package_dir
 
 
 def _package_file(package: str, relpath: str, pip_name: str) -> str:
