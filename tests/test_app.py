@@ -240,10 +240,10 @@ def test_a_broken_run_gives_an_error_box_not_a_crash(world):
 
 def test_real_default_model_on_the_packaged_photos(tmp_path):
     r"""The real MobileNetV2-ImageNet on the real packaged photos (one early layer, the first 20
-    photos at 112 px, to stay fast): the labelled ones show their ImageNet class names."""
+    photos at 96 px, to stay fast): the labelled ones show their ImageNet class names."""
     roots = dd.Roots(data=tmp_path / "data", runs=tmp_path / "runs", checkpoints=tmp_path / "ck",
                      onnx=tmp_path / "onnx")
-    spec = dd.JobSpec(layers=("features.3",), max_images=20, input_size=112)
+    spec = dd.JobSpec(layers=("features.3",), max_images=20, input_size=96)
     folder = dd.mine_job(spec, roots)
     old = set_env({dd.ENV_VARS[k]: str(getattr(roots, k)) for k in dd.ENV_VARS})
     try:
@@ -263,7 +263,7 @@ def test_real_default_model_on_the_packaged_photos(tmp_path):
         assert labels == [cats[r.label] if r.label >= 0 else "unlabelled"
                           for r in result.records("features.3", 11)]
         assert "Which classes drive it" in [s.value for s in at.subheader]
-        assert any("mobilenet_v2-imagenet; 20 images (packaged photos); top-9 per channel; input 112x112" in c.value
+        assert any("mobilenet_v2-imagenet; 20 images (packaged photos); top-9 per channel; input 96x96" in c.value
                    for c in at.caption)
     finally:
         restore_env(old)
