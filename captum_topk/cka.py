@@ -23,7 +23,7 @@ constant vector.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Sequence
 
 import torch
 from torch import Tensor

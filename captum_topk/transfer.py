@@ -11,7 +11,7 @@ Two ways to reuse the convolutional layers of an ImageNet model for another task
 * **fine-tuning**: the last ``unfreeze`` blocks (or ``"all"``) are trained together with the
   head, the head starting from the linear probe ("LP-FT", Kumar et al. 2022: fine-tuning
   from a fitted head distorts the pretrained features less than from a random one), with
-  AdamW, a lower learning rate for the blocks than for the head and a cosine schedule.
+  AdamW (default), a lower learning rate for the blocks than for the head and a cosine schedule.
 
 Speed on a CPU: the frozen blocks never change, so their output is computed once per image
 and cached (``(N, C, h, w)``, 49 MB for ELPV at 112 px up to ``features.13``); every epoch
@@ -475,14 +475,14 @@ def finetune(
     val_index: Sequence[int],
     classes: Sequence[str],
     unfreeze: Union[int, str] = 5,
-    epochs: int = 4,
-    lr: float = 1e-3,
-    head_lr: float = 3e-3,
+    epochs: int = 3,
+    lr: float = 1e-4,
+    head_lr: float = 1e-3,
     weight_decay: float = 1e-4,
     batch_size: int = 32,
     flip: bool = True,
-    train_bn: bool = False,
-    optimizer: str = "sgd",
+    train_bn: bool = True,
+    optimizer: str = "adamw",
     probe_l2: Optional[float] = None,
     out: Optional[PathLike] = None,
     meta: Optional[Dict[str, Any]] = None,
@@ -499,9 +499,9 @@ def finetune(
     (:func:`fit_linear_head`) on the classifier's input over the (unflipped) training images
     and score it on the validation images; (4) train the last ``unfreeze`` blocks and the head (from
     the probe) for ``epochs`` epochs on the cached inputs (shuffled with ``seed``), the
-    blocks at ``lr`` and the head at ``head_lr`` (AdamW, cosine decay to 0 over all steps,
-    cross-entropy; BatchNorm layers keep their pretrained running statistics unless
-    ``train_bn``, so that the features the probe was fitted on do not jump at the first step);
+    blocks at ``lr`` and the head at ``head_lr`` (``optimizer``, cosine decay to 0 over all steps,
+    cross-entropy; the BatchNorm layers of the trained blocks in train mode when
+    ``train_bn``, else with their pretrained running statistics);
     (5) after each epoch, score the validation split and write a checkpoint. The final model
     is the last epoch's (no selection on the validation split, so its accuracy is an honest
     held-out estimate).
@@ -514,16 +514,16 @@ def finetune(
         classes (sequence of str): class names, ``labels`` index them.
         unfreeze (int or "all"): how many of the last :func:`model_blocks` to train.
         epochs (int): fine-tuning epochs (0: probe only).
-        lr (float), head_lr (float): AdamW learning rates of the blocks and of the head.
-        weight_decay (float): AdamW weight decay.
+        lr (float), head_lr (float): learning rates of the blocks and of the head.
+        weight_decay (float): decoupled (AdamW) or L2 (SGD) weight decay.
         batch_size (int): images per step (and per caching batch).
         flip (bool): also train on horizontally flipped images (augmentation).
         optimizer (str): ``"sgd"`` (momentum 0.9, Nesterov) or ``"adamw"``. With AdamW keep
             ``head_lr`` small: its per-weight step of about ``lr`` is large next to the
             small weights of a fitted probe head.
-        train_bn (bool): update the BatchNorm running statistics of the trained blocks
-            (batch statistics in training). Default False: their affine weights train,
-            their statistics stay the pretrained ones.
+        train_bn (bool): BatchNorm of the trained blocks in train mode (batch statistics,
+            running statistics updated; default). False keeps the pretrained statistics and
+            trains only their affine weights.
         probe_l2 (float, optional): L2 of the probe; None: cross-validated.
         out (str, optional): final checkpoint path; per-epoch ones go beside it as
             ``<stem>-epochNN.pt`` and the probe as ``<stem with "finetuned" replaced by
@@ -763,16 +763,16 @@ def finetune_run(
     input_size: int = 112,
     resize_size: Optional[int] = None,
     unfreeze: Union[int, str] = 5,
-    epochs: int = 4,
-    lr: float = 1e-3,
-    head_lr: float = 3e-3,
+    epochs: int = 3,
+    lr: float = 1e-4,
+    head_lr: float = 1e-3,
     weight_decay: float = 1e-4,
     batch_size: int = 32,
     val_fraction: float = 0.25,
     max_images: Optional[int] = None,
     flip: bool = True,
-    train_bn: bool = False,
-    optimizer: str = "sgd",
+    train_bn: bool = True,
+    optimizer: str = "adamw",
     probe_l2: Optional[float] = None,
     seed: int = 0,
     workers: int = 0,
