@@ -41,6 +41,7 @@ import torchvision
 from torch import Tensor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import onnxruntime  # noqa: E402
 
@@ -48,6 +49,7 @@ from captum_topk import LayerTopKPatches  # noqa: E402
 from captum_topk._io import atomic_write_text  # noqa: E402
 from captum_topk.models import make_transform  # noqa: E402
 from captum_topk.onnx import OnnxTopKPatches, export  # noqa: E402
+from mining_throughput import loadavg  # noqa: E402
 
 LAYERS: Dict[str, List[str]] = {
     "resnet18": ["layer1", "layer2", "layer3", "layer4"],
@@ -76,14 +78,6 @@ def machine(threads: int) -> Dict[str, str]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return f.read().split()[0]
-    except OSError:
-        return "?"
 
 
 def photo_batches(n_images: int, batch_size: int, size: int) -> List[Tensor]:

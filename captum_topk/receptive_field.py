@@ -640,6 +640,95 @@ def _eval_mode(scope: nn.Module, catch_all: bool) -> Iterator[None]:
             m.training = flag
 
 
+def probe_batches(
+    size: Tuple[int, int],
+    channels: int,
+    batch_size: int,
+    device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> Iterator[Tensor]:
+    r"""The probe images, in chunks of at most ``batch_size``: first the clean image, then
+    ``H`` images with one row set to NaN, then ``W`` with one column set to NaN (``1 + H + W``
+    in all), all on the same fixed background (uniform in [0.25, 0.75], seed 0).
+
+    Args:
+        size (tuple): ``(H, W)`` of the input.
+        channels (int): input channels.
+        batch_size (int): images per chunk (the last one may be smaller).
+        device, dtype: of the yielded tensors (default: CPU, float32).
+
+    Returns:
+        Iterator of ``(n, channels, H, W)`` tensors.
+    """
+    H, W = size
+    total = 1 + H + W
+    gen = torch.Generator().manual_seed(0)
+    background = (0.25 + 0.5 * torch.rand(channels, H, W, generator=gen)).to(
+        device or torch.device("cpu"), dtype or torch.float32
+    )
+    step = max(1, int(batch_size))
+    for start in range(0, total, step):
+        idx = torch.arange(start, min(total, start + step))
+        n = len(idx)
+        batch = background.expand(n, channels, H, W).clone()
+        k = torch.arange(n)
+        rows = (idx >= 1) & (idx <= H)
+        cols = idx > H
+        batch[k[rows], :, idx[rows] - 1, :] = float("nan")
+        batch[k[cols], :, :, idx[cols] - 1 - H] = float("nan")
+        yield batch
+
+
+def fields_from_probe(
+    forward: Callable[[Tensor], Sequence[Tensor]],
+    names: Sequence[str],
+    size: Tuple[int, int],
+    channels: int,
+    batch_size: int,
+    device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
+    bar: Optional[Any] = None,
+) -> Dict[str, ReceptiveField]:
+    r"""Runs :func:`probe_batches` through ``forward`` and turns the NaN it produces into one
+    :class:`ReceptiveField` per output. The engine-independent half of the probe: the
+    PyTorch path (hooks) and the ONNX Runtime path share it.
+
+    Args:
+        forward (callable): ``(n, channels, H, W)`` tensor -> one output per name, each
+            ``(n, C, h, w)`` or ``(n, C)``.
+        names (sequence of str): output names, in ``forward``'s order (for messages and keys).
+        size, channels, batch_size, device, dtype: as :func:`probe_batches`.
+        bar (tqdm, optional): advanced by the number of images of each chunk.
+
+    Returns:
+        dict name -> :class:`ReceptiveField`.
+    """
+    H, W = size
+    hit: List[List[Tensor]] = [[] for _ in names]
+    first = True
+    for batch in probe_batches(size, channels, batch_size, device, dtype):
+        n = batch.shape[0]
+        outs = forward(batch)
+        for i, (name, out) in enumerate(zip(names, outs)):
+            nan = _nan_positions(name, out, n).cpu()
+            if first and bool(nan[0].any()):  # the clean image: fail fast
+                bad = nan[0].nonzero()[:5].tolist()
+                raise ValueError(
+                    f"Layer {name!r} already outputs NaN for a finite input (e.g. at "
+                    f"positions {bad}), so NaN probing cannot measure its receptive "
+                    "field; check the model's weights and buffers for NaN / inf."
+                )
+            hit[i].append(nan)
+        first = False
+        if bar is not None:
+            bar.update(n)
+    out = {}
+    for name, chunks in zip(names, hit):
+        mask = torch.cat(chunks, dim=0)
+        out[name] = _field_from_masks(mask[1 : 1 + H], mask[1 + H :], size)
+    return out
+
+
 def _probe(
     model: Any,
     scope: nn.Module,
@@ -652,46 +741,20 @@ def _probe(
     dtype: torch.dtype,
     progress: bool = True,
 ) -> Dict[str, ReceptiveField]:
-    H, W = size
     modules = [m for _, m in pairs]
-    total = 1 + H + W  # clean image, then H row probes, then W column probes
-    gen = torch.Generator().manual_seed(0)
-    background = (0.25 + 0.5 * torch.rand(channels, H, W, generator=gen)).to(device, dtype)
-    hit: List[List[Tensor]] = [[] for _ in pairs]
-    starts = range(0, total, batch_size)
-    bar = tqdm(starts, desc="receptive-field probe (cached per architecture and input size)",
-               unit="batch", disable=not progress or len(starts) < 4, leave=False)
-    with _eval_mode(scope, catch_all=True), torch.no_grad():
-        for start in bar:
-            idx = torch.arange(start, min(total, start + batch_size))
-            n = len(idx)
-            batch = background.expand(n, channels, H, W).clone()
-            k = torch.arange(n)
-            rows = (idx >= 1) & (idx <= H)
-            cols = idx > H
-            batch[k[rows], :, idx[rows] - 1, :] = float("nan")
-            batch[k[cols], :, :, idx[cols] - 1 - H] = float("nan")
-            outs = run_capture(
-                model, modules, batch,
-                attribute_to_layer_input=attribute_to_layer_input, stop_early=True,
-            )
-            for i, ((name, _), out) in enumerate(zip(pairs, outs)):
-                nan = _nan_positions(name, out, n).cpu()
-                if start == 0 and bool(nan[0].any()):  # the clean image: fail fast
-                    bad = nan[0].nonzero()[:5].tolist()
-                    raise ValueError(
-                        f"Layer {name!r} already outputs NaN for a finite input (e.g. at "
-                        f"positions {bad}), so NaN probing cannot measure its receptive "
-                        "field; check the model's weights and buffers for NaN / inf."
-                    )
-                hit[i].append(nan)
+    total = 1 + size[0] + size[1]
 
-    return {
-        name: _field_from_masks(
-            torch.cat(chunks, dim=0)[1 : 1 + H], torch.cat(chunks, dim=0)[1 + H :], size
+    def forward(batch: Tensor) -> Sequence[Tensor]:
+        return run_capture(
+            model, modules, batch,
+            attribute_to_layer_input=attribute_to_layer_input, stop_early=True,
         )
-        for (name, _), chunks in zip(pairs, hit)
-    }
+
+    with tqdm(total=total, desc="receptive-field probe (cached per architecture and input size)",
+              unit="img", disable=not progress or total < 4 * batch_size, leave=False) as bar:
+        with _eval_mode(scope, catch_all=True), torch.no_grad():
+            return fields_from_probe(forward, [n for n, _ in pairs], size, channels,
+                                     batch_size, device, dtype, bar)
 
 
 def _nan_positions(name: str, out: Tensor, n: int) -> Tensor:

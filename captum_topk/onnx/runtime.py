@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..layer_topk import LayerTopKPatches
-from ..receptive_field import ReceptiveField, _disk_get, _disk_put, _field_from_masks, _parse_size
+from ..receptive_field import ReceptiveField, _disk_get, _disk_put, _parse_size, fields_from_probe
 from .graph import (InputSpec, ModelLike, input_spec, list_tensors, load_onnx,
                     nan_safe, resolve_tensors, with_outputs)
 from .sidecar import Sidecar, load_sidecar
@@ -252,41 +252,11 @@ def _probe(
     batch_size: int,
     progress: bool,
 ) -> Dict[str, ReceptiveField]:
-    r"""The probe of :mod:`captum_topk.receptive_field` (same background, same row / column
-    NaN images, same box extraction), run through ``forward``."""
-    H, W = size
-    total = 1 + H + W
-    gen = torch.Generator().manual_seed(0)
-    background = 0.25 + 0.5 * torch.rand(channels, H, W, generator=gen)
-    step = max(1, batch_size)  # a fixed-batch model is run in chunks by OnnxForward
-    hits: List[List[Tensor]] = [[] for _ in names]
+    r"""The probe of :mod:`captum_topk.receptive_field` (same images, same box extraction:
+    :func:`~captum_topk.receptive_field.fields_from_probe`), run through ``forward``."""
+    total = 1 + size[0] + size[1]
     with tqdm(total=total, unit="probe", desc="receptive fields (onnxruntime)", disable=not progress) as bar:
-        for start in range(0, total, step):
-            idx = torch.arange(start, min(total, start + step))
-            n = len(idx)
-            batch = background.expand(n, channels, H, W).clone()
-            k = torch.arange(n)
-            rows = (idx >= 1) & (idx <= H)
-            cols = idx > H
-            batch[k[rows], :, idx[rows] - 1, :] = float("nan")
-            batch[k[cols], :, :, idx[cols] - 1 - H] = float("nan")
-            outs = forward(batch)
-            for i, (name, out) in enumerate(zip(names, outs)):
-                if out.dim() not in (2, 4):
-                    raise ValueError(f"Tensor {name!r} has shape {tuple(out.shape)}; only 2-D / 4-D tensors have receptive fields.")
-                nan = torch.isnan(out).any(dim=1) if out.dim() == 4 else torch.isnan(out).any(dim=1).reshape(n, 1, 1)
-                if start == 0 and bool(nan[0].any()):
-                    raise ValueError(
-                        f"Tensor {name!r} already holds NaN for a finite input, so NaN probing "
-                        "cannot measure its receptive field; check the model's weights."
-                    )
-                hits[i].append(nan)
-            bar.update(n)
-    out = {}
-    for name, chunks in zip(names, hits):
-        mask = torch.cat(chunks)
-        out[name] = _field_from_masks(mask[1 : 1 + H], mask[1 + H :], size)
-    return out
+        return fields_from_probe(forward, names, size, channels, batch_size, bar=bar)
 
 
 def model_digest(model: onnx.ModelProto) -> str:

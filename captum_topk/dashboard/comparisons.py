@@ -1,0 +1,129 @@
+r"""Dashboard comparisons of two runs (pretrained vs fine-tuned, or two models) through
+:mod:`captum_topk.compare`: the fine-tuned checkpoint to offer, a matching run, shared layers,
+CKA and the channels that changed most."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..result import TopKResult
+from ..runs import DEFAULT_MODEL
+from .roots import CHECKPOINT_EXTENSIONS, Roots, _within, list_files
+from .runs import DashRun
+from .spec import JobSpec
+
+__all__ = [
+    "find_finetuned",
+    "like_run",
+    "matching_layers",
+    "shared_images",
+    "compare_status",
+    "compare_runs",
+]
+
+def find_finetuned(roots: Roots) -> Optional[str]:
+    r"""The newest fine-tuned checkpoint under the checkpoints root (relative path), or None.
+
+    Fine-tuned checkpoints are those whose name holds ``finetuned`` (what ``captum-topk
+    finetune`` writes), per-epoch ones (``-epochNN``) and linear probes left out.
+    """
+    files = [f for f in list_files(roots.checkpoints, CHECKPOINT_EXTENSIONS)
+             if "finetuned" in Path(f).name and "-epoch" not in Path(f).name
+             and "linear-probe" not in Path(f).name]
+    if not files:
+        return None
+    return max(files, key=lambda f: ((roots.checkpoints / f).stat().st_mtime, f))
+
+
+def like_run(run: "DashRun", checkpoint: str, roots: Roots) -> JobSpec:
+    r"""A job mining ``checkpoint`` exactly like ``run`` (same architecture name, layers, data,
+    k and input size), so that the two can be compared channel by channel.
+
+    Raises:
+        ValueError: the run's images are in a folder outside the data root.
+    """
+    m = run.result.metadata
+    desc = m.get("data") or {"kind": "demo"}
+    data = None
+    if desc.get("kind") != "demo":
+        folder = Path(str(desc.get("root", ""))).resolve()
+        if not _within(folder, roots.data):
+            raise ValueError(f"The run's images ({folder}) are outside the data root {roots.data}.")
+        data = folder.relative_to(roots.data).as_posix() or "."
+    return JobSpec(model=str(m.get("model_name", DEFAULT_MODEL)), checkpoint=checkpoint,
+                   layers=tuple(run.layers), data=data, k=run.result.k,
+                   input_size=int(run.info.input_size[0]))
+
+
+def matching_layers(run_a: "DashRun", run_b: "DashRun") -> List[str]:
+    r"""Layers whose channels correspond one to one in both runs: same name, same number of
+    channels, and the same architecture (an ONNX Runtime run matches any: it is an export)."""
+    arch_a, arch_b = run_a.info.arch, run_b.info.arch
+    if arch_a and arch_b and "onnx" not in (arch_a, arch_b) and arch_a != arch_b:
+        return []
+    return [layer for layer in run_a.layers if layer in run_b.layers
+            and run_a.result.num_channels(layer) == run_b.result.num_channels(layer)]
+
+
+def shared_images(result_a: TopKResult, result_b: TopKResult, layer: str, channel: int,
+                  which: str = "top") -> int:
+    r"""How many images are in both results' top-k (or bottom-k) of one channel (by image
+    index: meaningful when both runs mined the same images in the same order)."""
+    a = {r.index for r in result_a.records(layer, channel, which)}
+    b = {r.index for r in result_b.records(layer, channel, which)}
+    return len(a & b)
+
+
+def compare_status(run_a: Optional["DashRun"] = None, run_b: Optional["DashRun"] = None) -> Optional[str]:
+    r"""None when :func:`compare_runs` can compare these runs, else a sentence saying why not
+    (:mod:`captum_topk.compare` missing, or a run without its PyTorch model)."""
+    try:
+        from ..compare import compare_models  # noqa: F401
+    except ImportError as exc:
+        return (f"captum_topk.compare is not available ({exc}): the CKA heatmap and the ranking "
+                "of changed channels need it. The side-by-side view works without it.")
+    for tag, run in (("A", run_a), ("B", run_b)):
+        if run is not None and run.model is None:
+            return (f"Run {tag} was mined through ONNX Runtime: CKA and the channel ranking run both "
+                    "PyTorch models over the images; pick PyTorch runs for them.")
+    return None
+
+
+def compare_runs(run_a: "DashRun", run_b: "DashRun", max_images: int = 500,
+                 batch_size: int = 16) -> Dict[str, Any]:
+    r"""Layer-by-layer CKA and per-channel changes between the models of two runs, on the
+    images of ``run_a`` (through :func:`captum_topk.compare.compare_models`, one streamed pass
+    of both models; B gets A's images re-normalised when their preprocessing differs).
+
+    Returns:
+        dict: ``cka`` (La, Lb) float array, ``layers_a``, ``layers_b``, ``n_images``,
+        ``channels`` (layer -> ranked rows: ``rank``, ``channel``, ``score``,
+        ``correlation``, ``jaccard``, ``drift``; for same-name, same-width layers),
+        ``score_formula``.
+    """
+    from ..compare import compare_models
+
+    why = compare_status(run_a, run_b)
+    if why:
+        raise ValueError(why)
+    input_map = None
+    ia, ib = run_a.info, run_b.info
+    if tuple(ia.mean) != tuple(ib.mean) or tuple(ia.std) != tuple(ib.std):
+        ma, sa = torch.tensor(ia.mean).view(1, 3, 1, 1), torch.tensor(ia.std).view(1, 3, 1, 1)
+        mb, sb = torch.tensor(ib.mean).view(1, 3, 1, 1), torch.tensor(ib.std).view(1, 3, 1, 1)
+
+        def input_map(x: Tensor) -> Tensor:  # A's normalisation -> B's
+            return ((x * sa + ma) - mb) / sb
+
+    n = min(len(run_a.dataset), max_images)
+    data = run_a.dataset.subset(range(n)) if n < len(run_a.dataset) else run_a.dataset
+    cmp = compare_models(run_a.model, run_b.model, data, run_a.layers, run_b.layers, k=run_a.result.k,
+                         batch_size=max(4, batch_size), input_map_b=input_map, progress=False)
+    return {"cka": np.asarray(cmp.cka, float), "layers_a": list(cmp.layers_a), "layers_b": list(cmp.layers_b),
+            "n_images": cmp.n_images, "channels": {name: ch.rows() for name, ch in cmp.channels.items()},
+            "score_formula": "((1 - correlation) / 2 + (1 - jaccard) + drift / 2) / 3"}

@@ -1,0 +1,99 @@
+r"""What a dashboard job mines: :class:`JobSpec` (model, checkpoint, layers, data, k, ...)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+
+from ..runs import DEFAULT_MODEL
+
+__all__ = [
+    "DEFAULT_LAYERS",
+    "JOB_FORMAT",
+    "JobSpec",
+    "DEFAULT_SPEC",
+]
+
+Progress = Optional[Callable[[str, int, Optional[int]], None]]
+
+
+DEFAULT_LAYERS: Tuple[str, ...] = ("features.3", "features.7", "features.11")  # RF 19, 75, 203 px
+
+
+JOB_FORMAT = 2  # bump when what a job writes changes: older runs are then mined again
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:48] or "x"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    r"""What a dashboard mining job mines. Paths are relative to their roots.
+
+    Attributes:
+        model (str): built-in name (:func:`captum_topk.models.list_models`) or torchvision
+            architecture; ignored when ``onnx`` is set.
+        checkpoint (str, optional): weights under the checkpoints root (with ``model`` a
+            built-in or architecture name, or ``model=""`` when the checkpoint names its
+            architecture).
+        onnx (str, optional): an ONNX file under the onnx root: mined with ONNX Runtime.
+        layers (tuple of str): layer names (tensor names for ONNX).
+        data (str, optional): an image folder under the data root; None: the packaged photos.
+        k (int): records per channel.
+        batch_size (int): images per batch.
+        input_size (int, optional): crop size instead of the model's own.
+        max_images (int, optional): mine only the first images.
+    """
+
+    model: str = DEFAULT_MODEL
+    checkpoint: Optional[str] = None
+    onnx: Optional[str] = None
+    layers: Tuple[str, ...] = DEFAULT_LAYERS
+    data: Optional[str] = None
+    k: int = 9
+    batch_size: int = 16
+    input_size: Optional[int] = None
+    max_images: Optional[int] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "JobSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["layers"] = tuple(kw.get("layers", DEFAULT_LAYERS))
+        return cls(**kw)
+
+    @property
+    def backend(self) -> str:
+        return "onnxruntime" if self.onnx else "pytorch"
+
+    def key(self) -> str:
+        r"""A short hash of the settings (and of the job format): equal specs share one run folder."""
+        text = json.dumps({**self.to_dict(), "format": JOB_FORMAT}, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+    def run_name(self) -> str:
+        r"""The run folder's name: ``<model>-<data>-<hash>``."""
+        what = Path(self.onnx).stem + "-onnx" if self.onnx else (self.model or "checkpoint")
+        if self.checkpoint and not self.onnx:
+            what += "+" + Path(self.checkpoint).stem
+        return f"{_slug(what)}-{_slug(self.data or 'demo')}-{self.key()}"
+
+
+DEFAULT_SPEC = JobSpec()
+
+
+def _notify(progress: Progress, phase: str, done: int, total: Optional[int]) -> None:
+    if progress is not None:
+        progress(phase, done, total)
