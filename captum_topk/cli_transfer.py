@@ -33,7 +33,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         input_size=args.input_size, resize_size=args.resize_size, unfreeze=args.unfreeze,
         epochs=args.epochs, lr=args.lr, head_lr=args.head_lr, weight_decay=args.weight_decay,
         batch_size=args.batch_size, val_fraction=args.val_fraction, max_images=args.max_images,
-        flip=not args.no_flip, train_bn=not args.frozen_bn, optimizer=args.optimizer,
+        flip=not args.no_flip, train_bn=args.train_bn, optimizer=args.optimizer,
         probe_l2=args.probe_l2, seed=args.seed, workers=args.workers, out=args.out,
         progress=not args.no_progress,
     )
@@ -79,22 +79,22 @@ def add_transfer_commands(sub: Any) -> None:
     sp.add_argument("--data", default="elpv",
                     help="'elpv' (packaged solar cells, default) or a folder with one sub-folder per class")
     sp.add_argument("--task", choices=["binary", "4class"], default="binary", help="ELPV task")
-    sp.add_argument("--input-size", type=int, default=112, help="input side in px (default 112)")
+    sp.add_argument("--input-size", type=int, default=224, help="input side in px (default 224)")
     sp.add_argument("--resize-size", type=int, default=None,
                     help="shorter side before the centre crop (default: = input size, whole image)")
-    sp.add_argument("--unfreeze", type=_unfreeze, default=5,
-                    help="last N blocks to train, or 'all' (default 5: features.14-18 of MobileNetV2)")
-    sp.add_argument("--epochs", type=int, default=3)
-    sp.add_argument("--lr", type=float, default=1e-4, help="learning rate of the unfrozen blocks")
-    sp.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the new head")
+    sp.add_argument("--unfreeze", type=_unfreeze, default=8,
+                    help="last N blocks to train, or 'all' (default 8: features.11-18 of MobileNetV2)")
+    sp.add_argument("--epochs", type=int, default=5)
+    sp.add_argument("--lr", type=float, default=3e-5, help="learning rate of the unfrozen blocks")
+    sp.add_argument("--head-lr", type=float, default=1e-4, help="learning rate of the new head")
     sp.add_argument("--weight-decay", type=float, default=1e-4)
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--val-fraction", type=float, default=0.25, help="held-out share per class")
     sp.add_argument("--max-images", type=int, default=None, help="a stratified subset (faster)")
     sp.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     sp.add_argument("--optimizer", choices=["sgd", "adamw"], default="adamw")
-    sp.add_argument("--frozen-bn", action="store_true",
-                    help="keep the ImageNet BatchNorm statistics in the trained blocks (default: update them)")
+    sp.add_argument("--train-bn", action="store_true",
+                    help="update the BatchNorm statistics of the trained blocks (default: keep ImageNet's)")
     sp.add_argument("--probe-l2", type=float, default=None,
                     help="L2 of the linear probe (default: 3-fold cross-validated on the training split)")
     sp.add_argument("--seed", type=int, default=0)

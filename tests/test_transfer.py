@@ -237,6 +237,7 @@ def test_cli_finetune_then_compare(tmp_path):
     ckpt = tmp_path / "toy-finetuned.pt"
     assert main(["finetune", "--data", str(data), "--input-size", "40", "--epochs", "1",
                  "--unfreeze", "1", "--batch-size", "8", "--no-flip", "--probe-l2", "1",
+                 "--lr", "1e-3",
                  "--out", str(ckpt),
                  "--no-progress"]) == 0
     assert ckpt.exists() and (tmp_path / "toy-finetuned-epoch01.pt").exists()
