@@ -63,7 +63,13 @@ def main() -> int:
         other = dd.mine_job(dd.export_for_ort(dd.DEFAULT_SPEC, roots), roots)
     if other is not None:
         a, b = default.relative_to(roots.runs).as_posix(), other.relative_to(roots.runs).as_posix()
-        pages["compare"] = f"compare?a={a}&b={b}&layer=features.7&channel=12"
+        run_a, run_b = dd.open_run(default), dd.open_run(other)
+        layer, channel = "features.7", 12
+        if finetuned is not None:  # show the deepest shared layer's most changed channel
+            layer = dd.matching_layers(run_a, run_b)[-1]
+            ranked = dd.compare_runs(run_a, run_b)["channels"].get(layer) or [{"channel": channel}]
+            channel = int(ranked[0]["channel"])
+        pages["compare"] = f"compare?a={a}&b={b}&layer={layer}&channel={channel}"
     sizes = {"topk": (1400, 1250), "embeddings": (1400, 1150), "compare": (1400, 1900)}
     tmp = OUT / ".screens"
     tmp.mkdir(parents=True, exist_ok=True)
