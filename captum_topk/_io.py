@@ -45,3 +45,31 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     r"""Write text atomically."""
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+_DIGESTS: dict = {}
+
+
+def file_digest(path: PathLike) -> str:
+    r"""SHA-1 of a file's bytes (e.g. a checkpoint), remembered per (path, size, mtime) in this
+    process. Run folders record it so that a checkpoint replaced under the same name is
+    noticed: a finished run is not reused for it and ``--resume`` refuses to mix the two.
+
+    Args:
+        path (str or PathLike): the file.
+
+    Returns:
+        str: 40 hex digits.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        import hashlib
+
+        h = hashlib.sha1()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]

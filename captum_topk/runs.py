@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ._io import atomic_write_text
+from ._io import atomic_write_text, file_digest
 from ._layers import resolve_layers, run_capture
 from .data import demo_images, image_folder, imagenet_val
 from .filters import filter_grid
@@ -129,6 +129,7 @@ def mine_run(
     settings = {
         "model": model,
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+        "checkpoint_sha1": file_digest(checkpoint) if checkpoint else None,
         "layers": list(layers),
         "data": descriptor,
         "k": k,

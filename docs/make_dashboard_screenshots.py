@@ -14,6 +14,8 @@ that it stays small (< 400 KB); it is written atomically.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import sys
 from pathlib import Path
@@ -57,7 +59,10 @@ def main() -> int:
     }
     finetuned = dd.find_finetuned(roots)
     other = None
-    if finetuned is not None:  # pretrained vs fine-tuned, mined on the same photos
+    if finetuned is not None:  # pretrained vs fine-tuned, mined on the same photos, at the
+        # depths fine-tuning changes (the default fine-tune trains features.11-18)
+        default = dd.mine_job(dataclasses.replace(dd.DEFAULT_SPEC, layers=("features.7", "features.14", "features.17")),
+                              roots)
         other = dd.mine_job(dd.like_run(dd.open_run(default), finetuned, roots), roots)
     elif dd.onnx_available() is None:  # else PyTorch vs ONNX Runtime
         other = dd.mine_job(dd.export_for_ort(dd.DEFAULT_SPEC, roots), roots)

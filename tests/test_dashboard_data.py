@@ -259,6 +259,42 @@ def test_job_reuse_progress_and_hostile_inputs(world, tmp_path):
                                    data="junk", input_size=64), roots)
 
 
+def test_a_replaced_checkpoint_makes_its_runs_stale(tmp_path):
+    # A new fine-tune written under the same name must not be shown with the old run's patches.
+    import torchvision
+
+    from ._dashboard_fixture import make_images
+
+    roots = dd.Roots(data=tmp_path / "data", runs=tmp_path / "runs", checkpoints=tmp_path / "ckpt",
+                     onnx=tmp_path / "onnx")
+    make_images(roots.data / "shapes", n_per_class=3, size=48)
+    roots.checkpoints.mkdir()
+    ckpt = roots.checkpoints / "net-finetuned.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), ckpt)
+    spec = dd.JobSpec(model="resnet18", checkpoint="net-finetuned.pt", layers=("layer1",), data="shapes",
+                      k=2, batch_size=6, input_size=48)
+    first = dd.mine_job(spec, roots)
+    values_before = dd.open_run(first).result.values("layer1").clone()
+    assert dd.find_job(spec, roots) == first  # same file: reused
+
+    net = torchvision.models.resnet18(num_classes=2)
+    torch.manual_seed(1)
+    net.load_state_dict({k: v * 2 if v.is_floating_point() else v for k, v in torch.load(ckpt).items()})
+    torch.save(net.state_dict(), ckpt)  # same name, other weights
+    assert dd.find_job(spec, roots) is None
+    with pytest.raises(ValueError, match="changed since this run was mined"):
+        dd.open_run(first)
+    again = dd.mine_job(spec, roots)  # mined again, not reused
+    assert again == first
+    fresh = dd.open_run(again)
+    assert not torch.equal(fresh.result.values("layer1"), values_before)
+    miner = LayerTopKPatches(fresh.model, ["layer1"], k=2)
+    for batch in make_loader(fresh.dataset, batch_size=6):
+        miner.update(batch)
+    assert torch.allclose(miner.compute().values("layer1"), fresh.result.values("layer1"))
+
+
 def test_damaged_runs_are_listed_with_their_problem(world):
     roots, _ = world
     bad = roots.runs / "broken"

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, file_digest
 from ..data import make_loader
 from ..models import ModelInfo
 from ..runs import open_dataset
@@ -45,10 +45,20 @@ def find_job(spec: JobSpec, roots: Roots) -> Optional[Path]:
     if (folder / "result.pt").is_file():
         try:
             info = json.loads((folder / "run.json").read_text())
-            if JobSpec.from_dict(info.get("job", {})) == spec:
+            if JobSpec.from_dict(info.get("job", {})) == spec and info.get("weights_sha1") == _weights_sha1(spec, roots):
                 return folder
         except (OSError, ValueError, TypeError):
             return None
+    return None
+
+
+def _weights_sha1(spec: JobSpec, roots: Roots) -> Optional[str]:
+    """Digest of the job's checkpoint or ONNX file (None for built-in weights): a file replaced
+    under the same name (a new fine-tune) makes the old run stale."""
+    if spec.onnx:
+        return file_digest(resolve_under(roots.onnx, spec.onnx, kind="file"))
+    if spec.checkpoint:
+        return file_digest(resolve_under(roots.checkpoints, spec.checkpoint, kind="file"))
     return None
 
 
@@ -115,6 +125,7 @@ def mine_job(spec: JobSpec, roots: Roots, progress: Progress = None, reuse: bool
         "model": model_name,
         "checkpoint": checkpoint,
         "onnx": str(resolve_under(roots.onnx, spec.onnx)) if spec.onnx else None,
+        "weights_sha1": _weights_sha1(spec, roots),
         "backend": spec.backend,
         "layers": list(spec.layers),
         "data": descriptor,

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
+from .._io import file_digest
 from ..models import ModelInfo, load_model, make_transform
 from ..result import TopKResult
 from ..runs import DEFAULT_MODEL, Run
@@ -237,10 +238,22 @@ def open_run(path: PathLike) -> DashRun:
                                        transform=make_transform(info.input_size, mean=meta["mean"], std=meta["std"]))
         model, backend = None, "onnxruntime"
     else:
+        _check_weights(meta.get("checkpoint"), settings.get("weights_sha1") or settings.get("checkpoint_sha1"))
         model, info = _model_for(str(meta.get("model_name", DEFAULT_MODEL)), meta.get("checkpoint"), size)
         backend = "pytorch"
     dataset = _reopen(meta.get("data") or {"kind": "demo"}, info.transform, meta.get("skipped") or [])
     return DashRun(folder, result, info, dataset, model, backend, settings)
+
+
+def _check_weights(checkpoint: Optional[str], recorded: Optional[str]) -> None:
+    """A run shows the patches its weights found: refuse to pair it with a checkpoint that was
+    replaced under the same name since (e.g. by a new ``captum-topk finetune``)."""
+    if checkpoint and recorded and Path(checkpoint).is_file() and file_digest(checkpoint) != recorded:
+        raise ValueError(
+            f"The checkpoint {checkpoint} changed since this run was mined (same name, different "
+            "weights). Mine the run again (Data and jobs page, or captum-topk mine) to see what "
+            "the new weights respond to."
+        )
 
 
 def _reopen(desc: Dict[str, Any], transform: Callable, skipped: Sequence[Sequence[str]]):
