@@ -7,8 +7,6 @@ torchvision's ImageNet weights (shipped by a package) on the real photos that pa
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -19,7 +17,6 @@ from .runs import (
     describe_layers,
     load_run,
     mine_run,
-    open_dataset,
     render_filters,
     render_projections,
     render_run,

@@ -19,7 +19,6 @@ run can refer to an image by its index and find the same image later.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import os
 import re
 import warnings

@@ -22,7 +22,6 @@ Every returned model takes torchvision-style input: RGB in ``[0, 1]`` normalised
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import io
 import os
 import pickle
