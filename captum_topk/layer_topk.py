@@ -14,8 +14,9 @@ from tqdm.auto import tqdm
 
 from ._version import __version__
 from ._layers import LayerSpec, _root_module, resolve_layers, run_capture
+from ._layout import channels_last_layers, channels_last_message, row_probe_pair
 from ._topk import LayerState
-from .receptive_field import receptive_fields
+from .receptive_field import _eval_mode, receptive_fields
 from .result import TopKResult
 from .stats import ChannelStats
 
@@ -200,6 +201,7 @@ class LayerTopKPatches(LayerAttribution):
             [m for _, m in spatial],
             size,
             attribute_to_layer_input=self.attribute_to_layer_input,
+            in_channels=self._image_channels,  # what was mined, whatever the first conv takes
             batch_size=8,  # the probe's peak memory stays below a mining batch's
             progress=self._progress,
         )
@@ -241,14 +243,20 @@ class LayerTopKPatches(LayerAttribution):
         self._n = 0  # images seen
         self._next = 0  # default index of the next image
         self._warned_training = False
+        self._image_channels: Optional[int] = None  # of the images mined (for the probe)
 
-    def _check_images(self, images: Tensor) -> None:
-        if self._in_channels is not None and images.shape[1] != self._in_channels:
-            raise ValueError(
+    def _channel_hint(self, images: Tensor) -> Optional[str]:
+        r"""A hint when the images' channels differ from the first convolution's (used only
+        if the forward then fails: a space-to-depth stem legitimately changes the count)."""
+        if self._in_channels is not None and images.dim() == 4 and images.shape[1] != self._in_channels:
+            return (
                 f"The batch has {images.shape[1]} channels but the model's first convolution "
                 f"takes {self._in_channels}; convert images first (e.g. PIL .convert('RGB') or "
                 f"transforms.Grayscale(num_output_channels={self._in_channels}))."
             )
+        return None
+
+    def _check_images(self, images: Tensor) -> None:
         if self._root is not None and self._root.training and not self._warned_training:
             self._warned_training = True
             warnings.warn(
@@ -285,7 +293,17 @@ class LayerTopKPatches(LayerAttribution):
             idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
             if idx.numel() != n:
                 raise ValueError(f"{idx.numel()} indices given for a batch of {n} images.")
-        outs = self._layer_outputs(images, additional_forward_args)
+        try:
+            outs = self._layer_outputs(images, additional_forward_args)
+        except RuntimeError as exc:
+            hint = self._channel_hint(images)
+            if hint is not None:
+                raise ValueError(hint) from exc
+            raise
+        if images.dim() == 4:
+            self._image_channels = int(images.shape[1])
+        if not self._states:
+            self._check_channels_first(images, outs, additional_forward_args)
         for (name, _), out in zip(self._named_layers, outs):
             state = self._states.get(name)
             if state is None:
@@ -305,6 +323,24 @@ class LayerTopKPatches(LayerAttribution):
         self._remember(idx, labels, ids, tuple(images.shape[-2:]))
         self._n += n
         self._next = max(self._next, int(idx.max()) + 1)
+
+    def _check_channels_first(self, images: Tensor, outs: Sequence[Tensor],
+                              additional_forward_args: Optional[object]) -> None:
+        r"""Once, on the first batch: refuse 4-D outputs that are channels-last (see
+        :mod:`captum_topk._layout`); one extra forward of 2 images, in eval mode."""
+        four_d = [i for i, o in enumerate(outs) if isinstance(o, Tensor) and o.dim() == 4 and o.shape[1] > 1]
+        if (not four_d or additional_forward_args is not None or images.dim() != 4
+                or images.shape[-2] < 2 or not images.is_floating_point()):
+            return
+        model = self.forward_func
+        scope = model if isinstance(model, nn.Module) else nn.ModuleList([m for _, m in self._named_layers])
+        with _eval_mode(scope, catch_all=True), torch.no_grad():
+            probe_outs = self._layer_outputs(row_probe_pair(images), None)
+        names = [self._named_layers[i][0] for i in four_d]
+        bad = channels_last_layers(names, [probe_outs[i] for i in four_d])
+        if bad:
+            i = four_d[names.index(bad[0])]
+            raise ValueError(channels_last_message(bad[0], outs[i].shape))
 
     def _remember(
         self, idx: Tensor, labels: Optional[List[int]], ids: Optional[List[str]], size: Tuple[int, int]

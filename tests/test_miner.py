@@ -341,3 +341,60 @@ def test_outputs_changed_in_place_later_in_the_forward_are_mined_as_they_were():
         assert torch.equal(both.values("bn1", which), alone.values("bn1", which))
         assert torch.equal(both.indices("bn1", which), alone.indices("bn1", which))
     assert (both.values("bn1", "bottom") < 0).all()
+
+
+# ---------------------------------------------------------------- channels-last outputs
+class _Permute(nn.Module):
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
+def _convnext_like() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        _Permute(0, 2, 3, 1),  # (N, H, W, C): LayerNorm and Linear act on channels last
+        nn.LayerNorm(8),
+        nn.Linear(8, 16),
+        _Permute(0, 3, 1, 2),  # back to (N, C, H, W)
+        nn.Conv2d(16, 4, 3, padding=1),
+    ).eval()
+
+
+@pytest.mark.parametrize("layer", ["2", "3"])
+def test_channels_last_outputs_are_refused_with_a_hint(layer):
+    model = _convnext_like()
+    miner = LayerTopKPatches(model, [layer], k=2)
+    with pytest.raises(ValueError, match=r"channels-last \(N, H, W, C\).*Permute back to channels-first"):
+        miner.update(torch.rand(3, 3, 16, 16))
+    assert miner.n_images == 0
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_channels_first_layers_of_the_same_block_are_mined():
+    model = _convnext_like()
+    images = torch.rand(3, 3, 16, 16)
+    result = LayerTopKPatches(model, ["0", "4", "5"], k=2).mine([images], progress=False)
+    assert [result.num_channels(n) for n in ("0", "4", "5")] == [8, 16, 4]
+    # the check ran in eval mode and left the model's flags alone
+    assert not any(m.training for m in model.modules())
+
+
+def test_channel_layouts_that_depend_on_rows_are_not_mistaken_for_images():
+    # space-to-depth: each output channel sees every other row (interleaved channel sets)
+    model = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, 6, 1)).eval()
+    result = LayerTopKPatches(model, ["0", "1"], k=1).mine([torch.rand(2, 3, 8, 8)], progress=False)
+    assert result.num_channels("0") == 12 and result.num_channels("1") == 6
+
+
+def test_torchvision_convnext_inner_layer_is_refused_and_its_block_mined():
+    model = torchvision.models.convnext_tiny(weights=None).eval()
+    with pytest.raises(ValueError, match="channels-last"):
+        LayerTopKPatches(model, ["features.1.0.block.3"], k=1).update(torch.rand(1, 3, 64, 64))
+    miner = LayerTopKPatches(model, ["features.1.0.block"], k=1)
+    miner.update(torch.rand(1, 3, 64, 64))
+    assert miner.n_images == 1
