@@ -389,6 +389,11 @@ def test_channel_layouts_that_depend_on_rows_are_not_mistaken_for_images():
     model = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, 6, 1)).eval()
     result = LayerTopKPatches(model, ["0", "1"], k=1).mine([torch.rand(2, 3, 8, 8)], progress=False)
     assert result.num_channels("0") == 12 and result.num_channels("1") == 6
+    # grayscale: channels 0, 1 hold even rows and 2, 3 odd rows (a prefix and a suffix),
+    # but the left column reaches only channels 0 and 2, so dimension 1 is not an image axis
+    gray = nn.Sequential(nn.PixelUnshuffle(2)).eval()
+    result = LayerTopKPatches(gray, ["0"], k=1).mine([torch.rand(2, 1, 8, 8)], progress=False)
+    assert result.num_channels("0") == 4
 
 
 def test_torchvision_convnext_inner_layer_is_refused_and_its_block_mined():
