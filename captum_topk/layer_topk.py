@@ -14,9 +14,8 @@ from tqdm.auto import tqdm
 
 from ._version import __version__
 from ._layers import LayerSpec, _root_module, resolve_layers, run_capture
-from ._layout import channels_last_layers, channels_last_message, row_probe_pair
 from ._topk import LayerState
-from .receptive_field import _eval_mode, receptive_fields
+from .receptive_field import receptive_fields
 from .result import TopKResult
 from .stats import ChannelStats
 
@@ -302,8 +301,6 @@ class LayerTopKPatches(LayerAttribution):
             raise
         if images.dim() == 4:
             self._image_channels = int(images.shape[1])
-        if not self._states:
-            self._check_channels_first(images, outs, additional_forward_args)
         for (name, _), out in zip(self._named_layers, outs):
             state = self._states.get(name)
             if state is None:
@@ -323,24 +320,6 @@ class LayerTopKPatches(LayerAttribution):
         self._remember(idx, labels, ids, tuple(images.shape[-2:]))
         self._n += n
         self._next = max(self._next, int(idx.max()) + 1)
-
-    def _check_channels_first(self, images: Tensor, outs: Sequence[Tensor],
-                              additional_forward_args: Optional[object]) -> None:
-        r"""Once, on the first batch: refuse 4-D outputs that are channels-last (see
-        :mod:`captum_topk._layout`); one extra forward of 2 images, in eval mode."""
-        four_d = [i for i, o in enumerate(outs) if isinstance(o, Tensor) and o.dim() == 4 and o.shape[1] > 1]
-        if (not four_d or additional_forward_args is not None or images.dim() != 4
-                or images.shape[-2] < 2 or not images.is_floating_point()):
-            return
-        model = self.forward_func
-        scope = model if isinstance(model, nn.Module) else nn.ModuleList([m for _, m in self._named_layers])
-        with _eval_mode(scope, catch_all=True), torch.no_grad():
-            probe_outs = self._layer_outputs(row_probe_pair(images), None)
-        names = [self._named_layers[i][0] for i in four_d]
-        bad = channels_last_layers(names, [probe_outs[i] for i in four_d])
-        if bad:
-            i = four_d[names.index(bad[0])]
-            raise ValueError(channels_last_message(bad[0], outs[i].shape))
 
     def _remember(
         self, idx: Tensor, labels: Optional[List[int]], ids: Optional[List[str]], size: Tuple[int, int]

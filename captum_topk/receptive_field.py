@@ -74,6 +74,7 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from tqdm.auto import tqdm
 
 from ._io import atomic_torch_save
+from ._layout import channels_last_message, looks_channels_last
 from ._layers import LayerSpec, resolve_layers, run_capture
 
 __all__ = [
@@ -705,12 +706,19 @@ def fields_from_probe(
     """
     H, W = size
     hit: List[List[Tensor]] = [[] for _ in names]
+    layout: List[Dict[int, Tensor]] = [{} for _ in names]  # probe index -> (D1,) NaN, 4-D outputs
+    wanted = {1: 0, H: 1, H + 1: 2}  # top row, bottom row, left column
     first = True
+    start = 0
     for batch in probe_batches(size, channels, batch_size, device, dtype):
         n = batch.shape[0]
         outs = forward(batch)
         for i, (name, out) in enumerate(zip(names, outs)):
             nan = _nan_positions(name, out, n).cpu()
+            if out.dim() == 4:
+                for j in range(start, start + n):
+                    if j in wanted:
+                        layout[i][wanted[j]] = torch.isnan(out[j - start]).flatten(1).any(1).cpu()
             if first and bool(nan[0].any()):  # the clean image: fail fast
                 bad = nan[0].nonzero()[:5].tolist()
                 raise ValueError(
@@ -720,8 +728,12 @@ def fields_from_probe(
                 )
             hit[i].append(nan)
         first = False
+        start += n
         if bar is not None:
             bar.update(n)
+    for name, rows, shape_out in zip(names, layout, outs):
+        if len(rows) == 3 and looks_channels_last(torch.stack([rows[0], rows[1], rows[2]])):
+            raise ValueError(channels_last_message(name, shape_out.shape))
     out = {}
     for name, chunks in zip(names, hit):
         mask = torch.cat(chunks, dim=0)

@@ -11,7 +11,7 @@ import torchvision
 from captum.attr import LayerActivation
 from torch import nn
 
-from captum_topk import LayerTopKPatches, PatchRecord, TopKResult
+from captum_topk import LayerTopKPatches, PatchRecord, TopKResult, receptive_field
 
 from ._reference import full_activations, reference_topk
 
@@ -369,10 +369,11 @@ def _convnext_like() -> nn.Module:
 def test_channels_last_outputs_are_refused_with_a_hint(layer):
     model = _convnext_like()
     miner = LayerTopKPatches(model, [layer], k=2)
-    with pytest.raises(ValueError, match=r"channels-last \(N, H, W, C\).*Permute back to channels-first"):
-        miner.update(torch.rand(3, 3, 16, 16))
-    assert miner.n_images == 0
+    with pytest.raises(ValueError, match=r"\(N, 16, 16, \d+\).*channels-last \(N, H, W, C\).*Permute back"):
+        miner.mine([torch.rand(3, 3, 16, 16)], progress=False)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    with pytest.raises(ValueError, match="channels-last"):  # receptive_field() says it too
+        receptive_field(model, layer, 16)
 
 
 def test_channels_first_layers_of_the_same_block_are_mined():
@@ -399,7 +400,6 @@ def test_channel_layouts_that_depend_on_rows_are_not_mistaken_for_images():
 def test_torchvision_convnext_inner_layer_is_refused_and_its_block_mined():
     model = torchvision.models.convnext_tiny(weights=None).eval()
     with pytest.raises(ValueError, match="channels-last"):
-        LayerTopKPatches(model, ["features.1.0.block.3"], k=1).update(torch.rand(1, 3, 64, 64))
-    miner = LayerTopKPatches(model, ["features.1.0.block"], k=1)
-    miner.update(torch.rand(1, 3, 64, 64))
-    assert miner.n_images == 1
+        LayerTopKPatches(model, ["features.1.0.block.3"], k=1).mine([torch.rand(1, 3, 64, 64)], progress=False)
+    result = LayerTopKPatches(model, ["features.1.0.block"], k=1).mine([torch.rand(1, 3, 64, 64)], progress=False)
+    assert result.num_channels("features.1.0.block") == 96
