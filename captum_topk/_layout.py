@@ -55,3 +55,17 @@ def channels_last_message(name: str, shape: Sequence[int]) -> str:
         "Swin or MaxViT block between its Permute modules. Channels would be image rows. Mine a "
         "module whose output is (N, C, H, W): the block itself, or the Permute back to channels-first."
     )
+
+
+class ChannelsLastError(ValueError):
+    r"""Raised by the receptive-field probe for channels-last 4-D outputs.
+
+    Attributes:
+        layers (list of str): every probed layer that looks channels-last (the message
+            describes the first).
+    """
+
+    def __init__(self, layers: Sequence[str], shape: Sequence[int]) -> None:
+        self.layers = list(layers)
+        more = f" (also: {', '.join(self.layers[1:])})" if len(self.layers) > 1 else ""
+        super().__init__(channels_last_message(self.layers[0], shape) + more)

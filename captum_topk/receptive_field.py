@@ -74,7 +74,7 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from tqdm.auto import tqdm
 
 from ._io import atomic_torch_save
-from ._layout import channels_last_message, looks_channels_last
+from ._layout import ChannelsLastError, looks_channels_last
 from ._layers import LayerSpec, resolve_layers, run_capture
 
 __all__ = [
@@ -731,9 +731,10 @@ def fields_from_probe(
         start += n
         if bar is not None:
             bar.update(n)
-    for name, rows, shape_out in zip(names, layout, outs):
-        if len(rows) == 3 and looks_channels_last(torch.stack([rows[0], rows[1], rows[2]])):
-            raise ValueError(channels_last_message(name, shape_out.shape))
+    last = [(name, o.shape) for name, rows, o in zip(names, layout, outs)
+            if len(rows) == 3 and looks_channels_last(torch.stack([rows[0], rows[1], rows[2]]))]
+    if last:
+        raise ChannelsLastError([name for name, _ in last], last[0][1])
     out = {}
     for name, chunks in zip(names, hit):
         mask = torch.cat(chunks, dim=0)

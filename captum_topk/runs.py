@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ._io import atomic_write_text, file_digest
+from ._layout import ChannelsLastError
 from ._layers import resolve_layers, run_capture
 from .data import demo_images, image_folder, imagenet_val
 from .filters import filter_grid
@@ -405,11 +406,17 @@ def describe_layers(model: str = DEFAULT_MODEL, checkpoint: Optional[PathLike] =
                            stop_early=False, raw=True)
     shapes = {n: (tuple(o.shape[1:]) if isinstance(o, Tensor) else None) for (n, _), o in zip(named, outs)}
     spatial = [n for n, s in shapes.items() if s is not None and len(s) == 3]
-    rfs = receptive_fields(net, spatial, size) if spatial else {}
+    channels_last: List[str] = []
+    try:
+        rfs = receptive_fields(net, spatial, size) if spatial else {}
+    except ChannelsLastError as exc:  # list them as such; measure the others
+        channels_last = exc.layers
+        spatial = [n for n in spatial if n not in channels_last]
+        rfs = receptive_fields(net, spatial, size) if spatial else {}
     rows = []
     for n, m in named:
         s = shapes[n]
-        minable = s is not None and len(s) in (1, 3)
+        minable = s is not None and len(s) in (1, 3) and n not in channels_last
         if not all_modules and (not minable or n.count(".") > 1):
             continue  # default: blocks (depth <= 2); --all lists every module
         rf = rfs.get(n)
@@ -419,6 +426,7 @@ def describe_layers(model: str = DEFAULT_MODEL, checkpoint: Optional[PathLike] =
             "output": "x".join(map(str, s)) if s is not None else "(not one tensor)",
             "stride": f"{rf.stride[0]}x{rf.stride[1]}" if rf else "-",
             "rf": (f"{rf.size[0]}x{rf.size[1]}" + (" (clipped: >= image)" if tuple(rf.size) == tuple(size) else "")
-                   if rf else ("whole image" if s and len(s) == 1 else "-")),
+                   if rf else ("whole image" if s and len(s) == 1
+                               else "channels-last: not minable" if n in channels_last else "-")),
         })
     return rows

@@ -131,3 +131,18 @@ def test_clear_errors(tmp_path, capsys, checkpoint):
     assert "does not exist" in capsys.readouterr().err
     assert main(["show", str(tmp_path / "nothing")]) == 2
     assert "captum-topk mine" in capsys.readouterr().err
+
+
+def test_layers_listing_marks_channels_last_modules(tmp_path):
+    import torchvision
+
+    from captum_topk.runs import describe_layers
+
+    ckpt = tmp_path / "convnext.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.convnext_tiny().state_dict(), ckpt)
+    rows = {r["layer"]: r for r in describe_layers("convnext_tiny", ckpt, input_size=64, all_modules=True)}
+    assert rows["features.1.0.block.3"]["rf"] == "channels-last: not minable"  # the Linear, (N, H, W, C)
+    assert rows["features.1.0.block.3"]["output"] == "16x16x384"
+    assert rows["features.1.0.block"]["rf"].split(" ")[0] == "28x28"  # 4x4/4 stem, then 7x7 dw: 4 + 6 * 4
+    assert rows["features.1.0.block"]["stride"] == "4x4"
