@@ -108,6 +108,20 @@ def test_resume_with_other_settings_is_refused(tmp_path, data, checkpoint, capsy
     assert "different settings" in capsys.readouterr().err
 
 
+def test_resume_with_a_replaced_checkpoint_is_refused(tmp_path, data, checkpoint, capsys):
+    ckpt = tmp_path / "ft.pt"
+    ckpt.write_bytes(checkpoint.read_bytes())
+    out = tmp_path / "run"
+    assert main(_mine_args(data, ckpt, out, "--max-images", "8")) == 0
+    assert main(_mine_args(data, ckpt, out, "--max-images", "8", "--resume")) == 0  # same bytes: fine
+    torch.manual_seed(1)
+    torch.save({"state_dict": torchvision.models.resnet18(num_classes=2).state_dict()}, ckpt)
+    capsys.readouterr()
+    assert main(_mine_args(data, ckpt, out, "--max-images", "8", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "different settings" in err and "checkpoint_sha1" in err
+
+
 def test_layers_lists_shapes_strides_and_receptive_fields(capsys, checkpoint):
     assert main(["layers", "resnet18", "--checkpoint", str(checkpoint), "--input-size", "64"]) == 0
     out = capsys.readouterr().out
