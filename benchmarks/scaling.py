@@ -11,7 +11,8 @@ r"""Scaling figures of dataset top-k mining, in one run on this machine.
    receptive-field probe), each alone in a fresh subprocess (goal: miner <= forward + 200 MB).
 3. 1 vs 2 processes: the same mining job as one process (all threads) and as a 2-process
    ``torchrun`` job (gloo, 1 thread each, global batches sharded round-robin, states gathered
-   and merged on rank 0 — :mod:`captum_topk.distributed`), wall time of the whole job.
+   and merged on rank 0 — :mod:`captum_topk.distributed`), wall time from the first batch to the merged state
+   (process start-up and the warm-up batch not counted).
 
 Usage::
 

@@ -296,7 +296,7 @@ class LayerTopKPatches(LayerAttribution):
             outs = self._layer_outputs(images, additional_forward_args)
         except RuntimeError as exc:
             hint = self._channel_hint(images)
-            if hint is not None:
+            if hint is not None and "channel" in str(exc):
                 raise ValueError(hint) from exc
             raise
         if images.dim() == 4:
@@ -356,6 +356,7 @@ class LayerTopKPatches(LayerAttribution):
             "distinct_images": self.distinct_images,
             "attribute_to_layer_input": self.attribute_to_layer_input,
             "stats": sorted(self._stats_edges or {}),
+            "image_channels": self._image_channels,
             "captum_topk_version": __version__,
         }
 
@@ -406,6 +407,8 @@ class LayerTopKPatches(LayerAttribution):
             else:
                 self._states[name].merge(st)
         self._images.update(snap.images)
+        if self._image_channels is None:
+            self._image_channels = snap.metadata.get("image_channels")
         self._n += snap.n_images
         self._next = max([self._next, *(i + 1 for i in snap.images)])
         return self
@@ -453,6 +456,7 @@ class LayerTopKPatches(LayerAttribution):
         self._states = {n: s.clone() for n, s in snap.states.items()}
         self._images = dict(snap.images)
         self._n = self._next = snap.n_images
+        self._image_channels = snap.metadata.get("image_channels")
 
     # ------------------------------------------------------------------ whole dataset
     def mine(

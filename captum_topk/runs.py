@@ -130,7 +130,9 @@ def mine_run(
     settings = {
         "model": model,
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
-        "checkpoint_sha1": file_digest(checkpoint) if checkpoint else None,
+        # the bytes of the weights: a checkpoint given as --checkpoint or as --model file.pt
+        "checkpoint_sha1": (file_digest(checkpoint) if checkpoint
+                            else file_digest(model) if Path(str(model)).is_file() else None),
         "layers": list(layers),
         "data": descriptor,
         "k": k,
@@ -153,7 +155,8 @@ def mine_run(
     ranges = shard_batches(total, batch_size, env.rank, env.world)
     if resume and snapshot.exists():
         previous = json.loads((out / "run.json").read_text())
-        differ = {key: (previous.get(key), v) for key, v in settings.items() if previous.get(key) != v}
+        differ = {key: (previous.get(key), v) for key, v in settings.items() if previous.get(key) != v
+                  and not (key == "checkpoint_sha1" and key not in previous)}  # runs older than the digest
         if differ:
             raise ValueError(f"--resume with different settings than the interrupted run: {differ}")
         miner.load_state(snapshot)

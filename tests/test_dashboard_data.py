@@ -276,6 +276,8 @@ def test_a_replaced_checkpoint_makes_its_runs_stale(tmp_path):
                       k=2, batch_size=6, input_size=48)
     first = dd.mine_job(spec, roots)
     values_before = dd.open_run(first).result.values("layer1").clone()
+    emb_before = dd.run_embeddings(dd.open_run(first), "layer1")[0].copy()
+    assert (first / "embeddings").is_dir()
     assert dd.find_job(spec, roots) == first  # same file: reused
 
     net = torchvision.models.resnet18(num_classes=2)
@@ -289,6 +291,8 @@ def test_a_replaced_checkpoint_makes_its_runs_stale(tmp_path):
     assert again == first
     fresh = dd.open_run(again)
     assert not torch.equal(fresh.result.values("layer1"), values_before)
+    assert not (again / "embeddings").exists()  # the old weights' embeddings are gone
+    assert not np.allclose(dd.run_embeddings(fresh, "layer1")[0], emb_before)
     miner = LayerTopKPatches(fresh.model, ["layer1"], k=2)
     for batch in make_loader(fresh.dataset, batch_size=6):
         miner.update(batch)

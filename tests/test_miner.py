@@ -403,3 +403,24 @@ def test_torchvision_convnext_inner_layer_is_refused_and_its_block_mined():
         LayerTopKPatches(model, ["features.1.0.block.3"], k=1).mine([torch.rand(1, 3, 64, 64)], progress=False)
     result = LayerTopKPatches(model, ["features.1.0.block"], k=1).mine([torch.rand(1, 3, 64, 64)], progress=False)
     assert result.num_channels("features.1.0.block") == 96
+
+
+def test_space_to_depth_stem_survives_resume_and_merge(tmp_path):
+    # the probe must be fed images with the mined channel count, also after load_state / merge
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, 4, 3, padding=1)).eval()
+    images = torch.rand(4, 3, 16, 16)
+    direct = LayerTopKPatches(model, ["1"], k=2).mine([images], progress=False)
+    half = LayerTopKPatches(model, ["1"], k=2)
+    half.update(images[:2])
+    half.save_state(tmp_path / "snap.pt")
+    resumed = LayerTopKPatches(model, ["1"], k=2)
+    resumed.load_state(tmp_path / "snap.pt")
+    resumed.update(images[2:])
+    other = LayerTopKPatches(model, ["1"], k=2)
+    other.update(images[2:], indices=[2, 3])
+    merged = LayerTopKPatches(model, ["1"], k=2).merge(half).merge(other)
+    for result in (resumed.compute(), merged.compute()):
+        assert torch.equal(result.indices("1"), direct.indices("1"))
+        assert result.records("1", 0)[0].box == direct.records("1", 0)[0].box
+

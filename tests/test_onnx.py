@@ -590,3 +590,32 @@ def test_subpackage_does_not_shadow_onnx():
     assert callable(captum_topk.onnx.export) and captum_topk.onnx.export is export
     assert captum_topk.OnnxTopKPatches is OnnxTopKPatches and captum_topk.export_onnx is export
     assert {"OnnxTopKPatches", "export_onnx"} <= set(captum_topk.__all__)
+
+
+class _Permute(nn.Module):
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
+def test_numeric_layer_names_export_and_channels_last_tensors_are_listed(tmp_path):
+    # a Sequential's children are named "0", "1", ...: TorchScript refuses those as output
+    # names, so export renames its placeholders; the NHWC tensors inside are listed as such
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _Permute(0, 2, 3, 1), nn.LayerNorm(8),
+                          nn.Linear(8, 16), _Permute(0, 3, 1, 2), nn.Conv2d(16, 4, 3, padding=1)).eval()
+    path = tmp_path / "cl.onnx"
+    export(model, ["0", "5"], path, input_size=16, progress=False)
+    rows = {r["layer"]: r for r in describe_onnx_layers(path, probe_rf=True)}
+    assert rows["0"]["rf"] == "3x3" and rows["5"]["rf"] == "5x5"
+    nhwc = [r for r in rows.values() if r["type"].startswith(("LayerNormalization", "MatMul"))]
+    assert nhwc and all(r["rf"] == "channels-last: not minable" for r in nhwc)
+    images = torch.rand(5, 3, 16, 16)
+    ref = LayerTopKPatches(model, ["0", "5"], k=2).mine([images], progress=False)
+    got = OnnxTopKPatches(str(path), ["0", "5"], k=2).mine([images], progress=False)
+    for layer in ("0", "5"):
+        assert torch.equal(got.indices(layer), ref.indices(layer))
+        torch.testing.assert_close(got.values(layer), ref.values(layer), atol=1e-5, rtol=1e-5)

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -155,6 +156,9 @@ def mine_job(spec: JobSpec, roots: Roots, progress: Progress = None, reuse: bool
     )
     if spec.onnx:
         result.metadata["onnx_path"] = settings["onnx"]
+    stale = folder / "embeddings"  # cached from weights this run no longer has
+    if stale.is_dir():
+        shutil.rmtree(stale, ignore_errors=True)
     result.save(folder / "result.pt")
     atomic_write_text(folder / "run.json", json.dumps(settings, indent=2))
     _notify(progress, "done", total, total)
@@ -187,7 +191,8 @@ def export_for_ort(spec: JobSpec, roots: Roots, progress: Progress = None) -> Jo
     name = f"{_slug(spec.model or 'model')}"
     if spec.checkpoint:
         name += "+" + _slug(Path(spec.checkpoint).stem)
-    name += "-" + hashlib.sha1(json.dumps([list(spec.layers), spec.input_size, spec.checkpoint]).encode()).hexdigest()[:8]
+    weights = _weights_sha1(spec, roots)  # a checkpoint replaced under its name gets a new export
+    name += "-" + hashlib.sha1(json.dumps([list(spec.layers), spec.input_size, spec.checkpoint, weights]).encode()).hexdigest()[:8]
     target = roots.onnx / f"{name}.onnx"
     if not (target.is_file() and Path(str(target) + ".json").is_file()):
         _notify(progress, "export", 0, None)

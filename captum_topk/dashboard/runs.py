@@ -238,7 +238,8 @@ def open_run(path: PathLike) -> DashRun:
                                        transform=make_transform(info.input_size, mean=meta["mean"], std=meta["std"]))
         model, backend = None, "onnxruntime"
     else:
-        _check_weights(meta.get("checkpoint"), settings.get("weights_sha1") or settings.get("checkpoint_sha1"))
+        weights = meta.get("checkpoint") or str(meta.get("model_name") or "")  # --model file.pt
+        _check_weights(weights, settings.get("weights_sha1") or settings.get("checkpoint_sha1"))
         model, info = _model_for(str(meta.get("model_name", DEFAULT_MODEL)), meta.get("checkpoint"), size)
         backend = "pytorch"
     dataset = _reopen(meta.get("data") or {"kind": "demo"}, info.transform, meta.get("skipped") or [])

@@ -122,6 +122,24 @@ def _check_images(size: Tuple[int, int], channels: int, mean, std, n: int) -> Tu
     return torch.randn(n, channels, *size, generator=g), "random normal images"
 
 
+
+def _rename_tensors(proto: Any, renames: Dict[str, str]) -> None:
+    r"""Rename tensors of an ONNX graph in place: node inputs / outputs, graph outputs and
+    value_info (a layer's tensor may feed later nodes as well as being a graph output)."""
+    if not renames:
+        return
+    g = proto.graph
+    for node in g.node:
+        for i, n in enumerate(node.input):
+            if n in renames:
+                node.input[i] = renames[n]
+        for i, n in enumerate(node.output):
+            if n in renames:
+                node.output[i] = renames[n]
+    for vi in [*g.output, *g.value_info]:
+        if vi.name in renames:
+            vi.name = renames[vi.name]
+
 def export(
     model: Union[nn.Module, str],
     layers: Union[LayerSpec, Sequence[LayerSpec]],
@@ -271,7 +289,10 @@ def export(
         # 2. export
         bar.set_postfix_str(steps[1])
         all_outputs = [output_name, *names]
-        axes = {k: {0: "batch"} for k in ["input", *all_outputs]} if dynamic_batch else None
+        # TorchScript refuses some names as outputs (a Sequential child "0"): export under
+        # placeholders, then give the graph outputs the layer names (any string is valid in ONNX)
+        export_names = [output_name, *(f"captum_topk_layer_{i}" for i in range(len(names)))]
+        axes = {k: {0: "batch"} for k in ["input", *export_names]} if dynamic_batch else None
         buffer = io.BytesIO()
         try:
             with warnings.catch_warnings():
@@ -280,7 +301,7 @@ def export(
                 warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")
                 torch.onnx.export(
                     tap, (dummy,), buffer, dynamo=False, input_names=["input"],
-                    output_names=all_outputs, dynamic_axes=axes, opset_version=opset,
+                    output_names=export_names, dynamic_axes=axes, opset_version=opset,
                     do_constant_folding=True,
                 )
         except Exception as exc:
@@ -294,6 +315,7 @@ def export(
         # 3. the graph: valid, and every layer a real output that depends on the input
         bar.set_postfix_str(steps[2])
         proto = load_onnx(buffer.getvalue())
+        _rename_tensors(proto, dict(zip(export_names[1:], names)))
         got = [o.name for o in proto.graph.output]
         missing = [n for n in all_outputs if n not in got]
         if missing:

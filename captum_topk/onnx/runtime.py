@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..layer_topk import LayerTopKPatches
 from ..receptive_field import ReceptiveField, _disk_get, _disk_put, _parse_size, fields_from_probe
+from .._layout import ChannelsLastError
 from .graph import (InputSpec, ModelLike, input_spec, list_tensors, load_onnx,
                     nan_safe, resolve_tensors, with_outputs)
 from .sidecar import Sidecar, load_sidecar
@@ -530,11 +531,18 @@ def describe_onnx_layers(
     sidecar = load_sidecar(path) if not isinstance(path, (bytes, bytearray, onnx.ModelProto)) else None
     tensors = list_tensors(proto, minable_only=not all_tensors)
     rfs: Dict[str, ReceptiveField] = dict(sidecar.receptive_fields) if sidecar else {}
+    channels_last: List[str] = []
     if probe_rf:
         spatial = [t.name for t in tensors if t.minable and len(t.shape) == 4 and t.name not in rfs]
-        if spatial:
-            size = (input_size, input_size) if input_size else None
-            rfs.update(onnx_receptive_fields(proto, spatial, size, providers=providers))
+        size = (input_size, input_size) if input_size else None
+        try:
+            if spatial:
+                rfs.update(onnx_receptive_fields(proto, spatial, size, providers=providers))
+        except ChannelsLastError as exc:  # list them as such; measure the others
+            channels_last = exc.layers
+            spatial = [n for n in spatial if n not in channels_last]
+            if spatial:
+                rfs.update(onnx_receptive_fields(proto, spatial, size, providers=providers))
     rows = []
     for t in tensors:
         rf = rfs.get(t.name)
@@ -544,6 +552,8 @@ def describe_onnx_layers(
             "type": t.op_type + (" (output)" if t.is_output else ""),
             "output": shape if t.minable or t.shape is not None else "?",
             "stride": f"{rf.stride[0]}x{rf.stride[1]}" if rf else "-",
-            "rf": f"{rf.size[0]}x{rf.size[1]}" if rf else ("whole image" if t.shape is not None and len(t.shape) == 2 else "-"),
+            "rf": f"{rf.size[0]}x{rf.size[1]}" if rf else ("whole image" if t.shape is not None and len(t.shape) == 2
+                                                             else "channels-last: not minable" if t.name in channels_last
+                                                             else "-"),
         })
     return rows
