@@ -5,6 +5,7 @@ A reader (or a crash) never sees a half-written file: it sees the old one or the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -65,8 +66,6 @@ def file_digest(path: PathLike) -> str:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        import hashlib
-
         h = hashlib.sha1()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

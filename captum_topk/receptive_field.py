@@ -716,9 +716,9 @@ def fields_from_probe(
         for i, (name, out) in enumerate(zip(names, outs)):
             nan = _nan_positions(name, out, n).cpu()
             if out.dim() == 4:
-                for j in range(start, start + n):
-                    if j in wanted:
-                        layout[i][wanted[j]] = torch.isnan(out[j - start]).flatten(1).any(1).cpu()
+                for j, slot in wanted.items():
+                    if start <= j < start + n:
+                        layout[i][slot] = torch.isnan(out[j - start]).flatten(1).any(1).cpu()
             if first and bool(nan[0].any()):  # the clean image: fail fast
                 bad = nan[0].nonzero()[:5].tolist()
                 raise ValueError(

@@ -13,6 +13,7 @@ from torch import nn
 
 from captum_topk import LayerTopKPatches, PatchRecord, TopKResult, receptive_field
 
+from ._models import convnext_like
 from ._reference import full_activations, reference_topk
 
 
@@ -344,30 +345,9 @@ def test_outputs_changed_in_place_later_in_the_forward_are_mined_as_they_were():
 
 
 # ---------------------------------------------------------------- channels-last outputs
-class _Permute(nn.Module):
-    def __init__(self, *dims: int) -> None:
-        super().__init__()
-        self.dims = dims
-
-    def forward(self, x):
-        return x.permute(*self.dims)
-
-
-def _convnext_like() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        _Permute(0, 2, 3, 1),  # (N, H, W, C): LayerNorm and Linear act on channels last
-        nn.LayerNorm(8),
-        nn.Linear(8, 16),
-        _Permute(0, 3, 1, 2),  # back to (N, C, H, W)
-        nn.Conv2d(16, 4, 3, padding=1),
-    ).eval()
-
-
 @pytest.mark.parametrize("layer", ["2", "3"])
 def test_channels_last_outputs_are_refused_with_a_hint(layer):
-    model = _convnext_like()
+    model = convnext_like()
     miner = LayerTopKPatches(model, [layer], k=2)
     with pytest.raises(ValueError, match=r"\(N, 16, 16, \d+\).*channels-last \(N, H, W, C\).*Permute back"):
         miner.mine([torch.rand(3, 3, 16, 16)], progress=False)
@@ -377,7 +357,7 @@ def test_channels_last_outputs_are_refused_with_a_hint(layer):
 
 
 def test_channels_first_layers_of_the_same_block_are_mined():
-    model = _convnext_like()
+    model = convnext_like()
     images = torch.rand(3, 3, 16, 16)
     result = LayerTopKPatches(model, ["0", "4", "5"], k=2).mine([images], progress=False)
     assert [result.num_channels(n) for n in ("0", "4", "5")] == [8, 16, 4]

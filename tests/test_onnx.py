@@ -34,6 +34,7 @@ from captum_topk.onnx import (OnnxTopKPatches, Sidecar, describe_onnx_layers, ex
                               load_onnx, load_sidecar, nan_safe, onnx_receptive_fields, resolve_providers)
 from captum_topk.onnx.runtime import OnnxForward, _probe
 
+from ._models import convnext_like
 from ._reference import full_activations, reference_topk
 
 
@@ -592,21 +593,10 @@ def test_subpackage_does_not_shadow_onnx():
     assert {"OnnxTopKPatches", "export_onnx"} <= set(captum_topk.__all__)
 
 
-class _Permute(nn.Module):
-    def __init__(self, *dims: int) -> None:
-        super().__init__()
-        self.dims = dims
-
-    def forward(self, x):
-        return x.permute(*self.dims)
-
-
 def test_numeric_layer_names_export_and_channels_last_tensors_are_listed(tmp_path):
     # a Sequential's children are named "0", "1", ...: TorchScript refuses those as output
     # names, so export renames its placeholders; the NHWC tensors inside are listed as such
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _Permute(0, 2, 3, 1), nn.LayerNorm(8),
-                          nn.Linear(8, 16), _Permute(0, 3, 1, 2), nn.Conv2d(16, 4, 3, padding=1)).eval()
+    model = convnext_like()
     path = tmp_path / "cl.onnx"
     export(model, ["0", "5"], path, input_size=16, progress=False)
     rows = {r["layer"]: r for r in describe_onnx_layers(path, probe_rf=True)}
