@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 
 # Mine the embedded default if missing (cached in results/), then open the dashboard.
 run: $(STAMP)
-	$(PY) -m captum_topk.dashboard_data warm
+	$(PY) -m captum_topk.dashboard warm
 	$(PY) -m streamlit run app_streamlit/main.py --client.toolbarMode viewer --browser.gatherUsageStats false
 
 # Real top-9 PNGs of the embedded default without the dashboard.

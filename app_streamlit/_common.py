@@ -1,6 +1,6 @@
 """Streamlit glue shared by the pages: roots, cached library calls, the run picker, error boxes.
 
-Nothing is computed here: every function calls ``captum_topk.dashboard_data`` and only adds
+Nothing is computed here: every function calls ``captum_topk.dashboard`` and only adds
 Streamlit caching (``st.cache_resource`` for opened runs and models, ``st.cache_data`` for
 arrays) or widgets. A run is identified in caches by its folder and the mtime of its
 ``result.pt``, so a re-mined run is never served stale.
@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import streamlit as st
 
-from captum_topk import dashboard_data as dd
+from captum_topk import dashboard as dd
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_KEY = "run"  # session_state key of the sidebar run picker

@@ -1,7 +1,7 @@
 """captum-topk dashboard: ``streamlit run app_streamlit/main.py``.
 
 Pages (st.navigation): Top-k patches (default), Filters, Compare, Embeddings, Data and jobs.
-The sidebar picks the run every page shows. All computation is in captum_topk.dashboard_data;
+The sidebar picks the run every page shows. All computation is in captum_topk.dashboard;
 see docs/dashboard.md.
 """
 

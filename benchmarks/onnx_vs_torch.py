@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import onnxruntime  # noqa: E402
 
 from captum_topk import LayerTopKPatches  # noqa: E402
-from captum_topk._io import atomic_write_text  # noqa: E402
+from captum_topk.utils.files import atomic_write_text  # noqa: E402
 from captum_topk.models import make_transform  # noqa: E402
 from captum_topk.onnx import OnnxTopKPatches, export  # noqa: E402
 from mining_throughput import loadavg  # noqa: E402

@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from captum_topk import LayerTopKPatches  # noqa: E402
-from captum_topk._layers import run_capture  # noqa: E402
+from captum_topk.capture.hooks import run_capture  # noqa: E402
 from captum_topk.distributed import dist_env, gather_states, shard_batches  # noqa: E402
 from mining_throughput import loadavg, machine, peak_rss_mib  # noqa: E402
 

@@ -28,7 +28,7 @@ import torchvision
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from captum_topk import ChannelStats, LayerTopKPatches  # noqa: E402
-from captum_topk._layers import run_capture  # noqa: E402
+from captum_topk.capture.hooks import run_capture  # noqa: E402
 
 
 def main() -> None:

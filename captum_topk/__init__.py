@@ -1,5 +1,10 @@
 r"""captum-topk: Zeiler & Fergus dataset top-k patches as a Captum layer method.
 
+``import captum_topk`` loads the core only (the miner, its result, receptive fields, filter
+tiles). Everything else (comparisons, transfer learning, ONNX, the dashboard's library side)
+is imported on first use of its name, so that no heavy dependency (onnxruntime, streamlit,
+plotly, pandas, matplotlib) is loaded before it is needed. See ``docs/architecture.md``.
+
 Example::
 
     >>> from captum_topk import LayerTopKPatches
@@ -8,20 +13,41 @@ Example::
     >>> result.records("features.3", 12)[0].box
 """
 
-from ._layers import minable_layers as list_layers
+import importlib
+
+from . import _compat
 from ._version import __version__
-from .filters import filter_grid
-from .layer_topk import LayerTopKPatches
-from .projections import Neuron, Projections, symmetric_rgb
+from .capture.hooks import minable_layers as list_layers
+from .core.accumulators.stats import ChannelStats
+from .core.miner import LayerTopKPatches
+from .core.projections import Neuron, Projections, symmetric_rgb
+from .core.records import PatchRecord
+from .core.result import TopKResult
 from .receptive_field import ReceptiveField, receptive_field, receptive_fields
-from .result import PatchRecord, TopKResult
-from .stats import ChannelStats
-from .cka import MinibatchCKA, linear_cka
-from .compare import Comparison, compare_models
-from .elpv import elpv_dataset
-from .embed import embed, load_embeddings
-from .transfer import finetune, fit_linear_head, load_finetuned, stratified_split
-from .dashboard_data import JobSpec, Roots, mine_job, open_run
+from .viz.filters import filter_grid
+
+_compat.install()
+
+# name -> (module, attribute): loaded on first access (PEP 562).
+_LAZY = {
+    "MinibatchCKA": ("core.accumulators.cka", "MinibatchCKA"),
+    "linear_cka": ("core.accumulators.cka", "linear_cka"),
+    "compare_models": ("compare.comparison", "compare_models"),
+    "Comparison": ("compare.comparison", "Comparison"),
+    "elpv_dataset": ("data.elpv", "elpv_dataset"),
+    "embed": ("transfer.embed", "embed"),
+    "load_embeddings": ("transfer.embed", "load_embeddings"),
+    "finetune": ("transfer.finetune", "finetune"),
+    "load_finetuned": ("transfer.finetune", "load_finetuned"),
+    "fit_linear_head": ("transfer.linear", "fit_linear_head"),
+    "stratified_split": ("transfer.split", "stratified_split"),
+    "OnnxTopKPatches": ("onnx", "OnnxTopKPatches"),
+    "export_onnx": ("onnx", "export"),
+    "Roots": ("dashboard.roots", "Roots"),
+    "JobSpec": ("dashboard.spec", "JobSpec"),
+    "mine_job": ("dashboard.jobs", "mine_job"),
+    "open_run": ("dashboard.runs", "open_run"),
+}
 
 __all__ = [
     "LayerTopKPatches",
@@ -36,34 +62,19 @@ __all__ = [
     "Projections",
     "Neuron",
     "symmetric_rgb",
-    "embed",
-    "load_embeddings",
-    "finetune",
-    "fit_linear_head",
-    "load_finetuned",
-    "stratified_split",
-    "elpv_dataset",
-    "MinibatchCKA",
-    "linear_cka",
-    "compare_models",
-    "Comparison",
-    "OnnxTopKPatches",
-    "export_onnx",
-    "Roots",
-    "JobSpec",
-    "mine_job",
-    "open_run",
+    *_LAZY,
     "__version__",
 ]
 
-# ONNX names load lazily: importing onnx / onnxruntime costs about half a second.
-_LAZY_ONNX = {"OnnxTopKPatches": "OnnxTopKPatches", "export_onnx": "export"}
-
 
 def __getattr__(name: str):
-    if name == "onnx" or name in _LAZY_ONNX:
-        import importlib
-
-        sub = importlib.import_module(".onnx", __name__)
-        return sub if name == "onnx" else getattr(sub, _LAZY_ONNX[name])
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,7 +1,7 @@
 """Regenerate the dashboard screenshots of docs/dashboard.md (docs/images/dashboard_*.png).
 
 Runs the real dashboard on the embedded default (MobileNetV2-ImageNet on the packaged photos,
-mined first if missing: ``captum_topk.dashboard_data.ensure_default_run``) and, for the Compare
+mined first if missing: ``captum_topk.dashboard.ensure_default_run``) and, for the Compare
 page, the fine-tuned checkpoint found under the checkpoints root mined the same way (else the
 default mined through ONNX Runtime), in headless Chromium with the helpers of
 tests/test_browser.py. Prints how long each page took to be ready.
@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from _browser import Browser, find_chromium, png_stats, running_app  # noqa: E402
 
-from captum_topk import dashboard_data as dd  # noqa: E402
+from captum_topk import dashboard as dd  # noqa: E402
 
 OUT = REPO / "docs" / "images"
 MAX_BYTES = 400_000

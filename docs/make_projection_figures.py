@@ -28,12 +28,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from captum_topk import LayerTopKPatches  # noqa: E402
-from captum_topk._io import atomic_open  # noqa: E402
+from captum_topk.utils.files import atomic_open  # noqa: E402
 from captum_topk.data import demo_images, make_loader  # noqa: E402
 from captum_topk.models import load_model  # noqa: E402
 from captum_topk.plot import projection_sheet, save_png  # noqa: E402
 from captum_topk.projections import symmetric_rgb  # noqa: E402
-from captum_topk.runs import _fit  # noqa: E402
+from captum_topk.runs.render import _fit  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "images"
 LAYERS = ["features.3", "features.7", "features.11"]  # receptive fields 19, 75, 203 px

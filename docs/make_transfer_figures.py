@@ -27,13 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from captum_topk.compare import (  # noqa: E402
-    changed_patches_figure,
-    cka_figure,
-    compare_models,
-    most_changed_figure,
-    save_report,
-)
+from captum_topk.compare import compare_models, save_report
+from captum_topk.compare.report import changed_patches_figure, cka_figure, most_changed_figure
 from captum_topk.elpv import elpv_dataset  # noqa: E402
 from captum_topk.models import load_checkpoint_state_dict, load_model  # noqa: E402
 from captum_topk.plot import save_png  # noqa: E402

@@ -12,7 +12,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from captum_topk import dashboard_data as dd
+from captum_topk import dashboard as dd
 
 TINY_SPEC = dd.JobSpec(model="resnet18", checkpoint="r18-random.pt", layers=("layer1", "layer2"),
                        data="shapes", k=4, batch_size=8, input_size=64)

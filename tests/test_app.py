@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from captum_topk import dashboard_data as dd
+from captum_topk import dashboard as dd
 from captum_topk.result import TopKResult
 
 from ._dashboard_fixture import TINY_SPEC, make_world, restore_env, roots_of, set_env

@@ -1,4 +1,4 @@
-"""captum_topk.dashboard_data: safe paths, runs on disk, mining jobs and the views the app shows,
+"""captum_topk.dashboard: safe paths, runs on disk, mining jobs and the views the app shows,
 each checked against an independent computation."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from captum_topk import dashboard_data as dd
+from captum_topk import dashboard as dd
 from captum_topk.data import image_folder, make_loader
 from captum_topk.layer_topk import LayerTopKPatches
 from captum_topk.models import load_model, make_transform

@@ -12,17 +12,8 @@ import torch
 import torchvision
 
 from captum_topk.data import demo_images
-from captum_topk.models import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    _BUILTINS,
-    _load_numpy_pickle,
-    _NumpyOnlyUnpickler,
-    _package_file,
-    list_models,
-    load_checkpoint_state_dict,
-    load_model,
-)
+from captum_topk.models import IMAGENET_MEAN, IMAGENET_STD, list_models, load_checkpoint_state_dict, load_model
+from captum_topk.models.builtin import _BUILTINS, _load_numpy_pickle, _NumpyOnlyUnpickler, _package_file
 
 
 @pytest.fixture(scope="module")

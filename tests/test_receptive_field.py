@@ -26,7 +26,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from captum_topk._layers import run_capture
+from captum_topk.capture.hooks import run_capture
 from captum_topk.receptive_field import (
     ReceptiveField,
     clear_receptive_field_cache,
@@ -36,7 +36,7 @@ from captum_topk.receptive_field import (
 
 # ``captum_topk.receptive_field`` is also a function re-exported by the package: import the
 # module itself by its dotted path.
-rf_mod = importlib.import_module("captum_topk.receptive_field")
+rf_mod = importlib.import_module("captum_topk.receptive_field.probe")
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import _common as common
-from captum_topk import dashboard_data as dd
+from captum_topk import dashboard as dd
 from captum_topk.models import list_models
 
 roots = common.sidebar(mine_default=False)

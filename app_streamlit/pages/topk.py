@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import _common as common
-from captum_topk import dashboard_data as dd
+from captum_topk import dashboard as dd
 
 run = common.current_run()
 path, mtime = common.run_key(run)

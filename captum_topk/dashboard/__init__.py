@@ -1,11 +1,94 @@
-r"""The dashboard's library side, one job per module; :mod:`captum_topk.dashboard_data`
-re-exports what the Streamlit app uses.
+r"""Library side of the Streamlit dashboard (``app_streamlit/``): everything it computes.
 
-* :mod:`.roots`: the folders the dashboard may touch and safe paths inside them;
-* :mod:`.spec`: :class:`~.spec.JobSpec`, what a job mines;
-* :mod:`.runs`: run folders on disk, opened with their model and images;
-* :mod:`.jobs`: mining a job with progress, the embedded default run, ONNX export;
-* :mod:`.views`: a channel's patches, projections, histogram, classes; filters;
-* :mod:`.embeddings`: pooled embeddings, PCA, neighbours, thumbnails;
-* :mod:`.comparisons`: pretrained vs fine-tuned runs through :mod:`captum_topk.compare`.
+The app stays a thin layer of widgets; what it shows comes from these functions, which are
+plain Python (no Streamlit import) and tested on their own. They live in the small modules of
+:mod:`captum_topk.dashboard` (``roots``, ``spec``, ``runs``, ``jobs``, ``views``,
+``embeddings``, ``comparisons``); this module gathers them under one name for the app:
+
+* **Roots** (:class:`Roots`): the four folders the dashboard may read / write, from the
+  environment (``CAPTUM_TOPK_DATA_ROOT``, ``CAPTUM_TOPK_RUNS_ROOT``,
+  ``CAPTUM_TOPK_CHECKPOINTS_ROOT``, ``CAPTUM_TOPK_ONNX_ROOT``), defaulting to ``data/``,
+  ``results/``, ``checkpoints/`` and ``onnx_models/`` under a base folder. Every path a user
+  types goes through :func:`resolve_under`: it must stay inside its root once ``..`` and
+  symlinks are resolved.
+* **Runs** on disk (the run folders of :func:`captum_topk.runs.mine_run`: ``run.json`` +
+  ``result.pt``): :func:`list_runs`, :func:`open_run` (result + model + dataset, PyTorch or
+  ONNX Runtime), and :func:`mine_job`, which mines a :class:`JobSpec` batch by batch with a
+  progress callback (the dashboard's live progress bar), with per-channel statistics, and
+  reuses a finished run with the same settings instead of mining again.
+  :func:`ensure_default_run` mines the embedded default (MobileNetV2-ImageNet on the packaged
+  photos) when it is missing; ``python -m captum_topk.dashboard warm`` does it ahead of
+  time (``make run``).
+* **Views** of a run, as ``uint8`` arrays and plain numbers ready for ``st.image`` / plotly:
+  :func:`channel_patches`, :func:`channel_projections`, :func:`channel_histogram`,
+  :func:`channel_classes`, :func:`record_image` (the whole model input with the receptive
+  field drawn), :func:`top1_grid`, :func:`filter_view`, :func:`run_embeddings` +
+  :func:`pca_2d`, :func:`thumbnails`.
+* **Comparisons** (:func:`compare_runs`): layer x layer CKA and channels ranked by how much
+  they changed, through :mod:`captum_topk.compare`; :func:`compare_status` says when two runs
+  cannot be compared that way (ONNX Runtime runs have no PyTorch model).
+
+Example::
+
+    >>> from captum_topk.dashboard_data import Roots, ensure_default_run, open_run, channel_patches
+    >>> roots = Roots.from_env()
+    >>> run = open_run(ensure_default_run(roots))
+    >>> tiles, recs = channel_patches(run, "features.7", 12)   # (9, 75, 75, 3) uint8, records
 """
+
+from .comparisons import compare_runs, compare_status, find_finetuned, like_run, matching_layers, shared_images
+from .embeddings import nearest_neighbours, pca_2d, run_embeddings, thumbnails
+from .jobs import HISTOGRAM_EDGES, ensure_default_run, export_for_ort, find_job, job_layers, job_model, mine_job, onnx_available, suggest_layers
+from .roots import CHECKPOINT_EXTENSIONS, DEFAULT_DIRS, ENV_VARS, Roots, UnsafePathError, list_data_folders, list_files, resolve_under
+from .runs import DashRun, RunEntry, list_runs, open_run
+from .spec import DEFAULT_LAYERS, DEFAULT_SPEC, JOB_FORMAT, JobSpec
+from .views import channel_classes, channel_histogram, channel_patches, channel_projections, conv_layers, filter_view, record_image, sheet, top1_grid
+from ..models.registry import DEFAULT_MODEL
+
+__all__ = [
+    "Roots",
+    "UnsafePathError",
+    "resolve_under",
+    "RunEntry",
+    "DashRun",
+    "JobSpec",
+    "DEFAULT_SPEC",
+    "DEFAULT_LAYERS",
+    "DEFAULT_MODEL",
+    "DEFAULT_DIRS",
+    "ENV_VARS",
+    "CHECKPOINT_EXTENSIONS",
+    "HISTOGRAM_EDGES",
+    "JOB_FORMAT",
+    "list_runs",
+    "list_files",
+    "list_data_folders",
+    "open_run",
+    "mine_job",
+    "find_job",
+    "ensure_default_run",
+    "export_for_ort",
+    "onnx_available",
+    "job_model",
+    "job_layers",
+    "suggest_layers",
+    "channel_patches",
+    "channel_projections",
+    "channel_histogram",
+    "channel_classes",
+    "record_image",
+    "top1_grid",
+    "sheet",
+    "conv_layers",
+    "filter_view",
+    "run_embeddings",
+    "pca_2d",
+    "nearest_neighbours",
+    "thumbnails",
+    "find_finetuned",
+    "like_run",
+    "shared_images",
+    "matching_layers",
+    "compare_status",
+    "compare_runs",
+]

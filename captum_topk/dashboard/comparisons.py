@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..result import TopKResult
-from ..runs import DEFAULT_MODEL
+from ..core.result import TopKResult
+from ..models.registry import DEFAULT_MODEL
 from .roots import CHECKPOINT_EXTENSIONS, Roots, _within, list_files
 from .runs import DashRun
 from .spec import JobSpec
@@ -106,7 +106,7 @@ def compare_runs(run_a: "DashRun", run_b: "DashRun", max_images: int = 500,
         ``correlation``, ``jaccard``, ``drift``; for same-name, same-width layers),
         ``score_formula``.
     """
-    from ..compare import compare_models
+    from ..compare.comparison import compare_models
 
     why = compare_status(run_a, run_b)
     if why:

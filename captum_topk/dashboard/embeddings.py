@@ -10,10 +10,11 @@ from typing import Any, List, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ..data import make_loader
-from ..plot import to_display
+from ..data.loader import make_loader
+from ..viz.plot import to_display
 from .runs import DashRun
-from .spec import Progress, _notify, _slug
+from .spec import Progress, _notify
+from ..utils.naming import slug
 
 __all__ = [
     "run_embeddings",
@@ -30,10 +31,10 @@ def run_embeddings(run: DashRun, layer: str, max_images: int = 2000,
     Returns:
         (numpy.ndarray, list of str, list of int): ``(N, C)`` float32, image ids, labels.
     """
-    from ..embed import embed, load_embeddings, pool_features
+    from ..transfer.embed import embed, load_embeddings, pool_features
 
     n = min(len(run.dataset), max_images)
-    out = run.path / "embeddings" / f"{_slug(layer)}-{n}.npy"
+    out = run.path / "embeddings" / f"{slug(layer)}-{n}.npy"
     if out.is_file() and out.with_suffix(".json").is_file():
         try:
             emb, ids, meta = load_embeddings(out)
@@ -45,8 +46,8 @@ def run_embeddings(run: DashRun, layer: str, max_images: int = 2000,
         emb, ids = embed(run.model, layer, dataset, batch_size=16, out=out, progress=False)
         _, _, meta = load_embeddings(out)
         return emb, ids, [int(v) for v in meta["labels"]]
-    from ..embed import _save  # ONNX Runtime: the same file format
-    from ..onnx import OnnxTopKPatches
+    from ..transfer.embed import _save  # ONNX Runtime: the same file format
+    from ..onnx.runtime import OnnxTopKPatches
 
     miner = OnnxTopKPatches(str(run.result.metadata["onnx_path"]), [layer], k=1, progress_rf=False)
     chunks, ids, labels = [], [], []

@@ -15,13 +15,14 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .._io import atomic_write_text, file_digest
-from ..data import make_loader
-from ..models import ModelInfo
-from ..runs import open_dataset
+from ..utils.files import atomic_write_text, file_digest
+from ..data.loader import make_loader
+from ..models.info import ModelInfo
+from ..runs.datasets import open_dataset
 from .roots import Roots, resolve_under
 from .runs import _model_for, _onnx_info
-from .spec import DEFAULT_LAYERS, DEFAULT_SPEC, JobSpec, Progress, _notify, _slug
+from .spec import DEFAULT_LAYERS, DEFAULT_SPEC, JobSpec, Progress, _notify
+from ..utils.naming import slug
 
 __all__ = [
     "HISTOGRAM_EDGES",
@@ -89,7 +90,7 @@ def mine_job(spec: JobSpec, roots: Roots, progress: Progress = None, reuse: bool
         >>> folder = mine_job(JobSpec(layers=("features.3",)), Roots.from_env(),
         ...                   progress=lambda phase, done, total: print(phase, done, total))
     """
-    from ..layer_topk import LayerTopKPatches
+    from ..core.miner import LayerTopKPatches
 
     if reuse:
         found = find_job(spec, roots)
@@ -103,7 +104,7 @@ def mine_job(spec: JobSpec, roots: Roots, progress: Progress = None, reuse: bool
     _notify(progress, "loading", 0, None)
     data_dir = resolve_under(roots.data, spec.data, kind="dir") if spec.data else None
     if spec.onnx:
-        from ..onnx import OnnxTopKPatches
+        from ..onnx.runtime import OnnxTopKPatches
 
         onnx_path = resolve_under(roots.onnx, spec.onnx, kind="file")
         info = _onnx_info(onnx_path, spec.input_size)
@@ -186,11 +187,11 @@ def onnx_available() -> Optional[str]:
 def export_for_ort(spec: JobSpec, roots: Roots, progress: Progress = None) -> JobSpec:
     r"""Export the PyTorch model of ``spec`` with its layers to ONNX under ``roots.onnx``
     (reused when already there) and return the spec that mines it with ONNX Runtime."""
-    from ..onnx import export
+    from ..onnx.export import export
 
-    name = f"{_slug(spec.model or 'model')}"
+    name = slug(spec.model or 'model', keep='_.-')
     if spec.checkpoint:
-        name += "+" + _slug(Path(spec.checkpoint).stem)
+        name += "+" + slug(Path(spec.checkpoint).stem, keep="_.-")
     weights = _weights_sha1(spec, roots)  # a checkpoint replaced under its name gets a new export
     name += "-" + hashlib.sha1(json.dumps([list(spec.layers), spec.input_size, spec.checkpoint, weights]).encode()).hexdigest()[:8]
     target = roots.onnx / f"{name}.onnx"
@@ -214,7 +215,8 @@ def job_layers(spec: JobSpec, roots: Roots, model: Optional[nn.Module] = None) -
     r"""The layer names a job can mine: every named submodule of the PyTorch model, or the
     minable tensors of the ONNX file (its exported layers first)."""
     if spec.onnx:
-        from ..onnx import list_tensors, load_onnx, load_sidecar
+        from ..onnx.graph import list_tensors, load_onnx
+        from ..onnx.sidecar import load_sidecar
 
         path = resolve_under(roots.onnx, spec.onnx, kind="file")
         sc = load_sidecar(path)

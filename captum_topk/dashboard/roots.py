@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 
-from ..data import IMAGE_EXTENSIONS
+from ..data.images import IMAGE_EXTENSIONS
+from ..utils.files import PathLike
 
 __all__ = [
     "ENV_VARS",
@@ -27,7 +28,6 @@ __all__ = [
     "list_data_folders",
 ]
 
-PathLike = Union[str, os.PathLike]
 
 
 ENV_VARS = {

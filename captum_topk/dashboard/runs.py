@@ -11,12 +11,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
-from .._io import file_digest
-from ..models import ModelInfo, load_model, make_transform
-from ..result import TopKResult
-from ..runs import DEFAULT_MODEL, Run
-from .roots import PathLike, _walk, _within
+from ..utils.files import file_digest
+from ..models.info import ModelInfo, make_transform
+from ..models.registry import load_model
+from ..core.result import TopKResult
+from ..models.registry import DEFAULT_MODEL
+from ..runs.folder import Run
+from .roots import _walk, _within
 from .spec import JobSpec
+from ..utils.files import PathLike
 
 __all__ = [
     "RunEntry",
@@ -181,8 +184,9 @@ def _model_for(name: str, checkpoint: Optional[str], input_size: Optional[int]) 
 
 
 def _onnx_info(onnx_path: Path, fallback_size: Optional[int] = None) -> ModelInfo:
-    from ..models import IMAGENET_MEAN, IMAGENET_STD
-    from ..onnx import input_spec, load_onnx, load_sidecar
+    from ..models.info import IMAGENET_MEAN, IMAGENET_STD
+    from ..onnx.graph import input_spec, load_onnx
+    from ..onnx.sidecar import load_sidecar
 
     sc = load_sidecar(onnx_path)
     if sc is not None:
@@ -261,7 +265,9 @@ def _reopen(desc: Dict[str, Any], transform: Callable, skipped: Sequence[Sequenc
     r"""The dataset a run mined, reopened without decoding every image again (``validate=
     "header"``): the files skipped at mining time are left out by path, and records find their
     image by id, so indices cannot shift."""
-    from ..data import demo_images, image_folder, imagenet_val
+    from ..data.demo import demo_images
+    from ..data.folder import image_folder
+    from ..data.imagenet import imagenet_val
 
     kind = desc.get("kind")
     if kind == "demo":

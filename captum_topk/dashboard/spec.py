@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 
-from ..runs import DEFAULT_MODEL
+from ..models.registry import DEFAULT_MODEL
+from ..utils.naming import slug
 
 __all__ = [
     "DEFAULT_LAYERS",
@@ -28,9 +28,6 @@ DEFAULT_LAYERS: Tuple[str, ...] = ("features.3", "features.7", "features.11")  #
 
 JOB_FORMAT = 2  # bump when what a job writes changes: older runs are then mined again
 
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:48] or "x"
 
 
 @dataclass(frozen=True)
@@ -88,7 +85,7 @@ class JobSpec:
         what = Path(self.onnx).stem + "-onnx" if self.onnx else (self.model or "checkpoint")
         if self.checkpoint and not self.onnx:
             what += "+" + Path(self.checkpoint).stem
-        return f"{_slug(what)}-{_slug(self.data or 'demo')}-{self.key()}"
+        return f"{slug(what, keep='_.-', max_len=48, sep='-')}-{slug(self.data or 'demo', keep='_.-', max_len=48, sep='-')}-{self.key()}"
 
 
 DEFAULT_SPEC = JobSpec()

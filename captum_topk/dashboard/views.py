@@ -11,8 +11,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from ..plot import patch_grid, to_display
-from ..result import PatchRecord
+from ..viz.plot import patch_grid, to_display
+from ..core.records import PatchRecord
 from .runs import DashRun
 
 __all__ = [
@@ -203,7 +203,7 @@ def filter_view(model: nn.Module, layer: Optional[str] = None, mode: str = "auto
         strings (channel, L2 norm; input channel too in ``"norm"`` mode; empty on separators);
         ``l2_norm`` (out,) float; ``mode`` used; ``layer``; ``shape`` (out, in, kh, kw).
     """
-    from ..filters import filter_grid, filter_stats, grid_layout
+    from ..viz.filters import filter_grid, filter_stats, grid_layout
 
     names = conv_layers(model)
     if not names:

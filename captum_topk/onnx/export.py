@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,18 +31,20 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._io import atomic_open
-from .._layers import LayerSpec, resolve_layers
+from ..utils.files import atomic_open
+from ..capture.hooks import LayerSpec, resolve_layers
 from .._version import __version__
-from ..models import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, load_model, make_transform
-from ..receptive_field import ReceptiveField, _parse_size, receptive_fields
+from ..models.info import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, make_transform
+from ..models.registry import load_model
+from ..receptive_field.field import ReceptiveField, _parse_size
+from ..receptive_field.probe import receptive_fields
 from .graph import list_tensors, load_onnx
 from .runtime import make_session, resolve_providers
 from .sidecar import Sidecar, sidecar_path
+from ..utils.files import PathLike
 
 DEFAULT_DIR = "onnx_models"
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript-based)"
-PathLike = Union[str, os.PathLike]
 
 
 @dataclass
@@ -107,7 +108,7 @@ def _check_images(size: Tuple[int, int], channels: int, mean, std, n: int) -> Tu
     if n <= 0:
         return torch.empty(0), "none"
     try:
-        from ..data import demo_images
+        from ..data.demo import demo_images
 
         ds = demo_images(transform=make_transform(size, mean=mean, std=std), validate="header")
         if len(ds) and channels in (1, 3):

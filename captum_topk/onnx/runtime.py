@@ -26,11 +26,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..layer_topk import LayerTopKPatches
-from ..receptive_field import ReceptiveField, _disk_get, _disk_put, _parse_size, fields_from_probe
-from .._layout import ChannelsLastError
-from .graph import (InputSpec, ModelLike, input_spec, list_tensors, load_onnx,
-                    nan_safe, resolve_tensors, with_outputs)
+from ..core.miner import LayerTopKPatches
+from ..receptive_field.field import ReceptiveField, _parse_size
+from ..receptive_field.cache import _disk_get, _disk_put
+from ..receptive_field.probe import fields_from_probe
+from ..capture.layouts import ChannelsLastError
+from .graph import InputSpec, ModelLike, input_spec, list_tensors, load_onnx, nan_safe, resolve_tensors, with_outputs
 from .sidecar import Sidecar, load_sidecar
 
 PROVIDER_ORDER = ("CUDAExecutionProvider", "CPUExecutionProvider")

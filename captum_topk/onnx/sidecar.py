@@ -19,17 +19,16 @@ the PyTorch model nor a receptive-field probe:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
-from .._io import atomic_write_text
+from ..utils.files import atomic_write_text
 from .._version import __version__
-from ..receptive_field import ReceptiveField
+from ..receptive_field.field import ReceptiveField
+from ..utils.files import PathLike
 
 FORMAT = "captum-topk-onnx/1"
-PathLike = Union[str, os.PathLike]
 
 
 def sidecar_path(onnx_path: PathLike) -> Path:
@@ -151,7 +150,7 @@ class Sidecar:
 
     def transform(self):
         r"""The evaluation transform for this model (resize, center crop, normalise)."""
-        from ..models import make_transform
+        from ..models.info import make_transform
 
         kw = {}
         if self.mean is not None:

@@ -1,0 +1,127 @@
+r"""``captum-topk finetune`` and ``captum-topk compare``: registered by :mod:`captum_topk.cli`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+from ..models.registry import DEFAULT_MODEL
+
+
+
+def _unfreeze(value: str) -> Any:
+    if value == "all":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--unfreeze takes a block count or 'all', got {value!r}")
+    if n < 1:
+        raise argparse.ArgumentTypeError("--unfreeze must be >= 1 (0 blocks: that is the linear probe, "
+                                         "which every run fits first anyway)")
+    return n
+
+
+def _pct(m: dict) -> str:
+    return f"{100 * m['accuracy']:.1f}% (balanced {100 * m['balanced_accuracy']:.1f}%)"
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from ..transfer.run import finetune_run
+
+    res = finetune_run(
+        model=args.model, checkpoint=args.checkpoint, data=args.data, task=args.task,
+        input_size=args.input_size, resize_size=args.resize_size, unfreeze=args.unfreeze,
+        epochs=args.epochs, lr=args.lr, head_lr=args.head_lr, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, val_fraction=args.val_fraction, max_images=args.max_images,
+        flip=not args.no_flip, train_bn=args.train_bn, optimizer=args.optimizer,
+        probe_l2=args.probe_l2, seed=args.seed, workers=args.workers, out=args.out,
+        progress=not args.no_progress,
+    )
+    n_tr, n_va = len(res.train_index), len(res.val_index)
+    print(f"classes {res.classes}; {n_tr} training / {n_va} held-out images")
+    print(f"linear probe (frozen base):  val accuracy {_pct(res.probe['val'])}  -> {res.probe_checkpoint}")
+    for h in res.history:
+        print(f"fine-tune epoch {h['epoch']}: val accuracy {_pct(h['val'])}  "
+              f"(train loss {h['train']['loss']:.3f}, {h['seconds']:.0f} s)")
+    print(f"final checkpoint: {res.final_checkpoint}")
+    secs = res.seconds
+    print(f"time: cache {secs['cache']:.0f} s, probe {secs['probe']:.0f} s, "
+          f"fine-tune {secs['finetune']:.0f} s")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ..compare.run import compare_run
+
+    cmp, written = compare_run(
+        model_a=args.a, model_b=args.b, checkpoint_a=args.checkpoint_a,
+        checkpoint_b=args.checkpoint_b, data=args.data, layers=args.layers,
+        layers_b=args.layers_b, k=args.k, batch_size=args.batch_size,
+        max_images=args.max_images, input_size=args.input_size, resize_size=args.resize_size,
+        representation=args.representation, top=args.top, out=args.out,
+        progress=not args.no_progress,
+    )
+    print(f"compared {cmp.names[0]} and {cmp.names[1]} on {cmp.n_images} images")
+    for r in cmp.most_changed(5):
+        print(f"  {r['layer']} ch {r['channel']}: score {r['score']:.3f} "
+              f"(r {r['correlation']:.2f}, top-{args.k} overlap {r['jaccard']:.2f}, "
+              f"drift {r['drift'] if r['drift'] is not None else float('nan'):.4f})")
+    for p in written:
+        print(p)
+    return 0
+
+
+def add_transfer_commands(sub: Any) -> None:
+    r"""Add the ``finetune`` and ``compare`` sub-commands to the CLI's sub-parsers."""
+    sp = sub.add_parser("finetune", help="linear probe + fine-tune a pretrained model on a labelled set")
+    sp.add_argument("--model", default=DEFAULT_MODEL, help=f"pretrained model (default {DEFAULT_MODEL})")
+    sp.add_argument("--checkpoint", default=None, help="weights of --model (weights_only)")
+    sp.add_argument("--data", default="elpv",
+                    help="'elpv' (packaged solar cells, default) or a folder with one sub-folder per class")
+    sp.add_argument("--task", choices=["binary", "4class"], default="binary", help="ELPV task")
+    sp.add_argument("--input-size", type=int, default=224, help="input side in px (default 224)")
+    sp.add_argument("--resize-size", type=int, default=None,
+                    help="shorter side before the centre crop (default: = input size, whole image)")
+    sp.add_argument("--unfreeze", type=_unfreeze, default=8,
+                    help="last N blocks to train, or 'all' (default 8: features.11-18 of MobileNetV2)")
+    sp.add_argument("--epochs", type=int, default=5)
+    sp.add_argument("--lr", type=float, default=3e-5, help="learning rate of the unfrozen blocks")
+    sp.add_argument("--head-lr", type=float, default=1e-4, help="learning rate of the new head")
+    sp.add_argument("--weight-decay", type=float, default=1e-4)
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--val-fraction", type=float, default=0.25, help="held-out share per class")
+    sp.add_argument("--max-images", type=int, default=None, help="a stratified subset (faster)")
+    sp.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
+    sp.add_argument("--optimizer", choices=["sgd", "adamw"], default="adamw")
+    sp.add_argument("--train-bn", action="store_true",
+                    help="update the BatchNorm statistics of the trained blocks (default: keep ImageNet's)")
+    sp.add_argument("--probe-l2", type=float, default=None,
+                    help="L2 of the linear probe (default: 3-fold cross-validated on the training split)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--workers", type=int, default=0, help="DataLoader workers of the caching pass")
+    sp.add_argument("--out", default=None,
+                    help="final checkpoint (default checkpoints/<arch>-<dataset>-finetuned.pt; "
+                         "epochs and the probe are written beside it)")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_finetune)
+
+    sp = sub.add_parser("compare", help="CKA + per-channel changes between two models (e.g. pretrained vs fine-tuned)")
+    sp.add_argument("a", nargs="?", default=DEFAULT_MODEL, help=f"model A (default {DEFAULT_MODEL})")
+    sp.add_argument("b", nargs="?", default=None, help="model B (default: same as A, with --checkpoint-b)")
+    sp.add_argument("--checkpoint-a", default=None, help="weights of A (weights_only)")
+    sp.add_argument("--checkpoint-b", default=None, help="weights of B, e.g. a fine-tuned checkpoint")
+    sp.add_argument("--data", default=None, help="'elpv', 'demo' (default) or an image folder")
+    sp.add_argument("--layers", nargs="+", default=None, help="layers of A (default: every block)")
+    sp.add_argument("--layers-b", nargs="+", default=None, help="layers of B (default: the same names)")
+    sp.add_argument("--k", type=int, default=9, help="top-k images per channel for the overlap")
+    sp.add_argument("--batch-size", type=int, default=32, help="also the CKA minibatch size (>= 4)")
+    sp.add_argument("--max-images", type=int, default=None)
+    sp.add_argument("--input-size", type=int, default=None,
+                    help="default: from B's (else A's) checkpoint, else A's own")
+    sp.add_argument("--resize-size", type=int, default=None)
+    sp.add_argument("--representation", choices=["gap", "flatten"], default="gap",
+                    help="CKA on global-average-pooled (default) or flattened feature maps")
+    sp.add_argument("--top", type=int, default=4, help="most-changed channels drawn with their patches")
+    sp.add_argument("--out", required=True, help="report folder")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_compare)

@@ -1,0 +1,9 @@
+r"""Streaming accumulators: per-layer top-k (:mod:`.topk`), channel statistics (:mod:`.stats`),
+paired channel moments (:mod:`.moments`) and minibatch CKA (:mod:`.cka`)."""
+
+from .cka import MinibatchCKA, linear_cka
+from .moments import ChannelMoments
+from .stats import ChannelStats, default_edges
+from .topk import LayerState
+
+__all__ = ["LayerState", "ChannelStats", "default_edges", "ChannelMoments", "MinibatchCKA", "linear_cka"]

@@ -1,0 +1,531 @@
+r"""Exact receptive fields of any module graph, measured by NaN-propagation probing.
+
+Zeiler & Fergus style top-k patches need, for every position ``(y, x)`` of a layer's
+``(N, C, h, w)`` output, the rectangle of input pixels that position depends on. Instead of
+composing kernel / stride / padding formulas per architecture (which breaks on branches,
+concatenations, dilations, ``ceil_mode`` pooling or custom ``forward`` code), the field is
+*measured* on the model itself:
+
+**NaN-propagation probing.** ``NaN`` survives every operation that structurally reads a
+value: a convolution (``NaN * 0 == NaN``, so even a zero weight propagates it), additions
+and residual connections, ``torch.cat``, batch norm in eval mode, ReLU / ReLU6 / hardtanh /
+clamp, max- and average-pooling, upsampling, ... For an input of size ``(H, W)`` a batch of
+``H + W`` probe images is built: image ``i`` holds ``NaN`` in every channel of input row
+``i``, image ``H + j`` holds ``NaN`` in input column ``j``; every other pixel is a finite,
+fixed pseudo-random background. The model runs (temporarily in eval mode, so that batch
+norm neither mixes the batch nor updates its running statistics: every module that runs is
+switched, including modules a plain forward function calls, and every ``training`` flag is
+restored afterwards; under ``torch.no_grad``; in chunks of ``batch_size`` images; stopped
+right after the deepest requested layer) and, for each requested layer,
+``isnan(out).any(dim=1)`` says which output positions each probe reached. The rows that
+reach ``(y, x)`` are exactly the projection onto the row axis of the set of input pixels
+``(y, x)`` depends on, so
+
+- ``top = min`` of those rows and ``bottom = max + 1``; the same for columns,
+
+which is the *exact* bounding box of the dependency set, even when that set is neither a
+rectangle nor contiguous (dilated convolutions leave holes). Boxes are clipped to the input
+by construction (only real input pixels are probed). A position reached by no probe gets an
+empty box ``(0, 0, 0, 0)``. One extra clean image checks that the layer is NaN-free without
+probe; otherwise the measurement would be meaningless and a ``ValueError`` is raised. Before
+the first probe on a device / dtype, the basic operations are checked to propagate NaN
+(they all do in current PyTorch); a ``RuntimeError`` is raised if they do not.
+
+Cost: ``H + W + 1`` forward passes up to the deepest requested layer (so it grows like
+``H**3`` for square inputs; NaN arithmetic is also somewhat slower on CPU), computed once:
+results are cached in-process (LRU) under a *structural* signature of the model — the
+module names, class qualnames and ``repr`` of the model — plus the layer name, input size,
+``attribute_to_layer_input``, input channels, device type and dtype. Weights do not change
+how NaN propagates, so the cache is shared between differently-initialised or trained copies
+of one architecture. A custom module whose ``repr`` hides a structural option (for instance
+a stride stored in a plain attribute and applied in ``forward``) would share a cache entry
+with differently configured copies: pass ``cache=False`` or call
+:func:`clear_receptive_field_cache` for such models.
+
+Limitations: an operation that *drops* NaN (``torch.where(x > 0, x, 0)``,
+``torch.nan_to_num``, data-dependent indexing) hides dependencies and makes the measured box
+too small; an operation that *creates* NaN independently of the input is detected by the
+clean image. Outputs must be 4-D ``(N, C, h, w)`` or 2-D ``(N, C)`` (one position, whose
+box is normally the whole image).
+
+The ``stride`` of a :class:`ReceptiveField` is measured from neighbouring boxes whose edges are
+not clipped by the image; where every box is clipped along an axis (a field larger than the
+input) or there is one position, it falls back to the rounded input / output size ratio,
+which is then an estimate (e.g. 19 instead of 16 for AlexNet ``features.8`` at 96 px).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_pre_hook
+from tqdm.auto import tqdm
+from ..capture.layouts import ChannelsLastError, looks_channels_last
+from ..capture.hooks import LayerSpec, resolve_layers, run_capture
+from .field import ReceptiveField, SizeSpec, _parse_size
+from .cache import _CACHE, _CACHE_LOCK, _CACHE_MAXSIZE, _disk_get, _disk_put, _structural_signature
+
+
+
+_NAN_CHECKED: Dict[Tuple[str, torch.dtype], bool] = {}
+
+
+def receptive_field(
+    model: Union[nn.Module, Callable[..., Any]],
+    layer: LayerSpec,
+    input_size: SizeSpec,
+    *,
+    attribute_to_layer_input: bool = False,
+    batch_size: int = 32,
+    in_channels: int | None = None,
+    cache: bool = True,
+    progress: bool = True,
+) -> ReceptiveField:
+    r"""Exact receptive field of every output position of ``layer``, by NaN probing.
+
+    See the module docstring for the method. The model is run in eval mode (each module's
+    ``training`` flag is restored afterwards) under ``torch.no_grad``, on the device and in
+    the dtype of its first parameter; no hook is left behind, even when the forward raises.
+
+    Args:
+        model (nn.Module or Callable): the network (only its structure matters, not its
+            weights), or a Captum-style forward function such as a bound method of it (a
+            plain function's result is not cached).
+        layer (str or nn.Module): dotted name from ``model.named_modules()`` or the module.
+        input_size (int or tuple of int): ``H`` (square) or ``(H, W)`` of the model input.
+        attribute_to_layer_input (bool, optional): measure the layer's *input* instead of
+            its output, as in Captum. Default: False
+        batch_size (int, optional): probe images per forward pass. Default: 32
+        in_channels (int, optional): channels of the model input; inferred from the first
+            ``nn.Conv2d`` in ``model.modules()``, else 3.
+        cache (bool, optional): reuse / store the result in the in-process cache keyed by
+            the model's structural signature. Default: True
+
+    Returns:
+        ReceptiveField: ``boxes`` of shape ``(H_out, W_out, 4)`` (``(1, 1, 4)`` for a 2-D
+        ``(N, C)`` output), ``size``, ``stride``, ``input_size``.
+
+    Raises:
+        ValueError: unknown layer (with the closest names), a 3-D / 5-D / ... output, or an
+            output that already contains NaN for a finite input.
+        RuntimeError: this PyTorch build does not propagate NaN through basic operations.
+
+    Example::
+
+        >>> import torchvision
+        >>> model = torchvision.models.resnet18(weights=None)
+        >>> rf = receptive_field(model, "layer1", 64)
+        >>> rf.output_size, rf.size, rf.stride
+        ((16, 16), (43, 43), (4, 4))
+        >>> rf.box(0, 0)
+        (0, 0, 22, 22)
+    """
+    pairs = resolve_layers(model, layer)
+    if len(pairs) != 1:
+        raise ValueError("receptive_field takes one layer; use receptive_fields for several.")
+    return next(
+        iter(
+            _receptive_fields(
+                model, pairs, input_size, attribute_to_layer_input, batch_size, in_channels, cache,
+                progress,
+            ).values()
+        )
+    )
+
+
+def receptive_fields(
+    model: Union[nn.Module, Callable[..., Any]],
+    layers: LayerSpec | Sequence[LayerSpec],
+    input_size: SizeSpec,
+    *,
+    attribute_to_layer_input: bool = False,
+    batch_size: int = 32,
+    in_channels: int | None = None,
+    cache: bool = True,
+    progress: bool = True,
+) -> Dict[str, ReceptiveField]:
+    r"""Receptive fields of several layers from one probe.
+
+    All layers are hooked at once and the probe forward stops after the deepest of them, so
+    asking for several layers costs about as much as asking for the deepest one. Layers
+    already in the cache are not probed again.
+
+    Args:
+        model (nn.Module or Callable): the network or its forward function.
+        layers (str, nn.Module or list of them): dotted names or modules.
+        input_size (int or tuple of int): ``H`` or ``(H, W)`` of the model input.
+        attribute_to_layer_input, batch_size, in_channels, cache: as in
+            :func:`receptive_field`.
+
+    Returns:
+        dict of str to ReceptiveField: keyed by the dotted layer name, in the order given.
+
+    Example::
+
+        >>> model = torchvision.models.resnet18(weights=None)
+        >>> rfs = receptive_fields(model, ["layer1", "layer2", "layer3"], 128)
+        >>> {name: rf.size for name, rf in rfs.items()}
+        {'layer1': (43, 43), 'layer2': (99, 99), 'layer3': (128, 128)}
+    """
+    pairs = resolve_layers(model, layers)
+    return _receptive_fields(
+        model, pairs, input_size, attribute_to_layer_input, batch_size, in_channels, cache, progress
+    )
+
+
+def _receptive_fields(
+    model: Union[nn.Module, Callable[..., Any]],
+    pairs: List[Tuple[str, nn.Module]],
+    input_size: SizeSpec,
+    attribute_to_layer_input: bool,
+    batch_size: int,
+    in_channels: int | None,
+    cache: bool,
+    progress: bool = True,
+) -> Dict[str, ReceptiveField]:
+    if not callable(model):
+        raise TypeError(f"model must be an nn.Module or a callable, got {type(model).__name__}.")
+    # The module owning the forward: model itself, or the owner of a bound method. A plain
+    # function only exposes the requested layers: they give device / dtype, nothing is
+    # cached, and the modules it calls are put in eval mode as they run (_eval_mode).
+    owner = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
+    owner = owner if isinstance(owner, nn.Module) else None
+    scope = nn.ModuleList([m for _, m in pairs]) if owner is None else owner
+    size = _parse_size(input_size)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    channels = _infer_in_channels(owner) if in_channels is None else int(in_channels)
+    if channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}.")
+    device, dtype = _device_dtype(scope)
+
+    keys: Dict[str, tuple] = {}
+    results: Dict[str, ReceptiveField] = {}
+    if cache and owner is not None:
+        signature = _structural_signature(owner)
+        if model is not owner:  # a bound method: which one matters
+            signature += ":" + getattr(model, "__qualname__", repr(model))
+        for name, _ in pairs:
+            key = (signature, name, size, bool(attribute_to_layer_input), channels,
+                   device.type, dtype)
+            keys[name] = key
+            with _CACHE_LOCK:
+                hit = _CACHE.get(key)
+                if hit is not None:
+                    _CACHE.move_to_end(key)
+            if hit is None:
+                hit = _disk_get(key)
+                if hit is not None:
+                    with _CACHE_LOCK:
+                        _CACHE[key] = hit
+            if hit is not None:
+                results[name] = hit
+
+    todo = [(n, m) for n, m in pairs if n not in results]
+    if todo:
+        _check_nan_propagation(device, dtype)
+        fresh = _probe(model, scope, todo, size, channels, attribute_to_layer_input,
+                       int(batch_size), device, dtype, progress)
+        for name, rf in fresh.items():
+            results[name] = rf
+            if name in keys:
+                with _CACHE_LOCK:
+                    _CACHE[keys[name]] = rf
+                    _CACHE.move_to_end(keys[name])
+                    while len(_CACHE) > _CACHE_MAXSIZE:
+                        _CACHE.popitem(last=False)
+                _disk_put(keys[name], rf)
+    # Copies, so that a caller mutating ``boxes`` cannot corrupt the cache.
+    return {
+        name: ReceptiveField(results[name].boxes.clone(), results[name].input_size,
+                             results[name].size, results[name].stride)
+        for name, _ in pairs
+    }
+
+
+def _infer_in_channels(model: nn.Module | None) -> int:
+    for m in model.modules() if model is not None else ():
+        if isinstance(m, nn.Conv2d):
+            c = int(getattr(m, "in_channels", 0) or 0)
+            if c > 0:
+                return c
+    return 3
+
+
+def _device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    first = next(iter((*model.parameters(), *model.buffers())), None)
+    return (first.device if first is not None else torch.device("cpu")), torch.float32
+
+
+def _check_nan_propagation(device: torch.device, dtype: torch.dtype) -> None:
+    """Fail loudly if the ops the probe relies on do not propagate NaN on this device."""
+    key = (str(device), dtype)
+    if _NAN_CHECKED.get(key):
+        return
+    x = torch.zeros(1, 2, 5, 5, device=device, dtype=dtype)
+    x[0, :, 2, 2] = float("nan")
+    zero_w = torch.zeros(2, 2, 3, 3, device=device, dtype=dtype)
+    ones = torch.ones(2, device=device, dtype=dtype)
+    checks = {
+        "relu": lambda t: F.relu(t),
+        "relu(inplace)": lambda t: F.relu(t.clone(), inplace=True),
+        "relu6": F.relu6,
+        "hardtanh": F.hardtanh,
+        "clamp": lambda t: t.clamp(0.0, 6.0),
+        "max_pool2d": lambda t: F.max_pool2d(t, 3, 1, 1),
+        "adaptive_max_pool2d": lambda t: F.adaptive_max_pool2d(t, 1),
+        "avg_pool2d": lambda t: F.avg_pool2d(t, 3, 1, 1),
+        "conv2d(zero weight)": lambda t: F.conv2d(t, zero_w, padding=1),
+        "batch_norm(eval)": lambda t: F.batch_norm(t, ones * 0, ones, ones, ones * 0, False),
+    }
+    broken = []
+    for name, fn in checks.items():
+        try:
+            with torch.no_grad():
+                out = fn(x)
+            if not bool(torch.isnan(out).flatten(2).any(dim=-1).all()):  # NaN in every channel
+                broken.append(name)
+        except Exception as exc:  # an op unsupported for this dtype / device: skip it
+            if dtype in (torch.float32, torch.float64):
+                broken.append(f"{name} ({type(exc).__name__})")
+    if broken:
+        raise RuntimeError(
+            "NaN-propagation probing needs operations that propagate NaN, but on "
+            f"{device} / {dtype} these do not: {', '.join(broken)}. Receptive fields "
+            "measured this way would be too small; run the model on another device / dtype."
+        )
+    _NAN_CHECKED[key] = True
+
+
+@contextmanager
+def _eval_mode(scope: nn.Module, catch_all: bool) -> Iterator[None]:
+    """Eval mode for ``scope`` and, with ``catch_all``, for every module that runs in this
+    thread (caught by a global forward pre-hook: a plain forward function may call modules
+    nobody passed in). Every ``training`` flag is restored on exit, whatever happens."""
+    flags: Dict[int, Tuple[nn.Module, bool]] = {}
+
+    def to_eval(module: nn.Module) -> None:
+        for m in module.modules():
+            if id(m) not in flags:
+                flags[id(m)] = (m, m.training)
+                m.training = False
+
+    handle = None
+    thread = threading.get_ident()
+    try:
+        to_eval(scope)
+        if catch_all:
+
+            def pre_hook(module: nn.Module, _args: Any) -> None:
+                if threading.get_ident() == thread and id(module) not in flags:
+                    to_eval(module)
+
+            handle = register_module_forward_pre_hook(pre_hook)
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+        for m, flag in flags.values():
+            m.training = flag
+
+
+def probe_batches(
+    size: Tuple[int, int],
+    channels: int,
+    batch_size: int,
+    device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> Iterator[Tensor]:
+    r"""The probe images, in chunks of at most ``batch_size``: first the clean image, then
+    ``H`` images with one row set to NaN, then ``W`` with one column set to NaN (``1 + H + W``
+    in all), all on the same fixed background (uniform in [0.25, 0.75], seed 0).
+
+    Args:
+        size (tuple): ``(H, W)`` of the input.
+        channels (int): input channels.
+        batch_size (int): images per chunk (the last one may be smaller).
+        device, dtype: of the yielded tensors (default: CPU, float32).
+
+    Returns:
+        Iterator of ``(n, channels, H, W)`` tensors.
+    """
+    H, W = size
+    total = 1 + H + W
+    gen = torch.Generator().manual_seed(0)
+    background = (0.25 + 0.5 * torch.rand(channels, H, W, generator=gen)).to(
+        device or torch.device("cpu"), dtype or torch.float32
+    )
+    step = max(1, int(batch_size))
+    for start in range(0, total, step):
+        idx = torch.arange(start, min(total, start + step))
+        n = len(idx)
+        batch = background.expand(n, channels, H, W).clone()
+        k = torch.arange(n)
+        rows = (idx >= 1) & (idx <= H)
+        cols = idx > H
+        batch[k[rows], :, idx[rows] - 1, :] = float("nan")
+        batch[k[cols], :, :, idx[cols] - 1 - H] = float("nan")
+        yield batch
+
+
+def fields_from_probe(
+    forward: Callable[[Tensor], Sequence[Tensor]],
+    names: Sequence[str],
+    size: Tuple[int, int],
+    channels: int,
+    batch_size: int,
+    device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
+    bar: Optional[Any] = None,
+) -> Dict[str, ReceptiveField]:
+    r"""Runs :func:`probe_batches` through ``forward`` and turns the NaN it produces into one
+    :class:`ReceptiveField` per output. The engine-independent half of the probe: the
+    PyTorch path (hooks) and the ONNX Runtime path share it.
+
+    Args:
+        forward (callable): ``(n, channels, H, W)`` tensor -> one output per name, each
+            ``(n, C, h, w)`` or ``(n, C)``.
+        names (sequence of str): output names, in ``forward``'s order (for messages and keys).
+        size, channels, batch_size, device, dtype: as :func:`probe_batches`.
+        bar (tqdm, optional): advanced by the number of images of each chunk.
+
+    Returns:
+        dict name -> :class:`ReceptiveField`.
+    """
+    H, W = size
+    hit: List[List[Tensor]] = [[] for _ in names]
+    layout: List[Dict[int, Tensor]] = [{} for _ in names]  # probe index -> (D1,) NaN, 4-D outputs
+    wanted = {1: 0, H: 1, H + 1: 2}  # top row, bottom row, left column
+    first = True
+    start = 0
+    for batch in probe_batches(size, channels, batch_size, device, dtype):
+        n = batch.shape[0]
+        outs = forward(batch)
+        for i, (name, out) in enumerate(zip(names, outs)):
+            nan = _nan_positions(name, out, n).cpu()
+            if out.dim() == 4:
+                for j, slot in wanted.items():
+                    if start <= j < start + n:
+                        layout[i][slot] = torch.isnan(out[j - start]).flatten(1).any(1).cpu()
+            if first and bool(nan[0].any()):  # the clean image: fail fast
+                bad = nan[0].nonzero()[:5].tolist()
+                raise ValueError(
+                    f"Layer {name!r} already outputs NaN for a finite input (e.g. at "
+                    f"positions {bad}), so NaN probing cannot measure its receptive "
+                    "field; check the model's weights and buffers for NaN / inf."
+                )
+            hit[i].append(nan)
+        first = False
+        start += n
+        if bar is not None:
+            bar.update(n)
+    last = [(name, o.shape) for name, rows, o in zip(names, layout, outs)
+            if len(rows) == 3 and looks_channels_last(torch.stack([rows[0], rows[1], rows[2]]))]
+    if last:
+        raise ChannelsLastError([name for name, _ in last], last[0][1])
+    out = {}
+    for name, chunks in zip(names, hit):
+        mask = torch.cat(chunks, dim=0)
+        out[name] = _field_from_masks(mask[1 : 1 + H], mask[1 + H :], size)
+    return out
+
+
+def _probe(
+    model: Any,
+    scope: nn.Module,
+    pairs: List[Tuple[str, nn.Module]],
+    size: Tuple[int, int],
+    channels: int,
+    attribute_to_layer_input: bool,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = True,
+) -> Dict[str, ReceptiveField]:
+    modules = [m for _, m in pairs]
+    total = 1 + size[0] + size[1]
+
+    def forward(batch: Tensor) -> Sequence[Tensor]:
+        return run_capture(
+            model, modules, batch,
+            attribute_to_layer_input=attribute_to_layer_input, stop_early=True,
+        )
+
+    with tqdm(total=total, desc="receptive-field probe (cached per architecture and input size)",
+              unit="img", disable=not progress or total < 4 * batch_size, leave=False) as bar:
+        with _eval_mode(scope, catch_all=True), torch.no_grad():
+            return fields_from_probe(forward, [n for n, _ in pairs], size, channels,
+                                     batch_size, device, dtype, bar)
+
+
+def _nan_positions(name: str, out: Tensor, n: int) -> Tensor:
+    """``(n, h, w)`` bool: which output positions are NaN, over all channels."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"Layer {name!r} did not produce a tensor.")
+    if out.dim() not in (2, 4):
+        raise ValueError(
+            f"Layer {name!r} produces a {out.dim()}-D output of shape {tuple(out.shape)}; "
+            "receptive fields are defined for 4-D (N, C, H, W) feature maps and 2-D (N, C) "
+            "outputs only. Pick a convolutional layer (or a module whose output is 4-D)."
+        )
+    if out.shape[0] != n:
+        raise ValueError(
+            f"Layer {name!r} output has batch size {out.shape[0]} for {n} inputs; its first "
+            "dimension must be the batch."
+        )
+    if not out.is_floating_point() and not out.is_complex():
+        raise ValueError(f"Layer {name!r} output has dtype {out.dtype}, which cannot hold NaN.")
+    nan = torch.isnan(out)
+    if out.dim() == 2:
+        return nan.any(dim=1).reshape(n, 1, 1)
+    return nan.any(dim=1)
+
+
+def _span(mask: Tensor, n: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """First index, last index + 1 and any-flag along dim 0 of a ``(n, h, w)`` bool mask."""
+    as_int = mask.to(torch.int32)
+    first = as_int.argmax(dim=0)  # argmax returns the first maximal index
+    last = n - as_int.flip(0).argmax(dim=0)
+    return first, last, mask.any(dim=0)
+
+
+def _field_from_masks(row_mask: Tensor, col_mask: Tensor, size: Tuple[int, int]) -> ReceptiveField:
+    H, W = size
+    top, bottom, any_r = _span(row_mask, H)
+    left, right, any_c = _span(col_mask, W)
+    boxes = torch.stack([top, left, bottom, right], dim=-1).to(torch.int64)
+    valid = any_r & any_c
+    boxes[~valid] = 0
+    heights = boxes[..., 2] - boxes[..., 0]
+    widths = boxes[..., 3] - boxes[..., 1]
+    rf_size = (int(heights.max()), int(widths.max()))
+    h, w = boxes.shape[:2]
+    stride = (
+        _stride(boxes[..., 0], boxes[..., 2], valid, H, h, dim=0),
+        _stride(boxes[..., 1], boxes[..., 3], valid, W, w, dim=1),
+    )
+    return ReceptiveField(boxes=boxes, input_size=size, size=rf_size, stride=stride)
+
+
+def _stride(lo: Tensor, hi: Tensor, valid: Tensor, n_in: int, n_out: int, dim: int) -> int:
+    """Most frequent positive step of unclipped box edges between neighbouring positions."""
+    steps = []
+    if n_out > 1:
+        a, b = (lambda t: t.narrow(dim, 0, n_out - 1)), (lambda t: t.narrow(dim, 1, n_out - 1))
+        both = a(valid) & b(valid)
+        ok_lo = both & (a(lo) > 0) & (b(lo) > 0)
+        ok_hi = both & (a(hi) < n_in) & (b(hi) < n_in)
+        steps.append((b(lo) - a(lo))[ok_lo])
+        steps.append((b(hi) - a(hi))[ok_hi])
+    values = torch.cat(steps) if steps else torch.empty(0, dtype=torch.int64)
+    values = values[values > 0]
+    if values.numel():
+        return int(torch.bincount(values).argmax())
+    return max(1, int(round(n_in / n_out)))

@@ -1,0 +1,11 @@
+r"""Mining runs on disk: one run layer for the CLI and the dashboard."""
+
+from .datasets import open_dataset
+from .folder import Run, load_run
+from .layers import describe_layers
+from ..models.registry import DEFAULT_MODEL
+from .mine import mine_run, resolve_device
+from .render import render_filters, render_projections, render_run
+
+__all__ = ["DEFAULT_MODEL", "mine_run", "load_run", "Run", "render_run", "render_projections",
+           "render_filters", "describe_layers", "open_dataset", "resolve_device"]

@@ -1,0 +1,166 @@
+r"""Sharded, distributed and resumable mining on ``torch.distributed`` (``torchrun``).
+
+What is sharded: the dataset is cut into global batches of ``batch_size`` images in
+iteration order; rank ``r`` of ``W`` mines global batches ``r, r + W, r + 2W, ...`` (disjoint,
+no padded duplicates, every batch exactly as a single process would form it, so every
+activation is bit-identical to a single-process run). Each image keeps its global index.
+
+What is merged: each rank's O(layers x channels x k) state is serialised with
+``torch.save`` (tensors and JSON text only), gathered on rank 0 with
+``torch.distributed.gather_object`` and loaded there with ``torch.load(weights_only=True)``;
+rank 0 folds them in with :meth:`LayerTopKPatches.merge`, whose strict total order makes the
+merged result exactly the single-process result, computes receptive fields once and writes
+the result.
+
+Resumable: each rank snapshots its own state (``snapshot.rank{r}-of-{W}.pt``, atomic); on
+resume it skips the global batches its snapshot already holds.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.loader import collate
+from ..core.result import TopKResult
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    r"""Where this process stands: ``rank`` of ``world`` processes, GPU ``local_rank``."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_env() -> DistEnv:
+    r"""Read ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` as set by ``torchrun`` (1 process if unset)."""
+    return DistEnv(
+        rank=int(os.environ.get("RANK", 0)),
+        world=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def init_distributed(env: DistEnv, device: torch.device) -> bool:
+    r"""Start the process group (``nccl`` on GPU, ``gloo`` on CPU) when running under torchrun.
+
+    Returns:
+        bool: True when this call started it (and so should destroy it).
+    """
+    if env.world <= 1 or dist.is_initialized():
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def shard_batches(n_images: int, batch_size: int, rank: int = 0, world: int = 1) -> List[range]:
+    r"""The global batches of one rank: batch ``b`` covers images ``[b*B, min(N, (b+1)*B))``
+    and belongs to rank ``b % world``.
+
+    Returns:
+        list of range: global image indices of each of this rank's batches, in order.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in a world of {world} processes.")
+    n_batches = (n_images + batch_size - 1) // batch_size
+    return [range(b * batch_size, min(n_images, (b + 1) * batch_size))
+            for b in range(rank, n_batches, world)]
+
+
+def batches_done(ranges: Sequence[range], n_images_done: int) -> int:
+    r"""How many of ``ranges`` a snapshot holding ``n_images_done`` images covers."""
+    seen = 0
+    for j, r in enumerate(ranges):
+        if seen == n_images_done:
+            return j
+        seen += len(r)
+    if seen == n_images_done:
+        return len(ranges)
+    raise ValueError(
+        f"The snapshot holds {n_images_done} images, which is not a whole number of this "
+        "rank's batches: was it written with another batch size or number of processes?"
+    )
+
+
+class ShardLoader:
+    r"""Iterate a rank's batches as dicts ``images / labels / ids / indices`` (global indices).
+
+    Decoding and resizing run in DataLoader worker processes (``workers``); with
+    ``pin_memory`` (GPU) the host tensors are page-locked so the miner's
+    ``.to(device, non_blocking=True)`` overlaps the copy with compute.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        ranges: Sequence[range],
+        workers: int = 0,
+        pin_memory: bool = False,
+        dtype: Optional[torch.dtype] = None,
+        collate_fn: Callable = collate,
+    ) -> None:
+        self.ranges = list(ranges)
+        self.num_images = sum(len(r) for r in self.ranges)
+        self.dtype = dtype
+        self._loader = DataLoader(
+            dataset,
+            batch_sampler=[list(r) for r in self.ranges],
+            num_workers=workers,
+            collate_fn=collate_fn,
+            pin_memory=pin_memory,
+            persistent_workers=False,
+        )
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def __iter__(self) -> Iterator[dict]:
+        for r, (images, labels, ids) in zip(self.ranges, self._loader):
+            if self.dtype is not None:
+                images = images.to(self.dtype)
+            yield {"images": images, "labels": labels, "ids": ids,
+                   "indices": torch.arange(r.start, r.stop)}
+
+
+def _to_bytes(result: TopKResult) -> bytes:
+    buf = io.BytesIO()
+    torch.save(result.to_payload(), buf)
+    return buf.getvalue()
+
+
+def _from_bytes(data: bytes) -> TopKResult:
+    return TopKResult.from_payload(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+
+
+def gather_states(miner: Any, env: DistEnv) -> None:
+    r"""Gather every rank's streaming state on rank 0 and merge it into rank 0's miner.
+
+    Collective: every rank must call it. Payloads are tensors and JSON text, loaded with
+    ``torch.load(weights_only=True)``.
+    """
+    if env.world <= 1:
+        return
+    mine = _to_bytes(miner._snapshot())
+    gathered: Optional[List[Any]] = [None] * env.world if env.is_main else None
+    dist.gather_object(mine, gathered, dst=0)
+    if env.is_main:
+        for r, data in enumerate(gathered):
+            if r != 0:
+                miner.merge(_from_bytes(data))

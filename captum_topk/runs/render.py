@@ -1,0 +1,148 @@
+r"""PNG sheets of a run: top-9 / top-1 patches, projections, filters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+import torch
+from torch import Tensor, nn
+from ..capture.hooks import resolve_layers
+from ..viz.filters import filter_grid
+from ..models.registry import load_model
+from ..viz.plot import channel_sheet, patch_grid, projection_sheet, save_png
+from ..models.registry import DEFAULT_MODEL
+from ..utils.files import PathLike
+from .folder import Run
+from .mine import _load
+from ..utils.naming import slug
+
+
+
+def render_run(
+    run: Run,
+    layers: Optional[Sequence[str]] = None,
+    channels: Optional[Sequence[int]] = None,
+    which: str = "top",
+    out_dir: Optional[PathLike] = None,
+    max_channels: int = 16,
+    patch_px: int = 96,
+) -> List[Path]:
+    r"""Write, per layer, ``<layer>_<which>9.png`` (top-9 sheets of several channels, the
+    activation under each patch) and ``<layer>_<which>1.png`` (top-1 patch of many channels).
+
+    Patches whose receptive field is larger than ``patch_px`` are shown downscaled to it."""
+    out_dir = Path(out_dir) if out_dir else run.path
+    mean, std = run.info.mean, run.info.std
+    written = []
+    for layer in layers or run.result.layers:
+        n = run.result.num_channels(layer)
+        chosen = list(channels) if channels else list(range(min(n, max_channels)))
+        sets, values = {}, {}
+        for c in chosen:
+            recs = run.result.records(layer, c, which)
+            if recs:
+                sets[c] = _fit(run.patches(layer, c, which), patch_px)
+                values[c] = [r.value for r in recs]
+        side = max((p.shape[-1] for p in sets.values()), default=patch_px)
+        k = run.result.k
+        sheet = channel_sheet(sets, values, mean=mean, std=std, scale=max(1, patch_px // side),
+                              title=f"{layer}: {which}-{k} patches")
+        written.append(save_png(sheet, out_dir / f"{slug(layer)}_{which}{k}.png"))
+        firsts = [c for c in range(min(n, 64)) if run.result.records(layer, c, which)]
+        tops = _fit(torch.stack([run.patches(layer, c, which, n=1)[0] for c in firsts]), patch_px * 2 // 3)
+        top_vals = [run.result.records(layer, c, which)[0].value for c in firsts]
+        grid = patch_grid(tops, values=top_vals, ncols=8, mean=mean, std=std,
+                          scale=max(1, (patch_px * 2 // 3) // tops.shape[-1]),
+                          title=f"{layer}: {which}-1 patch of channels 0-{firsts[-1]}")
+        written.append(save_png(grid, out_dir / f"{slug(layer)}_{which}1.png"))
+    return written
+
+
+def render_projections(
+    run: Run,
+    method: str = "deconvolution",
+    layers: Optional[Sequence[str]] = None,
+    channels: Optional[Sequence[int]] = None,
+    which: str = "top",
+    out_dir: Optional[PathLike] = None,
+    max_channels: int = 8,
+    patch_px: int = 96,
+    model: Optional[nn.Module] = None,
+    progress: bool = True,
+) -> List[Path]:
+    r"""Write, per layer, ``<layer>_<which><k>_<method>.png``: each channel's top-k patches
+    beside their projections (Zeiler & Fergus, Fig. 2), see
+    :func:`captum_topk.projections.projections` and :func:`captum_topk.plot.projection_sheet`.
+
+    Args:
+        run (Run): from :func:`load_run`.
+        method (str): ``"deconvolution"`` or ``"guided_backprop"`` (or ``"gradient"``).
+        layers, channels, which, out_dir: as in :func:`render_run`.
+        max_channels (int): channels per sheet when ``channels`` is not given. Default 8.
+        patch_px (int): longest side of patches and projections (downscaled beyond it).
+        model (nn.Module, optional): the mined model; default: reloaded from the run.
+        progress (bool): tqdm bar over the channels.
+    Returns:
+        list of Path: the PNGs written.
+    """
+    from tqdm.auto import tqdm
+
+    from ..core.projections import symmetric_rgb
+
+    out_dir = Path(out_dir) if out_dir else run.path
+    if model is None:
+        meta = run.result.metadata
+        model, _ = _load(meta.get("model_name", DEFAULT_MODEL), meta.get("checkpoint"),
+                         run.info.input_size[0])
+    model.eval()
+    written = []
+    for layer in layers or run.result.layers:
+        n = run.result.num_channels(layer)
+        chosen = list(channels) if channels else list(range(min(n, max_channels)))
+        pairs, values = {}, {}
+        for c in tqdm(chosen, desc=f"{method} {layer}", disable=not progress):
+            if not run.result.records(layer, c, which):
+                continue
+            proj = run.result.projections(run.image_source(), layer, c, method, model=model,
+                                          which=which, progress=False)
+            patches = _fit(run.patches(layer, c, which), patch_px)
+            rgb, _ = symmetric_rgb(_fit(proj.attributions, patch_px))
+            pairs[c] = (patches, rgb)
+            values[c] = [r.value for r in proj.records]
+        if not pairs:
+            continue
+        side = max(p.shape[-1] for p, _ in pairs.values())
+        k = run.result.k
+        sheet = projection_sheet(pairs, values, mean=run.info.mean, std=run.info.std,
+                                 scale=max(1, patch_px // side), method=method.replace("_", " "),
+                                 title=f"{layer}: {which}-{k} patches | {method.replace('_', ' ')} projections")
+        written.append(save_png(sheet, out_dir / f"{slug(layer)}_{which}{k}_{method}.png"))
+    return written
+
+
+def _fit(patches: Tensor, side: int) -> Tensor:
+    r"""Downscale (k, C, h, w) patches so that their longer side is at most ``side``."""
+    h, w = patches.shape[-2:]
+    if max(h, w) <= side:
+        return patches
+    scale = side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return torch.nn.functional.interpolate(patches, size=size, mode="bilinear", antialias=True,
+                                           align_corners=False)
+
+
+
+def _first_conv(model: nn.Module) -> Tuple[str, nn.Module]:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return name, m
+    raise ValueError("The model has no nn.Conv2d: pass --layer with a layer that has a .weight.")
+
+
+def render_filters(model: str = DEFAULT_MODEL, checkpoint: Optional[PathLike] = None,
+                   layer: Optional[str] = None, out: PathLike = "filters.png") -> Path:
+    r"""Write the filter tiles of ``layer`` (default: the first convolution) to ``out``."""
+    net, _ = load_model(model, checkpoint=str(checkpoint) if checkpoint else None)
+    module = resolve_layers(net, layer)[0][1] if layer else _first_conv(net)[1]
+    return save_png(filter_grid(module, scale=12, pad=2, pad_value=255), out)
