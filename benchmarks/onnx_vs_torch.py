@@ -137,7 +137,7 @@ def bench_model(name: str, args: argparse.Namespace, workdir: str) -> Dict[str, 
                     spent[key] += time.perf_counter() - t
         for key in best:
             best[key] = min(best[key], spent[key])
-        results = {k: m._snapshot() for k, m in miners.items()}
+        results = {k: m.snapshot() for k, m in miners.items()}
     n = sum(b.shape[0] for b in batches)
     ips = {k: n / v for k, v in best.items()}
     # the two results agree (values within float noise; records on an equal footing)

@@ -67,7 +67,7 @@ def test_mine_show_and_records_name_their_images(tmp_path, data, checkpoint):
     assert result.n_images == 40
     rec = result.records("layer2", 3)[0]
     assert rec.image_id.startswith("class") and rec.label == int(rec.image_id[5])
-    assert json.loads((out / "run.json").read_text())["layers"] == ["layer1", "layer2"]
+    assert json.loads((out / "run.json").read_text())["spec"]["layers"] == ["layer1", "layer2"]
     assert main(["show", str(out), "--layer", "layer2", "--channels", "0", "3"]) == 0
     sheet = Image.open(out / "layer2_top4.png")  # k=4: named and titled by the real k
     assert sheet.size[0] > 100 and sheet.size[1] > 100
@@ -105,7 +105,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, data, checkpoint, capsy
     out = tmp_path / "run"
     assert main(_mine_args(data, checkpoint, out, "--max-images", "8")) == 0
     assert main(_mine_args(data, checkpoint, out, "--resume")) == 2
-    assert "different settings" in capsys.readouterr().err
+    assert "--resume refused: other settings: max_images 8 -> None" in capsys.readouterr().err
 
 
 def test_resume_with_a_replaced_checkpoint_is_refused(tmp_path, data, checkpoint, capsys):
@@ -119,7 +119,7 @@ def test_resume_with_a_replaced_checkpoint_is_refused(tmp_path, data, checkpoint
     capsys.readouterr()
     assert main(_mine_args(data, ckpt, out, "--max-images", "8", "--resume")) == 2
     err = capsys.readouterr().err
-    assert "different settings" in err and "checkpoint_sha1" in err
+    assert "--resume refused" in err and "weights file changed" in err
 
 
 def test_layers_lists_shapes_strides_and_receptive_fields(capsys, checkpoint):

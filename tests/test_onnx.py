@@ -326,7 +326,7 @@ def test_onnxruntime_mining_equals_torch_mining(exported, name, distinct):
         assert orr.records(layer, 0)[0].box == tr.records(layer, 0)[0].box
     assert compared >= 0.9 * total, f"only {compared}/{total} channel rankings free of near-ties"
     assert orr.metadata["backend"] == "onnxruntime"
-    assert orr.metadata["provider"] == miner.provider == miner._forward.session.get_providers()[0]
+    assert orr.metadata["provider"] == miner.provider == miner.source.forward.session.get_providers()[0]
     assert _no_hooks(model)
 
 
@@ -531,7 +531,7 @@ def test_user_onnx_model_tensors_are_listed_and_mined():
     assert rows["dense_3"]["type"] == "Softmax (output)" and rows["dense_3"]["output"] == "4"
 
     miner = OnnxTopKPatches(path, relu, k=2, progress_rf=False)
-    proto = miner._proto
+    proto = miner.source.proto
     # twin: the first convolution recomputed from the ONNX initializers with F.conv2d
     init = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
     conv = next(n for n in proto.graph.node if n.op_type == "Conv")
@@ -541,12 +541,12 @@ def test_user_onnx_model_tensors_are_listed_and_mined():
     images = torch.rand(5, 3, 240, 240, generator=torch.Generator().manual_seed(0))
     ref = F.relu(F.conv2d(F.pad(images, (pads[1], pads[3], pads[0], pads[2])), w, b))
 
-    assert miner._forward.spec.layout == "NHWC"  # images are given NCHW and transposed
+    assert miner.source.forward.spec.layout == "NHWC"  # images are given NCHW and transposed
     acts = miner.attribute(images[:2])
     assert torch.allclose(acts, ref[:2], atol=1e-4)
     for s in range(0, 5, 2):
         miner.update(images[s : s + 2])
-    state = miner._states[relu]
+    state = miner.snapshot().states[relu]
     for which in ("top",):
         expected = _lexsort_topk(ref, 2, True, which)
         ok = _tie_free(ref, 2, True, which, 1e-4)

@@ -127,8 +127,10 @@ def test_default_edges_and_bad_input():
             ChannelStats(2, bad)
     with pytest.raises(ValueError, match=r"\(N, 2, H, W\)"):
         ChannelStats(2).update(torch.zeros(3, 4, 5, 5))
-    with pytest.raises(ValueError, match="different channels or histogram edges"):
+    with pytest.raises(ValueError, match="different edges"):
         ChannelStats(2).merge(ChannelStats(2, torch.linspace(0, 1, 3)))
+    with pytest.raises(ValueError, match="different channels"):
+        ChannelStats(2).merge(ChannelStats(3))
 
 
 def test_payload_round_trip_is_weights_only_safe(tmp_path):

@@ -9,34 +9,37 @@ from __future__ import annotations
 
 import difflib
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from ..utils.modules import root_module
+
 LayerSpec = Union[str, nn.Module]
+LayersSpec = Union[LayerSpec, Sequence[LayerSpec], Mapping[str, nn.Module]]
 
 
 class _StopForward(Exception):
     """Raised from a forward hook once every requested layer has produced its output."""
 
 
-def _root_module(forward_func: Callable) -> nn.Module | None:
-    if isinstance(forward_func, nn.Module):
-        return forward_func
-    owner = getattr(forward_func, "__self__", None)  # a bound method such as model.forward
-    return owner if isinstance(owner, nn.Module) else None
+def resolve_layers(forward_func: Callable, layer: LayersSpec) -> List[Tuple[str, nn.Module]]:
+    r"""Turn one or several layer specs into ``(name, module)`` pairs.
 
-
-def resolve_layers(
-    forward_func: Callable, layer: LayerSpec | Sequence[LayerSpec]
-) -> List[Tuple[str, nn.Module]]:
-    r"""Turn one or several layer specs into ``(dotted_name, module)`` pairs.
+    Names: a layer given by dotted name keeps it; a module is named by its dotted name in
+    ``forward_func``'s module tree. A ``{name: module}`` mapping names modules explicitly (the
+    way to name the layers of a plain forward function, which has no module tree). A module
+    given to a plain forward function without a name is called ``"<class>_<position>"``
+    (``conv2d_0``: the lower-cased class name and its position in the list); records and
+    results use that name.
 
     Args:
-        forward_func (Callable): the model (or a bound method of it) whose submodules are named.
-        layer (str, nn.Module or list of them): a dotted name from ``model.named_modules()``
-            or the module object itself.
+        forward_func (Callable): the model (or a bound method of it) whose submodules are named,
+            or any forward function.
+        layer (str, nn.Module, list of them, or dict of str to nn.Module): a dotted name from
+            ``model.named_modules()``, the module object itself, several of them, or modules
+            under names of your choosing.
 
     Returns:
         list of (str, nn.Module): in the order given, duplicates removed.
@@ -44,11 +47,28 @@ def resolve_layers(
     Raises:
         ValueError: for an unknown name, listing the closest valid names.
         TypeError: for a spec that is neither a name nor a module.
+
+    Example::
+        >>> resolve_layers(model, ["features.3", model.features[7]])
+        [('features.3', InvertedResidual(...)), ('features.7', InvertedResidual(...))]
+        >>> resolve_layers(lambda x: model(x), {"early": model.features[3]})
+        [('early', InvertedResidual(...))]
     """
+    if isinstance(layer, Mapping):
+        bad = [k for k, m in layer.items() if not isinstance(k, str) or not k or not isinstance(m, nn.Module)]
+        if bad:
+            raise TypeError(f"A layer mapping takes non-empty names to modules; check {bad}.")
+        out = []
+        for name, module in layer.items():
+            if all(module is not m for _, m in out):
+                out.append((name, module))
+        if not out:
+            raise ValueError("No layer given: pass a module or a name from model.named_modules().")
+        return out
     specs = list(layer) if isinstance(layer, (list, tuple)) else [layer]
     if not specs:
         raise ValueError("No layer given: pass a module or a name from model.named_modules().")
-    root = _root_module(forward_func)
+    root = root_module(forward_func)
     named: Dict[str, nn.Module] = dict(root.named_modules()) if root is not None else {}
     by_id = {id(m): n for n, m in named.items()}
     out: List[Tuple[str, nn.Module]] = []
@@ -57,7 +77,7 @@ def resolve_layers(
             if root is None:
                 raise TypeError(
                     f"Layer {spec!r} is given by name but forward_func is not an nn.Module; "
-                    "pass the module object instead."
+                    "pass the module object, or name it: layer={" + repr(spec) + ": module}."
                 )
             if spec not in named or spec == "":
                 valid = [n for n in named if n]

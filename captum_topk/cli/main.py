@@ -12,16 +12,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..models.registry import DEFAULT_MODEL
+from ..models.registry import DEFAULT_LAYERS, DEFAULT_MODEL
+from ..runs.lock import RunLockedError
 from ..runs.mine import mine_run
 
 from ..runs.layers import describe_layers
 
-from ..runs.folder import load_run
+from ..runs.folder import open_run as load_run
 
 from ..runs.render import render_filters, render_projections, render_run
 
-DEMO_LAYERS = ["features.3", "features.7", "features.11"]  # receptive fields 19, 75, 203 px
 
 
 def _print_table(rows: List[Dict[str, Any]], columns: Sequence[str]) -> None:
@@ -65,7 +65,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     out = mine_run(
         model=args.model,
         checkpoint=args.checkpoint,
-        layers=args.layers or DEMO_LAYERS,
+        layers=args.layers,
         data=args.data,
         out=args.out,
         k=args.k,
@@ -108,7 +108,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    result_path = mine_run(model=DEFAULT_MODEL, checkpoint=None, layers=DEMO_LAYERS, data=None,
+    result_path = mine_run(model=DEFAULT_MODEL, checkpoint=None, layers=DEFAULT_LAYERS, data=None,
                            out=out, k=9, batch_size=16, workers=0, resume=False,
                            snapshot_every=30.0, max_images=None, distinct_images=True,
                            progress=True)
@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("mine", help="mine top-k patches of a dataset (resumable)")
     model_args(sp)
-    sp.add_argument("--layers", nargs="+", default=None, help=f"layer names (default {' '.join(DEMO_LAYERS)})")
+    sp.add_argument("--layers", nargs="+", default=None, help="layer names (default: three blocks of the model, e.g. "
+                    f"{' '.join(DEFAULT_LAYERS)} for {DEFAULT_MODEL}; see `captum-topk layers MODEL`)")
     sp.add_argument("--data", default=None, help="image folder or ImageNet val folder (default: packaged photos)")
     sp.add_argument("--k", type=int, default=9)
     sp.add_argument("--batch-size", type=int, default=32)
@@ -216,7 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.formatwarning = _plain_warning
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, IndexError) as exc:
+    except (ValueError, FileNotFoundError, KeyError, IndexError, RunLockedError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"captum-topk {args.command}: error: {message}", file=sys.stderr)
         return 2

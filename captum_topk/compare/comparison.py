@@ -37,9 +37,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from ..capture.hooks import capture_hooks, resolve_layers
+from ..capture.hooks import resolve_layers
 from ..core.accumulators.cka import MinibatchCKA
-from ..core.miner import LayerTopKPatches, split_batch
+from ..capture.batch import split_batch
+from ..core.miner import LayerTopKPatches
+from ..core.sources.torch import TorchSource
 from ..core.result import TopKResult
 from ..core.accumulators.moments import ChannelMoments
 
@@ -209,13 +211,6 @@ def _batches(data: Any, batch_size: int) -> Iterable[Any]:
     return data
 
 
-def _captured(store: Dict[int, Any], module: nn.Module) -> Tensor:
-    per_dev = store.get(id(module))
-    if not per_dev:
-        raise RuntimeError(f"Layer {module.__class__.__name__} did not run during the forward pass.")
-    return next(iter(per_dev.values()))
-
-
 def compare_models(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -271,10 +266,12 @@ def compare_models(
         raise ValueError(f"batch_size must be >= 4 for the unbiased HSIC, got {batch_size}.")
     layers_a = [n for n, _ in resolve_layers(model_a, list(layers_a))]
     layers_b = [n for n, _ in resolve_layers(model_b, list(layers_b or layers_a))]
-    mods_a = [m for _, m in resolve_layers(model_a, layers_a)]
-    mods_b = [m for _, m in resolve_layers(model_b, layers_b)]
-    miner_a = LayerTopKPatches(model_a, list(layers_a), k=k)
-    miner_b = LayerTopKPatches(model_b, list(layers_b), k=k)
+    # One forward per model and batch feeds the top-k, CKA and the moments: the sources give
+    # every layer's activation (receptive fields measured with the first batch).
+    source_a = TorchSource(model_a, list(layers_a), progress=progress)
+    source_b = TorchSource(model_b, list(layers_b), progress=progress)
+    miner_a = LayerTopKPatches.from_source(source_a, k=k)
+    miner_b = LayerTopKPatches.from_source(source_b, k=k)
     cka = MinibatchCKA(len(layers_a), len(layers_b))
     shared = [n for n in layers_a if n in layers_b]
     moments: Dict[str, ChannelMoments] = {}
@@ -298,16 +295,14 @@ def compare_models(
                     labels = labels[:keep] if labels is not None else None
                     ids = ids[:keep] if ids is not None else None
                 n = images.shape[0]
-                idx = list(range(seen, seen + n))
-                with capture_hooks(mods_a, stop_early=False) as store_a:
-                    miner_a.update((images, labels or [-1] * n, ids or [str(i) for i in idx]),
-                                   indices=idx)
+                idx = torch.arange(seen, seen + n)
+                labels, ids = labels or [-1] * n, ids or [str(i) for i in idx.tolist()]
                 images_b = input_map_b(images) if input_map_b is not None else images
-                with capture_hooks(mods_b, stop_early=False) as store_b:
-                    miner_b.update((images_b, labels or [-1] * n, ids or [str(i) for i in idx]),
-                                   indices=idx)
-                acts_a = [_captured(store_a, m) for m in mods_a]
-                acts_b = [_captured(store_b, m) for m in mods_b]
+                by_name_a, by_name_b = source_a(images), source_b(images_b)
+                miner_a.accumulate(by_name_a, source_a.layer_infos(images), idx, labels, ids)
+                miner_b.accumulate(by_name_b, source_b.layer_infos(images_b), idx, labels, ids)
+                acts_a = [by_name_a[name] for name in layers_a]
+                acts_b = [by_name_b[name] for name in layers_b]
                 cka.update([_represent(a, representation) for a in acts_a],
                            [_represent(b, representation) for b in acts_b])
                 for name in shared:

@@ -1,44 +1,39 @@
-r"""``LayerTopKPatches``: Zeiler & Fergus dataset top-k patches as a Captum layer method."""
+r"""``LayerTopKPatches``: Zeiler & Fergus dataset top-k patches as a Captum layer method.
+
+A thin facade: an activation source (:mod:`captum_topk.core.sources`) gives each batch's
+activations in a canonical layout with a :class:`~captum_topk.core.sources.LayerInfo` per layer
+(receptive fields included, measured on the first batch), and per layer an
+:class:`~captum_topk.core.accumulators.AccumulatorCollection` folds them in (the top-k state,
+optionally channel statistics). :meth:`LayerTopKPatches.compute` reads the
+:class:`~captum_topk.core.result.TopKResult` off those states (cheap); :meth:`~LayerTopKPatches.mine`
+feeds a whole dataset through :func:`captum_topk.core.loop.feed`.
+"""
 
 from __future__ import annotations
 
 import os
-import time
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from captum.attr import LayerActivation, LayerAttribution
-from torch import Tensor, nn
-from tqdm.auto import tqdm
+from captum.attr import LayerAttribution
+from torch import Tensor
 
 from .._version import __version__
-from ..capture.hooks import LayerSpec, _root_module, resolve_layers, run_capture
-from .accumulators.topk import LayerState
-from ..receptive_field.probe import receptive_fields
-from .result import TopKResult
+from ..capture.batch import Batch, split_batch
+from ..capture.hooks import LayersSpec
+from ..receptive_field.field import ReceptiveField
+from .accumulators.base import AccumulatorCollection
 from .accumulators.stats import ChannelStats
-from ..capture.batch import Batch, cut_batch, split_batch
+from .accumulators.topk import TopKState
+from .loop import feed
+from .result import TopKResult
+from .sources.base import ActivationSource, LayerInfo
+from .sources.torch import TorchSource
 
 StatsSpec = Union[bool, None, Sequence[float], Tensor, Dict[str, Any]]
 
-def _model_device(root: Optional[nn.Module]) -> Optional[torch.device]:
-    if root is None:
-        return None
-    for p in root.parameters():
-        return p.device
-    for b in root.buffers():
-        return b.device
-    return None
-
-
-def _expected_in_channels(root: Optional[nn.Module]) -> Optional[int]:
-    if root is None:
-        return None
-    for m in root.modules():
-        if isinstance(m, nn.Conv2d):
-            return m.in_channels
-    return None
+__all__ = ["LayerTopKPatches"]
 
 
 class LayerTopKPatches(LayerAttribution):
@@ -65,8 +60,9 @@ class LayerTopKPatches(LayerAttribution):
     def __init__(
         self,
         forward_func: Callable,
-        layer: Union[LayerSpec, Sequence[LayerSpec]],
+        layer: LayersSpec,
         device_ids: Union[None, List[int]] = None,
+        *,
         k: int = 9,
         distinct_images: bool = True,
         attribute_to_layer_input: bool = False,
@@ -76,19 +72,25 @@ class LayerTopKPatches(LayerAttribution):
         Args:
             forward_func (Callable or nn.Module): the model, or any function running it.
                 Layer names are resolved in ``forward_func.named_modules()``.
-            layer (str, nn.Module or list of them): the layer(s) to mine, by dotted name
-                (``"features.3"``) or module (``model.features[7]``).
+            layer (str, nn.Module, list of them, or dict of name to module): the layer(s) to
+                mine, by dotted name (``"features.3"``) or module (``model.features[7]``), or
+                ``{name: module}`` to choose the names (e.g. for a plain forward function,
+                whose modules are otherwise called ``"<class>_<position>"``, e.g. ``conv2d_0``).
             device_ids (list[int], optional): as in Captum, for a ``DataParallel`` forward.
-            k (int): how many records per channel (top and bottom). Default: 9.
+            k (int, keyword-only): how many records per channel (top and bottom). Default: 9.
             distinct_images (bool): one record per image per channel (its best position)
                 when True; several positions of one image may be kept when False.
-            attribute_to_layer_input (bool): mine the layer's input instead of its output.
+            attribute_to_layer_input (bool): mine the layer's input instead of its output (and
+                :meth:`attribute` returns it).
             stats (bool, edges or dict): also gather per-channel dataset statistics in the
-                same pass (:class:`~captum_topk.stats.ChannelStats`: histogram, mean, fraction
-                > 0, count; read them with ``result.stats(layer)``). ``True`` uses the default
-                edges (64 bins over [-16, 16]); a 1-D sequence / tensor gives the bin edges of
-                every layer; a dict maps layer names to edges (``True`` / None for the
-                default). Default False: mining stays at forward speed.
+                same pass (:class:`~captum_topk.core.accumulators.stats.ChannelStats`:
+                histogram, mean, fraction > 0, count; read them with ``result.stats(layer)``).
+                ``True`` uses the default edges (64 bins over [-16, 16]); a 1-D sequence /
+                tensor gives the bin edges of every layer; a dict maps layer names to edges
+                (``True`` / None for the default). Default False: mining stays at forward speed.
+        Raises:
+            TypeError: ``device_ids`` given as an int (``LayerTopKPatches(model, layer, 3)``:
+                ``k`` is keyword-only: write ``k=3``).
         Example::
             >>> model = torchvision.models.mobilenet_v2().eval()
             >>> miner = LayerTopKPatches(model, ["features.3", model.features[7]], k=9)
@@ -96,22 +98,41 @@ class LayerTopKPatches(LayerAttribution):
             >>> result.records("features.3", 12)[0].box
             (40, 8, 59, 27)
         """
-        if not isinstance(k, int) or k < 1:
+        _check_device_ids(device_ids)
+        source = TorchSource(forward_func, layer, device_ids=device_ids,
+                             attribute_to_layer_input=attribute_to_layer_input)
+        modules = source.modules
+        LayerAttribution.__init__(self, forward_func, modules[0] if _single(layer) else modules, device_ids)
+        self._bind(source, k=k, distinct_images=distinct_images, stats=stats, single=_single(layer))
+        self.attribute_to_layer_input = bool(attribute_to_layer_input)
+
+    @classmethod
+    def from_source(cls, source: ActivationSource, *, k: int = 9, distinct_images: bool = True,
+                    stats: StatsSpec = False) -> "LayerTopKPatches":
+        r"""A miner over any :class:`~.sources.base.ActivationSource` (PyTorch hooks, ONNX
+        Runtime, or one of your own).
+
+        Example::
+            >>> source = TorchSource(model, ["features.3", "features.7"])
+            >>> miner = LayerTopKPatches.from_source(source, k=9)
+        """
+        miner = cls.__new__(cls)
+        LayerAttribution.__init__(miner, source, source.names)
+        miner._bind(source, k=k, distinct_images=distinct_images, stats=stats, single=len(source.names) == 1)
+        return miner
+
+    def _bind(self, source: ActivationSource, *, k: int, distinct_images: bool, stats: StatsSpec,
+              single: bool) -> None:
+        r"""Attach a source and the accumulator settings (shared by every facade)."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
-        self._named_layers = self._resolve_layers(forward_func, layer)
-        self._single = not isinstance(layer, (list, tuple))
-        modules: Union[nn.Module, List[nn.Module]] = (
-            self._named_layers[0][1] if self._single else [m for _, m in self._named_layers]
-        )
-        LayerAttribution.__init__(self, forward_func, modules, device_ids)
+        self.source = source
         self.k = k
-        self.distinct_images = distinct_images
-        self.attribute_to_layer_input = attribute_to_layer_input
-        self._stats_edges = self._parse_stats(stats)
-        self._root = _root_module(forward_func)
-        self._in_channels = _expected_in_channels(self._root)
-        self._rf_cache: Dict[Tuple[int, int], Dict[str, Any]] = {}
+        self.distinct_images = bool(distinct_images)
+        self._single = single
+        self._stats_edges = _parse_stats(stats, source.names)
         self._progress = True
+        self.attribute_to_layer_input = False
         self.reset()
 
     # ------------------------------------------------------------------ captum
@@ -126,73 +147,20 @@ class LayerTopKPatches(LayerAttribution):
         Args:
             inputs (Tensor or tuple[Tensor, ...]): (N, C, H, W) images (or a tuple of inputs).
             additional_forward_args (Any, optional): extra arguments of ``forward_func``.
-            attribute_to_layer_input (bool): activations of the layer input instead.
+            attribute_to_layer_input (bool): activations of the layer input instead (also when
+                the miner was built with ``attribute_to_layer_input=True``).
         Returns:
             Tensor (N, C_l, H_l, W_l) for one layer, a list of them for several layers.
         Example::
             >>> acts = LayerTopKPatches(model, "features.3").attribute(images)
         """
-        return LayerActivation(self.forward_func, self.layer, self.device_ids).attribute(
-            inputs, additional_forward_args, attribute_to_layer_input
-        )
-
-    # ------------------------------------------------------------------ backend hooks
-    # The forward-specific steps, overridden by captum_topk.onnx.OnnxTopKPatches (ONNX Runtime).
-    def _resolve_layers(self, forward_func: Callable, layer: Any) -> List[Tuple[str, nn.Module]]:
-        r"""``(name, module)`` pairs of the layers to mine."""
-        return resolve_layers(forward_func, layer)
-
-    def _layer_outputs(self, images: Tensor, additional_forward_args: Optional[object] = None) -> List[Tensor]:
-        r"""Each mined layer's output (N, C, H, W) or (N, C) for one batch, in layer order."""
-        device = _model_device(self._root)
-        if device is not None and images.device != device and not self.device_ids:
-            images = images.to(device, non_blocking=True)
-        return run_capture(
-            self.forward_func,
-            [m for _, m in self._named_layers],
-            images,
-            additional_forward_args,
-            attribute_to_layer_input=self.attribute_to_layer_input,
-            stop_early=True,
-            device_ids=self.device_ids,
-        )
-
-    def _layer_receptive_fields(self, spatial: Sequence[Tuple[str, nn.Module]], size: Tuple[int, int]) -> Dict[str, Any]:
-        r"""Receptive fields of the spatial layers ``spatial`` at input ``size``, in that order."""
-        return receptive_fields(
-            self.forward_func,
-            [m for _, m in spatial],
-            size,
-            attribute_to_layer_input=self.attribute_to_layer_input,
-            in_channels=self._image_channels,  # what was mined, whatever the first conv takes
-            batch_size=8,  # the probe's peak memory stays below a mining batch's
-            progress=self._progress,
-        )
+        return self.source.attribute(inputs, additional_forward_args,
+                                     attribute_to_layer_input or self.attribute_to_layer_input)
 
     # ------------------------------------------------------------------ streaming state
-    def _parse_stats(self, stats: StatsSpec) -> Optional[Dict[str, Optional[Tensor]]]:
-        r"""``None`` (no statistics) or layer name -> histogram edges (None: the default)."""
-        names = [n for n, _ in self._named_layers]
-        if stats is None or stats is False:
-            return None
-        if stats is True:
-            return {n: None for n in names}
-        if isinstance(stats, dict):
-            unknown = set(stats) - set(names)
-            if unknown:
-                raise ValueError(f"stats names layers {sorted(unknown)} that are not mined: {names}.")
-            out = {}
-            for n, e in stats.items():
-                if e is False:
-                    continue
-                out[n] = None if e is True or e is None else ChannelStats(1, e).edges
-            return out or None
-        edges = ChannelStats(1, stats).edges  # validates
-        return {n: edges for n in names}
-
     @property
     def layer_names(self) -> List[str]:
-        return [n for n, _ in self._named_layers]
+        return list(self.source.names)
 
     @property
     def n_images(self) -> int:
@@ -200,34 +168,29 @@ class LayerTopKPatches(LayerAttribution):
 
     def reset(self) -> None:
         r"""Forget everything seen so far."""
-        self._states: Dict[str, LayerState] = {}
-        self._stats: Dict[str, ChannelStats] = {}
+        self._acc: Dict[str, AccumulatorCollection] = {}
+        self._infos: Dict[str, Dict[Tuple[int, int], LayerInfo]] = {}
+        self._fields: Dict[str, Dict[Tuple[int, int], ReceptiveField]] = {}
+        self._layer_meta: Dict[str, Dict[str, Any]] = {}
         self._images: Dict[int, Dict[str, Any]] = {}
+        self._skipped: List[List[str]] = []
         self._n = 0  # images seen
         self._next = 0  # default index of the next image
-        self._warned_training = False
-        self._image_channels: Optional[int] = None  # of the images mined (for the probe)
 
-    def _channel_hint(self, images: Tensor) -> Optional[str]:
-        r"""A hint when the images' channels differ from the first convolution's (used only
-        if the forward then fails: a space-to-depth stem legitimately changes the count)."""
-        if self._in_channels is not None and images.dim() == 4 and images.shape[1] != self._in_channels:
-            return (
-                f"The batch has {images.shape[1]} channels but the model's first convolution "
-                f"takes {self._in_channels}; convert images first (e.g. PIL .convert('RGB') or "
-                f"transforms.Grayscale(num_output_channels={self._in_channels}))."
+    def _accumulators(self, info: LayerInfo) -> AccumulatorCollection:
+        acc = self._acc.get(info.name)
+        if acc is None:
+            members = {"topk": TopKState(self.k, info.channels, info.spatial, self.distinct_images)}
+            if self._stats_edges is not None and info.name in self._stats_edges:
+                members["stats"] = ChannelStats(info.channels, self._stats_edges[info.name])
+            acc = self._acc[info.name] = AccumulatorCollection(members)
+            self._layer_meta[info.name] = info.describe()
+        elif acc["topk"].channels != info.channels:
+            raise ValueError(
+                f"This batch gives the layer {info.name!r} {info.channels} channels but earlier "
+                f"batches gave {acc['topk'].channels}; every batch must go through the same model and layer."
             )
-        return None
-
-    def _check_images(self, images: Tensor) -> None:
-        if self._root is not None and self._root.training and not self._warned_training:
-            self._warned_training = True
-            warnings.warn(
-                "The model is in training mode (dropout, batch statistics): call model.eval() "
-                "before mining for deterministic results.",
-                UserWarning,
-                stacklevel=3,
-            )
+        return acc
 
     @torch.no_grad()
     def update(
@@ -238,17 +201,23 @@ class LayerTopKPatches(LayerAttribution):
     ) -> None:
         r"""Fold one batch into the state.
 
+        The first batch of each input size also measures the layers' receptive fields (and
+        detects layouts that cannot be mined, before any work is wasted).
+
         Args:
-            batch: an (N, C, H, W) tensor, ``(images, labels[, ids])`` or a dict.
+            batch: an (N, C, H, W) tensor, ``(images, labels[, ids])`` or a dict (``images``,
+                ``labels``, ``ids``, ``indices``; ``skipped``: images a loader could not read,
+                recorded in the result).
             additional_forward_args (Any, optional): extra arguments of ``forward_func``.
             indices (sequence of int, optional): global indices of the batch's images;
                 default: a dict batch's ``"indices"``, else the next N indices in iteration
                 order.
         """
         images, labels, ids, batch_indices = split_batch(batch)
+        if isinstance(batch, dict) and batch.get("skipped"):
+            self._skipped.extend([str(v) for v in s] for s in batch["skipped"])
         if indices is None:
-            indices = batch_indices  # batches of a sharded (distributed) loader
-        self._check_images(images)
+            indices = batch_indices
         n = images.shape[0]
         if indices is None:
             idx = torch.arange(self._next, self._next + n, dtype=torch.int64)
@@ -256,39 +225,50 @@ class LayerTopKPatches(LayerAttribution):
             idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
             if idx.numel() != n:
                 raise ValueError(f"{idx.numel()} indices given for a batch of {n} images.")
-        try:
-            outs = self._layer_outputs(images, additional_forward_args)
-        except RuntimeError as exc:
-            hint = self._channel_hint(images)
-            if hint is not None and "channel" in str(exc):
-                raise ValueError(hint) from exc
-            raise
-        if images.dim() == 4:
-            self._image_channels = int(images.shape[1])
-        for (name, _), out in zip(self._named_layers, outs):
-            state = self._states.get(name)
-            if state is None:
-                if out.dim() not in (2, 4):
-                    raise ValueError(
-                        f"Layer {name!r} outputs shape {tuple(out.shape)}; only (N, C, H, W) "
-                        "feature maps and (N, C) vectors can be mined."
-                    )
-                state = LayerState(self.k, out.shape[1], out.dim() == 4, self.distinct_images)
-                self._states[name] = state
-            state.update(out, idx)
-            if self._stats_edges is not None and name in self._stats_edges:
-                cs = self._stats.get(name)
-                if cs is None:
-                    cs = self._stats[name] = ChannelStats(out.shape[1], self._stats_edges[name])
-                cs.update(out)
-        self._remember(idx, labels, ids, tuple(images.shape[-2:]))
+        if n == 0:  # every image of the batch failed to load: nothing to mine
+            return
+        self.source.check_images(images)
+        acts = self.source(images, additional_forward_args)
+        self.accumulate(acts, self.source.layer_infos(images), idx, labels, ids)
+
+    def accumulate(
+        self,
+        activations: Dict[str, Tensor],
+        infos: Dict[str, LayerInfo],
+        indices: Tensor,
+        labels: Optional[List[int]] = None,
+        ids: Optional[List[str]] = None,
+    ) -> None:
+        r"""Fold activations computed elsewhere (by this miner's source, e.g. in a pass that also
+        feeds other statistics) into the state: what :meth:`update` does after the forward.
+
+        Args:
+            activations (dict): layer name -> canonical ``(N, C, h, w)`` / ``(N, C)`` tensor,
+                as the source returns them.
+            infos (dict): the source's :meth:`~.sources.base.ActivationSource.layer_infos` for
+                these images.
+            indices (Tensor): ``(N,)`` global image indices.
+            labels (list of int, optional), ids (list of str, optional): per image.
+        """
+        idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        n = int(idx.numel())
+        size = None
+        for name in self.layer_names:
+            act, info = activations[name], infos[name]
+            size = tuple(info.input_size)
+            if act.shape[0] != n:
+                raise ValueError(f"{n} indices for {act.shape[0]} activations of {name!r}.")
+            if info.field is not None:
+                self._fields.setdefault(name, {})[size] = info.field
+            self._accumulators(info).update(act, idx.to(act.device))
+        self._remember(idx, labels, ids, size)
         self._n += n
         self._next = max(self._next, int(idx.max()) + 1)
 
-    def _remember(
-        self, idx: Tensor, labels: Optional[List[int]], ids: Optional[List[str]], size: Tuple[int, int]
-    ) -> None:
-        live = torch.unique(torch.cat([s.live_indices() for s in self._states.values()]))
+    def _remember(self, idx: Tensor, labels: Optional[List[int]], ids: Optional[List[str]],
+                  size: Tuple[int, int]) -> None:
+        r"""Keep the label, id and size of the images some slot refers to (and only those)."""
+        live = torch.unique(torch.cat([a["topk"].live_indices() for a in self._acc.values()]))
         live_set = set(live.tolist())
         for j, i in enumerate(idx.tolist()):
             if i in live_set:
@@ -299,40 +279,46 @@ class LayerTopKPatches(LayerAttribution):
         if len(self._images) > 2 * len(live_set) + 64:
             self._images = {i: v for i, v in self._images.items() if i in live_set}
 
-    def _snapshot(self) -> TopKResult:
+    def snapshot(self) -> TopKResult:
+        r"""The current state as a :class:`TopKResult` (copies; also with no image yet)."""
         result = TopKResult(
-            states={n: s.clone() for n, s in self._states.items()},
+            states={n: a["topk"].clone() for n, a in self._acc.items()},
             images=dict(self._images),
             n_images=self._n,
             metadata=self._metadata(),
-            channel_stats={n: s.clone() for n, s in self._stats.items()},
+            channel_stats={n: a["stats"].clone() for n, a in self._acc.items() if "stats" in a},
+            layer_info={n: dict(m) for n, m in self._layer_meta.items()},
         )
         result.prune_images()
+        sizes = {tuple(v["size"]) for v in result.images.values()}
+        for name, per_size in self._fields.items():
+            kept = {s: rf for s, rf in per_size.items() if s in sizes}
+            if kept:
+                result.receptive_fields[name] = kept
         return result
 
     def _metadata(self) -> Dict[str, Any]:
-        root = self._root
         return {
-            "model": root.__class__.__name__ if root is not None else getattr(
-                self.forward_func, "__name__", "forward_func"),
+            **self.source.describe(),
             "layers": self.layer_names,
             "k": self.k,
             "distinct_images": self.distinct_images,
             "attribute_to_layer_input": self.attribute_to_layer_input,
             "stats": sorted(self._stats_edges or {}),
-            "image_channels": self._image_channels,
+            "skipped": [list(s) for s in self._skipped],
             "captum_topk_version": __version__,
         }
 
     def compute(self) -> TopKResult:
-        r"""The :class:`TopKResult` of everything seen since the last :meth:`reset`.
+        r"""The :class:`TopKResult` of everything seen since the last :meth:`reset` (cheap:
+        receptive fields were measured with the first batch).
 
         Returns:
             TopKResult: records per layer and channel, with their receptive fields.
         Raises:
             ValueError: when no image was seen.
         """
-        if self._n == 0 or not self._states:
+        if self._n == 0 or not self._acc:
             raise ValueError(
                 "No images were mined: the data yielded nothing. Check the dataset path, "
                 "its file extensions and the DataLoader (drop_last with a tiny dataset?)."
@@ -341,91 +327,80 @@ class LayerTopKPatches(LayerAttribution):
             warnings.warn(
                 f"k={self.k} is larger than the {self._n} images mined: each channel holds "
                 f"{self._n} records.", UserWarning, stacklevel=2)
-        result = self._snapshot()
-        sizes = {tuple(v["size"]) for v in result.images.values()}
-        spatial = [(n, m) for n, m in self._named_layers if self._states[n].spatial]
-        for size in sorted(sizes):
-            if size not in self._rf_cache and spatial:
-                self._rf_cache[size] = self._layer_receptive_fields(spatial, size)
-            for (name, _), rf in zip(spatial, self._rf_cache.get(size, {}).values()):
-                result.receptive_fields.setdefault(name, {})[size] = rf
-        return result
+        return self.snapshot()
 
     def merge(self, other: Union["LayerTopKPatches", TopKResult]) -> "LayerTopKPatches":
         r"""Fold the state of another miner (or a saved :class:`TopKResult`) mined on other
-        images into this one. Merged shards give exactly the result of one pass.
+        images into this one. Merged shards give exactly the result of one pass; the rules
+        are those of :meth:`TopKResult.merge` (same layers, same statistics).
 
         Returns:
             self
         """
-        snap = other._snapshot() if isinstance(other, LayerTopKPatches) else other
+        snap = other.snapshot() if isinstance(other, LayerTopKPatches) else other
         self._check_stats(snap)
-        for name, cs in snap.channel_stats.items():
-            if name in self._stats:
-                self._stats[name].merge(cs)
-            elif self._stats_edges is not None and name in self._stats_edges:
-                self._stats[name] = cs.clone()
-        for name, st in snap.states.items():
-            if name not in self._states:
-                self._states[name] = st.clone()
-            else:
-                self._states[name].merge(st)
-        self._images.update(snap.images)
-        if self._image_channels is None:
-            self._image_channels = snap.metadata.get("image_channels")
-        self._n += snap.n_images
-        self._next = max([self._next, *(i + 1 for i in snap.images)])
+        if self._n == 0 and not self._acc:
+            mine = snap
+        else:
+            mine = self.snapshot()
+            mine.merge(snap)
+        self._adopt(mine)
         return self
 
     def _check_stats(self, snap: TopKResult) -> None:
         r"""Statistics can only be combined exactly when both sides gathered them, with the
         same edges, over all their images."""
-        for name in (self._stats_edges or {}):
-            if name not in snap.states:
-                continue
+        unknown = set(snap.states) - set(self.layer_names)
+        if unknown:
+            raise ValueError(f"The state holds layers {sorted(snap.states)} but this miner mines "
+                             f"{self.layer_names}.")
+        if snap.states and snap.k != self.k:
+            raise ValueError(f"The state was mined with k={snap.k}, this miner has k={self.k}.")
+        for name in snap.states:
+            wanted = self._stats_edges is not None and name in self._stats_edges
             cs = snap.channel_stats.get(name)
-            if cs is None:
+            if wanted and cs is None:
                 raise ValueError(
                     f"This miner gathers statistics of {name!r} but the state to merge / load has "
                     "none (mined with stats=False): its images would be missing from them. Use "
                     "the same stats option for every shard / resumed run."
                 )
-            want = self._stats_edges[name]
-            want = want if want is not None else ChannelStats(1).edges
-            if not torch.equal(cs.edges, want):
-                raise ValueError(f"Statistics of {name!r} were gathered with other histogram edges.")
+            if wanted:
+                edges = self._stats_edges[name]
+                edges = edges if edges is not None else ChannelStats(1).edges
+                if not torch.equal(cs.edges, edges):
+                    raise ValueError(f"Statistics of {name!r} were gathered with other histogram edges.")
+
+    def _adopt(self, snap: TopKResult) -> None:
+        r"""Replace the state by ``snap``'s (which this miner's settings accept)."""
+        self.reset()
+        for name, st in snap.states.items():
+            members = {"topk": st.clone()}
+            if self._stats_edges is not None and name in self._stats_edges:
+                members["stats"] = snap.channel_stats[name].clone()
+            self._acc[name] = AccumulatorCollection(members)
+            self._layer_meta[name] = dict(snap.layer_info.get(name) or {})
+        self._fields = {n: dict(per) for n, per in snap.receptive_fields.items()}
+        self._images = dict(snap.images)
+        self._skipped = [list(s) for s in snap.metadata.get("skipped", [])]
+        self._n = snap.n_images
+        self._next = max([snap.n_images, *(i + 1 for i in snap.images)])
 
     # ------------------------------------------------------------------ snapshots
     def save_state(self, path: Union[str, os.PathLike]) -> None:
         r"""Write the streaming state atomically (see :meth:`TopKResult.save`)."""
-        self._snapshot().save(path)
+        self.snapshot().save(path)
 
     def load_state(self, path_or_result: Union[str, os.PathLike, TopKResult]) -> None:
         r"""Replace the state by a snapshot written with :meth:`save_state` (for ``--resume``)."""
-        snap = (
-            path_or_result
-            if isinstance(path_or_result, TopKResult)
-            else TopKResult.load(path_or_result)
-        )
-        if set(snap.states) - set(self.layer_names):
-            raise ValueError(
-                f"The snapshot holds layers {sorted(snap.states)} but this miner mines "
-                f"{self.layer_names}."
-            )
-        if snap.states and snap.k != self.k:
-            raise ValueError(f"The snapshot was mined with k={snap.k}, this miner has k={self.k}.")
+        snap = path_or_result if isinstance(path_or_result, TopKResult) else TopKResult.load(path_or_result)
         self._check_stats(snap)
-        self.reset()
-        self._stats = {n: s.clone() for n, s in snap.channel_stats.items() if n in (self._stats_edges or {})}
-        self._states = {n: s.clone() for n, s in snap.states.items()}
-        self._images = dict(snap.images)
-        self._n = self._next = snap.n_images
-        self._image_channels = snap.metadata.get("image_channels")
+        self._adopt(snap)
 
     # ------------------------------------------------------------------ whole dataset
     def mine(
         self,
-        data: Union[Iterable[Batch], Tensor],
+        data: Any,
         additional_forward_args: Optional[object] = None,
         batch_size: int = 64,
         progress: bool = True,
@@ -448,7 +423,8 @@ class LayerTopKPatches(LayerAttribution):
                 :meth:`load_state`; indices continue from :attr:`n_images`).
             snapshot_path (str, optional): where to write periodic state snapshots
                 (atomically), every ``snapshot_every`` seconds and at the end.
-            max_images (int, optional): stop after this many images.
+            max_images (int, optional): stop after this many images (labels, ids and indices
+                of the last batch are cut with it).
             finalize (bool): return :meth:`compute`'s result; False only streams (e.g. a
                 distributed rank whose state rank 0 gathers) and returns None.
         Returns:
@@ -463,34 +439,42 @@ class LayerTopKPatches(LayerAttribution):
         if reset:
             self.reset()
         self._progress = progress
-        if isinstance(data, Tensor):
-            data = [data[i : i + batch_size] for i in range(0, data.shape[0], batch_size)]
-        total = getattr(data, "num_images", None)
-        try:
-            if total is None and hasattr(data, "dataset"):
-                total = len(data.dataset)  # type: ignore[union-attr]
-        except TypeError:
-            total = None
-        if max_images is not None:
-            total = min(total, max_images) if total is not None else max_images
-        bar = tqdm(total=total, unit="img", desc="mining", disable=not progress, smoothing=0.1)
-        last = time.monotonic()
-        seen = 0
-        try:
-            for batch in data:
-                if max_images is not None and seen >= max_images:
-                    break
-                if max_images is not None:
-                    batch = cut_batch(batch, max_images - seen)
-                before = self._n
-                self.update(batch, additional_forward_args)
-                seen += self._n - before
-                bar.update(self._n - before)
-                if snapshot_path is not None and time.monotonic() - last >= snapshot_every:
-                    self.save_state(snapshot_path)
-                    last = time.monotonic()
-        finally:
-            bar.close()
-        if snapshot_path is not None and self._n:
-            self.save_state(snapshot_path)
+        save = (lambda: self.save_state(snapshot_path)) if snapshot_path is not None else None
+        feed(self, data, additional_forward_args=additional_forward_args, batch_size=batch_size,
+             progress=progress, max_images=max_images, snapshot=save, snapshot_every=snapshot_every)
+        if save is not None and self._n:
+            save()
         return self.compute() if finalize else None
+
+
+def _single(layer: Any) -> bool:
+    return not isinstance(layer, (list, tuple, dict))
+
+
+def _check_device_ids(device_ids: Any) -> None:
+    if isinstance(device_ids, (bool, int)) and device_ids is not None:
+        raise TypeError(
+            f"device_ids must be a list of GPU ids (as in Captum), got {device_ids!r}. The number "
+            f"of records per channel is keyword-only: LayerTopKPatches(model, layer, k={device_ids!r})."
+        )
+
+
+def _parse_stats(stats: StatsSpec, names: Sequence[str]) -> Optional[Dict[str, Optional[Tensor]]]:
+    r"""``None`` (no statistics) or layer name -> histogram edges (None: the default)."""
+    names = list(names)
+    if stats is None or stats is False:
+        return None
+    if stats is True:
+        return {n: None for n in names}
+    if isinstance(stats, dict):
+        unknown = set(stats) - set(names)
+        if unknown:
+            raise ValueError(f"stats names layers {sorted(unknown)} that are not mined: {names}.")
+        out = {}
+        for n, e in stats.items():
+            if e is False:
+                continue
+            out[n] = None if e is True or e is None else ChannelStats(1, e).edges
+        return out or None
+    edges = ChannelStats(1, stats).edges  # validates
+    return {n: edges for n in names}

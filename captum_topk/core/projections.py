@@ -45,7 +45,8 @@ from captum.attr._utils.attribution import NeuronAttribution
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..capture.hooks import _root_module, resolve_layers
+from ..capture.hooks import resolve_layers
+from ..utils.modules import device_dtype, root_module
 from .records import ImageSource, PatchRecord, _fetch_image
 
 __all__ = [
@@ -310,7 +311,7 @@ def _make_attributor(
         method = METHODS[key]
     if isinstance(method, type) and issubclass(method, NeuronAttribution):
         if method in _RELU_RULE and not isinstance(forward_func, nn.Module):
-            root = _root_module(forward_func)
+            root = root_module(forward_func)
             if root is None:
                 raise TypeError(
                     f"{method.__name__} hooks ReLU modules and needs the model as an nn.Module; "
@@ -332,13 +333,6 @@ def _make_attributor(
         )
     rule = next((v for cls, v in _RELU_RULE.items() if isinstance(attributor, cls)), None)
     return attributor, rule
-
-
-def _model_device(root: Optional[nn.Module]) -> Tuple[Optional[torch.device], torch.dtype]:
-    if root is not None:
-        for p in root.parameters():
-            return p.device, (p.dtype if p.is_floating_point() else torch.float32)
-    return None, torch.float32
 
 
 def projections(
@@ -413,7 +407,7 @@ def projections(
         module = resolve_layers(model, layer)[0][1]
     else:
         module = layer_module
-    root = _root_module(model)
+    root = root_module(model)
     if root is not None and root.training:
         warnings.warn(
             "The model is in training mode: projections depend on dropout / batch statistics. "
@@ -422,7 +416,7 @@ def projections(
     recs = result.records(layer, channel, which)[:n]
     to_input = bool(result.metadata.get("attribute_to_layer_input", False))
     kwargs = dict(attribute_kwargs or {})
-    device, dtype = _model_device(root)
+    device, dtype = device_dtype(root)
     attrs: List[Tensor] = []
     name = ""
     with _no_hook_left(root):

@@ -10,13 +10,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .accumulators.topk import LayerState
+from .accumulators.topk import TopKState
 from ..utils.files import atomic_torch_save
 from ..receptive_field.field import ReceptiveField
 from .accumulators.stats import ChannelStats, label_histogram
 from .records import Box, ImageSource, PatchRecord, _fetch_image
 
-FORMAT = "captum-topk/1"
+FORMAT = "captum-topk/2"
+_READABLE = ("captum-topk/1", FORMAT)  # /1: before layer_info (layouts)
 
 
 @dataclass
@@ -27,12 +28,13 @@ class TopKResult:
     :meth:`patches` for their receptive-field crops, :meth:`save` / :meth:`load` to persist.
     """
 
-    states: Dict[str, LayerState]
+    states: Dict[str, TopKState]
     images: Dict[int, Dict[str, Any]] = field(default_factory=dict)
     receptive_fields: Dict[str, Dict[Tuple[int, int], ReceptiveField]] = field(default_factory=dict)
     n_images: int = 0
     metadata: Dict[str, Any] = field(default_factory=dict)
     channel_stats: Dict[str, ChannelStats] = field(default_factory=dict)
+    layer_info: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ access
     @property
@@ -46,7 +48,7 @@ class TopKResult:
     def num_channels(self, layer: str) -> int:
         return self._state(layer).channels
 
-    def _state(self, layer: str) -> LayerState:
+    def _state(self, layer: str) -> TopKState:
         if layer not in self.states:
             raise KeyError(f"Layer {layer!r} was not mined; mined layers: {', '.join(self.states)}.")
         return self.states[layer]
@@ -222,6 +224,11 @@ class TopKResult:
         for name, st in other.states.items():
             self.states[name].merge(st)
         self.images.update(other.images)
+        for name, meta in other.layer_info.items():
+            self.layer_info.setdefault(name, dict(meta))
+        skipped = [*self.metadata.get("skipped", []), *other.metadata.get("skipped", [])]
+        if skipped:
+            self.metadata["skipped"] = skipped
         for name, per_size in other.receptive_fields.items():
             self.receptive_fields.setdefault(name, {}).update(per_size)
         self.n_images += other.n_images
@@ -267,6 +274,7 @@ class TopKResult:
             "layers": layers,
             "receptive_fields": rfs,
             "stats": sorted(self.channel_stats),
+            "layer_info": self.layer_info,
             "images": {str(i): v for i, v in self.images.items()},
             "metadata": self.metadata,
         }
@@ -275,14 +283,14 @@ class TopKResult:
     @classmethod
     def from_payload(cls, payload: Dict[str, Any]) -> "TopKResult":
         header = json.loads(payload["header"])
-        if header.get("format") != FORMAT:
+        if header.get("format") not in _READABLE:
             raise ValueError(f"Not a captum-topk result (format {header.get('format')!r}).")
         tensors = payload["tensors"]
         states = {}
         for name, info in header["layers"].items():
             prefix = f"state/{name}/"
             st_tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            states[name] = LayerState(
+            states[name] = TopKState(
                 k=info["k"], channels=info["channels"], spatial=info["spatial"],
                 distinct_images=info["distinct_images"], tensors=st_tensors,
                 nan_count=info["nan_count"],
@@ -305,9 +313,14 @@ class TopKResult:
             prefix = f"stats/{name}/"
             channel_stats[name] = ChannelStats.from_payload(
                 {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        layer_info = {n: dict(v) for n, v in (header.get("layer_info") or {}).items()}
+        for name, st in states.items():  # files of format /1: channels-first maps or vectors
+            layer_info.setdefault(name, {"layout": "NCHW" if st.spatial else "NC", "channels": st.channels,
+                                         "box_kind": "receptive_field" if st.spatial else "image",
+                                         "prefix_tokens": 0})
         return cls(states=states, images=images, receptive_fields=rfs,
                    n_images=header["n_images"], metadata=header["metadata"],
-                   channel_stats=channel_stats)
+                   channel_stats=channel_stats, layer_info=layer_info)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         r"""Write atomically (temp file in the same folder, then rename): never a half file."""

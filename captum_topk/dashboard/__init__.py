@@ -38,10 +38,12 @@ Example::
 
 from .comparisons import compare_runs, compare_status, find_finetuned, like_run, matching_layers, shared_images
 from .embeddings import nearest_neighbours, pca_2d, run_embeddings, thumbnails
-from .jobs import HISTOGRAM_EDGES, ensure_default_run, export_for_ort, find_job, job_layers, job_model, mine_job, onnx_available, suggest_layers
+from .jobs import HISTOGRAM_BINS, ensure_default_run, export_for_ort, find_job, job_layers, job_model, mine_job, onnx_available, run_spec, suggest_layers
 from .roots import CHECKPOINT_EXTENSIONS, DEFAULT_DIRS, ENV_VARS, Roots, UnsafePathError, list_data_folders, list_files, resolve_under
-from .runs import DashRun, RunEntry, list_runs, open_run
-from .spec import DEFAULT_LAYERS, DEFAULT_SPEC, JOB_FORMAT, JobSpec
+from ..runs.folder import Run, RunEntry, list_runs, open_run
+from ..runs.lock import RunLockedError
+from ..models.registry import DEFAULT_LAYERS
+from .spec import DEFAULT_SPEC, JOB_FORMAT, JobSpec
 from .views import channel_classes, channel_histogram, channel_patches, channel_projections, conv_layers, filter_view, record_image, sheet, top1_grid
 from ..models.registry import DEFAULT_MODEL
 
@@ -50,7 +52,9 @@ __all__ = [
     "UnsafePathError",
     "resolve_under",
     "RunEntry",
-    "DashRun",
+    "Run",
+    "RunLockedError",
+    "run_spec",
     "JobSpec",
     "DEFAULT_SPEC",
     "DEFAULT_LAYERS",
@@ -58,7 +62,7 @@ __all__ = [
     "DEFAULT_DIRS",
     "ENV_VARS",
     "CHECKPOINT_EXTENSIONS",
-    "HISTOGRAM_EDGES",
+    "HISTOGRAM_BINS",
     "JOB_FORMAT",
     "list_runs",
     "list_files",

@@ -14,7 +14,7 @@ from torch import Tensor
 from ..core.result import TopKResult
 from ..models.registry import DEFAULT_MODEL
 from .roots import CHECKPOINT_EXTENSIONS, Roots, _within, list_files
-from .runs import DashRun
+from ..runs.folder import Run
 from .spec import JobSpec
 
 __all__ = [
@@ -40,7 +40,7 @@ def find_finetuned(roots: Roots) -> Optional[str]:
     return max(files, key=lambda f: ((roots.checkpoints / f).stat().st_mtime, f))
 
 
-def like_run(run: "DashRun", checkpoint: str, roots: Roots) -> JobSpec:
+def like_run(run: Run, checkpoint: str, roots: Roots) -> JobSpec:
     r"""A job mining ``checkpoint`` exactly like ``run`` (same architecture name, layers, data,
     k and input size), so that the two can be compared channel by channel.
 
@@ -60,7 +60,7 @@ def like_run(run: "DashRun", checkpoint: str, roots: Roots) -> JobSpec:
                    input_size=int(run.info.input_size[0]))
 
 
-def matching_layers(run_a: "DashRun", run_b: "DashRun") -> List[str]:
+def matching_layers(run_a: Run, run_b: Run) -> List[str]:
     r"""Layers whose channels correspond one to one in both runs: same name, same number of
     channels, and the same architecture (an ONNX Runtime run matches any: it is an export)."""
     arch_a, arch_b = run_a.info.arch, run_b.info.arch
@@ -79,7 +79,7 @@ def shared_images(result_a: TopKResult, result_b: TopKResult, layer: str, channe
     return len(a & b)
 
 
-def compare_status(run_a: Optional["DashRun"] = None, run_b: Optional["DashRun"] = None) -> Optional[str]:
+def compare_status(run_a: Optional[Run] = None, run_b: Optional[Run] = None) -> Optional[str]:
     r"""None when :func:`compare_runs` can compare these runs, else a sentence saying why not
     (:mod:`captum_topk.compare` missing, or a run without its PyTorch model)."""
     try:
@@ -94,7 +94,7 @@ def compare_status(run_a: Optional["DashRun"] = None, run_b: Optional["DashRun"]
     return None
 
 
-def compare_runs(run_a: "DashRun", run_b: "DashRun", max_images: int = 500,
+def compare_runs(run_a: Run, run_b: Run, max_images: int = 500,
                  batch_size: int = 16) -> Dict[str, Any]:
     r"""Layer-by-layer CKA and per-channel changes between the models of two runs, on the
     images of ``run_a`` (through :func:`captum_topk.compare.compare_models`, one streamed pass

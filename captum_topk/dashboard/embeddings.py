@@ -12,8 +12,8 @@ from PIL import Image
 
 from ..data.loader import make_loader
 from ..viz.plot import to_display
-from .runs import DashRun
-from .spec import Progress, _notify
+from ..runs.folder import Run
+from ..runs.mine import Progress, notify
 from ..utils.naming import slug
 
 __all__ = [
@@ -23,7 +23,7 @@ __all__ = [
     "thumbnails",
 ]
 
-def run_embeddings(run: DashRun, layer: str, max_images: int = 2000,
+def run_embeddings(run: Run, layer: str, max_images: int = 2000,
                    progress: Progress = None) -> Tuple[np.ndarray, List[str], List[int]]:
     r"""Global-average-pooled embeddings of ``layer`` for the run's images (the first
     ``max_images``), cached on disk in ``<run>/embeddings/<layer>.npy`` (+ ``.json``).
@@ -47,7 +47,7 @@ def run_embeddings(run: DashRun, layer: str, max_images: int = 2000,
         _, _, meta = load_embeddings(out)
         return emb, ids, [int(v) for v in meta["labels"]]
     from ..transfer.embed import _save  # ONNX Runtime: the same file format
-    from ..onnx.runtime import OnnxTopKPatches
+    from ..onnx.miner import OnnxTopKPatches
 
     miner = OnnxTopKPatches(str(run.result.metadata["onnx_path"]), [layer], k=1, progress_rf=False)
     chunks, ids, labels = [], [], []
@@ -55,7 +55,7 @@ def run_embeddings(run: DashRun, layer: str, max_images: int = 2000,
         chunks.append(pool_features(miner.attribute(batch[0])).numpy())
         ids += list(batch[2])
         labels += [int(v) for v in batch[1]]
-        _notify(progress, "embedding", len(ids), n)
+        notify(progress, "embedding", len(ids), n)
     emb = np.concatenate(chunks).astype(np.float32)
     _save(emb, ids, labels, out, {"layer": layer, "model": run.info.name})
     return emb, ids, labels
@@ -105,7 +105,7 @@ def nearest_neighbours(x: np.ndarray, index: int, n: int = 5) -> List[Tuple[int,
     return [(j, float(sims[j])) for j in order[:n]]
 
 
-def thumbnails(run: DashRun, ids: Sequence[str], px: int = 48, data_uri: bool = True) -> List[Any]:
+def thumbnails(run: Run, ids: Sequence[str], px: int = 48, data_uri: bool = True) -> List[Any]:
     r"""Thumbnails (at most ``px`` wide and high, aspect kept) of the images with these ids, as
     the model saw them.
 

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..data.images import IMAGE_EXTENSIONS
 from ..utils.files import PathLike
+from ..utils.files import walk
 
 __all__ = [
     "ENV_VARS",
@@ -148,15 +149,7 @@ def resolve_under(root: PathLike, user_path: PathLike, *, kind: Optional[str] = 
 
 
 def _walk(root: Path, max_depth: int = _MAX_DEPTH):
-    r"""``os.walk`` of ``root`` without following symlinked folders, at most ``max_depth`` deep,
-    skipping hidden entries."""
-    if not root.is_dir():
-        return
-    base = len(root.parts)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        depth = len(Path(dirpath).parts) - base
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < max_depth else []
-        yield Path(dirpath), sorted(f for f in filenames if not f.startswith("."))
+    return walk(root, max_depth)
 
 
 def list_files(root: PathLike, extensions: Sequence[str]) -> List[str]:

@@ -7,26 +7,23 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 
-from ..models.registry import DEFAULT_MODEL
+from ..models.registry import DEFAULT_LAYERS, DEFAULT_MODEL
 from ..utils.naming import slug
 
 __all__ = [
-    "DEFAULT_LAYERS",
     "JOB_FORMAT",
     "JobSpec",
     "DEFAULT_SPEC",
 ]
 
-Progress = Optional[Callable[[str, int, Optional[int]], None]]
 
 
-DEFAULT_LAYERS: Tuple[str, ...] = ("features.3", "features.7", "features.11")  # RF 19, 75, 203 px
 
 
-JOB_FORMAT = 2  # bump when what a job writes changes: older runs are then mined again
+JOB_FORMAT = 3  # bump when what a job writes changes: older runs are then mined again
 
 
 
@@ -73,7 +70,7 @@ class JobSpec:
 
     @property
     def backend(self) -> str:
-        return "onnxruntime" if self.onnx else "pytorch"
+        return "onnxruntime" if self.onnx else "torch"
 
     def key(self) -> str:
         r"""A short hash of the settings (and of the job format): equal specs share one run folder."""
@@ -89,8 +86,3 @@ class JobSpec:
 
 
 DEFAULT_SPEC = JobSpec()
-
-
-def _notify(progress: Progress, phase: str, done: int, total: Optional[int]) -> None:
-    if progress is not None:
-        progress(phase, done, total)

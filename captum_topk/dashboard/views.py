@@ -13,7 +13,7 @@ from torch import nn
 
 from ..viz.plot import patch_grid, to_display
 from ..core.records import PatchRecord
-from .runs import DashRun
+from ..runs.folder import Run
 
 __all__ = [
     "channel_patches",
@@ -27,7 +27,7 @@ __all__ = [
     "filter_view",
 ]
 
-def channel_patches(run: DashRun, layer: str, channel: int, which: str = "top",
+def channel_patches(run: Run, layer: str, channel: int, which: str = "top",
                     n: Optional[int] = None) -> Tuple[np.ndarray, List[PatchRecord]]:
     r"""The receptive-field crops of a channel's records, ready to display.
 
@@ -45,7 +45,7 @@ def channel_patches(run: DashRun, layer: str, channel: int, which: str = "top",
     return tiles, recs
 
 
-def channel_projections(run: DashRun, layer: str, channel: int, method: str = "deconvolution",
+def channel_projections(run: Run, layer: str, channel: int, method: str = "deconvolution",
                         which: str = "top", n: Optional[int] = None) -> np.ndarray:
     r"""Zeiler & Fergus projections of a channel's records (``method`` ``"deconvolution"``
     or ``"guided_backprop"``), cropped like :func:`channel_patches`.
@@ -64,7 +64,7 @@ def channel_projections(run: DashRun, layer: str, channel: int, method: str = "d
     return proj.rgb
 
 
-def channel_histogram(run: DashRun, layer: str, channel: int) -> Optional[Dict[str, Any]]:
+def channel_histogram(run: Run, layer: str, channel: int) -> Optional[Dict[str, Any]]:
     r"""The channel's activation histogram over every position of every image, or None
     when the run was mined without statistics.
 
@@ -94,7 +94,7 @@ def channel_histogram(run: DashRun, layer: str, channel: int) -> Optional[Dict[s
     }
 
 
-def channel_classes(run: DashRun, layer: str, channel: int, which: str = "top",
+def channel_classes(run: Run, layer: str, channel: int, which: str = "top",
                     top: int = 5) -> List[Tuple[str, int]]:
     r"""Which classes drive the channel: label names of its top-k images with their counts,
     most frequent first (unlabelled images not counted); empty when no record has a label."""
@@ -106,7 +106,7 @@ def channel_classes(run: DashRun, layer: str, channel: int, which: str = "top",
     return [(run.label_name(lab), c) for lab, c in ranked]
 
 
-def record_image(run: DashRun, record: PatchRecord, color: Tuple[int, int, int] = (255, 215, 0),
+def record_image(run: Run, record: PatchRecord, color: Tuple[int, int, int] = (255, 215, 0),
                  width: Optional[int] = None) -> np.ndarray:
     r"""The whole model input of a record's image with its receptive field drawn.
 
@@ -127,7 +127,7 @@ def record_image(run: DashRun, record: PatchRecord, color: Tuple[int, int, int] 
     return np.asarray(pil)
 
 
-def top1_grid(run: DashRun, layer: str, channels: Sequence[int], which: str = "top",
+def top1_grid(run: Run, layer: str, channels: Sequence[int], which: str = "top",
               patch_px: int = 64, ncols: int = 8) -> Tuple[np.ndarray, List[int]]:
     r"""One image with the strongest patch of each of ``channels`` and its value under it;
     patches larger than ``patch_px`` are downscaled to it, smaller ones upscaled by an integer

@@ -3,6 +3,8 @@ r"""Reading user checkpoints safely (``torch.load(..., weights_only=True)``) and
 
 from __future__ import annotations
 
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
 import os
 import pickle
 import struct
@@ -28,16 +30,15 @@ _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 
 
 def _strip_prefixes(state_dict: Mapping[str, Any]) -> "OrderedDict[str, Any]":
-    out: "OrderedDict[str, Any]" = OrderedDict()
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if key.startswith(p):
-                    key, changed = key[len(p):], True
-        out[key] = value
-    return out
+    r"""A copy of ``state_dict`` without the wrapper prefixes of :data:`_PREFIXES` (nested ones
+    too: ``module.model.``), by torch's ``consume_prefix_in_state_dict_if_present``."""
+    out: "OrderedDict[str, Any]" = OrderedDict(state_dict)
+    while True:
+        before = list(out)
+        for p in _PREFIXES:
+            consume_prefix_in_state_dict_if_present(out, p)
+        if list(out) == before:
+            return out
 
 
 def _summarise(names: Sequence[str], limit: int = 5) -> str:

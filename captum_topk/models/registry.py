@@ -36,6 +36,8 @@ from ..utils.assets import package_dir
 
 #: The embedded default: torchvision's own ImageNet MobileNetV2 weights, shipped in a package.
 DEFAULT_MODEL = "mobilenet_v2-imagenet"
+#: Its default layers: an early, a middle and a late block (receptive fields 19, 75, 203 px).
+DEFAULT_LAYERS = ("features.3", "features.7", "features.11")
 
 def list_models(available_only: bool = True) -> List[str]:
     r"""Names of the built-in ImageNet models.

@@ -25,13 +25,16 @@ that defines it is ``sys.modules["captum_topk.onnx.export"]``.
 
 from .export import OnnxExport, export
 from .graph import InputSpec, TensorInfo, input_spec, list_tensors, load_onnx, nan_safe, resolve_tensors, with_outputs
-from .runtime import OnnxForward, OnnxTopKPatches, describe_onnx_layers, make_session, onnx_receptive_fields, resolve_providers
+from .miner import OnnxTopKPatches
+from .runtime import OnnxForward, describe_onnx_layers, make_session, onnx_receptive_fields, resolve_providers
+from .source import OnnxSource
 from .sidecar import Sidecar, load_sidecar, sidecar_path
 
 __all__ = [
     "export",
     "OnnxExport",
     "OnnxTopKPatches",
+    "OnnxSource",
     "OnnxForward",
     "describe_onnx_layers",
     "onnx_receptive_fields",

@@ -42,6 +42,7 @@ from .graph import list_tensors, load_onnx
 from .runtime import make_session, resolve_providers
 from .sidecar import Sidecar, sidecar_path
 from ..utils.files import PathLike
+from ..utils.modules import device_dtype, first_conv
 
 DEFAULT_DIR = "onnx_models"
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript-based)"
@@ -71,19 +72,6 @@ class OnnxExport:
     tolerance: Dict[str, float] = field(default_factory=dict)
     provider: Optional[str] = None
     sidecar: Optional[Sidecar] = None
-
-
-def _first_conv_channels(model: nn.Module) -> Optional[int]:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return int(m.in_channels)
-    return None
-
-
-def _device(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 class _Tap(nn.Module):
@@ -218,9 +206,10 @@ def export(
     named = resolve_layers(model, layers)
     names = [n for n, _ in named]
     output_name = "output" if "output" not in names else "model_output"
-    channels = _first_conv_channels(model) or 3
+    conv = first_conv(model)
+    channels = int(conv[1].in_channels) if conv else 3
     path = Path(path) if path is not None else Path(DEFAULT_DIR) / f"{(name_hint or type(model).__name__).lower()}.onnx"
-    device = _device(model)
+    device = device_dtype(model)[0] or torch.device("cpu")
 
     store: Dict[str, Any] = {}
     calls: Dict[str, int] = {}

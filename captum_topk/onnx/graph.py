@@ -7,6 +7,9 @@ Nothing here runs a model: see :mod:`captum_topk.onnx.runtime` for that.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import difflib
 import os
 import warnings
@@ -239,8 +242,28 @@ def _subgraph_inputs(node: onnx.NodeProto) -> Set[str]:
     return names
 
 
+_SHAPES: "OrderedDict[str, Dict[str, Tuple[Optional[Tuple[Dim, ...]], int]]]" = OrderedDict()
+
+
 def infer_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[Optional[Tuple[Dim, ...]], int]]:
-    r"""``name -> (dims or None, elem_type)`` for every typed value, by ONNX shape inference."""
+    r"""``name -> (dims or None, elem_type)`` for every typed value, by ONNX shape inference.
+
+    Inference runs once per model: results are kept (a few models, least recently used first
+    out) under the SHA-1 of the serialised model, so listing, resolving, pruning and rewriting
+    one model share it."""
+    key = hashlib.sha1(model.SerializeToString()).hexdigest()
+    hit = _SHAPES.get(key)
+    if hit is not None:
+        _SHAPES.move_to_end(key)
+        return dict(hit)
+    out = _infer_shapes(model)
+    _SHAPES[key] = out
+    while len(_SHAPES) > 8:
+        _SHAPES.popitem(last=False)
+    return dict(out)
+
+
+def _infer_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[Optional[Tuple[Dim, ...]], int]]:
     try:
         inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:  # models > 2 GB, unknown custom ops: fall back to what is declared

@@ -17,22 +17,20 @@ from __future__ import annotations
 import hashlib
 import threading
 import warnings
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx  # the real package
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core.miner import LayerTopKPatches
 from ..receptive_field.field import ReceptiveField, _parse_size
 from ..receptive_field.cache import _disk_get, _disk_put
 from ..receptive_field.probe import fields_from_probe
 from ..capture.layouts import ChannelsLastError
 from .graph import InputSpec, ModelLike, input_spec, list_tensors, load_onnx, nan_safe, resolve_tensors, with_outputs
-from .sidecar import Sidecar, load_sidecar
+from .sidecar import load_sidecar
 
 PROVIDER_ORDER = ("CUDAExecutionProvider", "CPUExecutionProvider")
 _PROBE_VERSION = 1
@@ -343,161 +341,6 @@ def onnx_receptive_fields(
     return {layer: ReceptiveField(results[layer].boxes.clone(), results[layer].input_size,
                                   results[layer].size, results[layer].stride)
             for layer, _ in pairs}
-
-
-# --------------------------------------------------------------------------------------
-# the miner
-# --------------------------------------------------------------------------------------
-
-
-class OnnxTopKPatches(LayerTopKPatches):
-    r"""
-    Dataset top-k patches of an ONNX model, mined through ONNX Runtime.
-
-    Same contract and same result format as :class:`~captum_topk.LayerTopKPatches`
-    (``update`` / ``compute`` / ``reset`` / ``merge`` / ``mine`` / ``save_state`` /
-    ``load_state``; ordering, ties, ``distinct_images``, bottom-k, statistics), so its
-    :class:`~captum_topk.TopKResult` can be compared with, merged with or replace one mined
-    in PyTorch. Only the forward differs; ``attribute`` returns the activations.
-
-    Receptive fields: read from the export sidecar (``<file>.onnx.json``) for the size it
-    was exported at, else measured by NaN probing through ONNX Runtime
-    (:func:`onnx_receptive_fields`, cached).
-    """
-
-    def __init__(
-        self,
-        onnx_model: ModelLike,
-        layers: Optional[Union[str, Sequence[str]]] = None,
-        k: int = 9,
-        providers: Optional[Sequence[str]] = None,
-        distinct_images: bool = True,
-        *,
-        input_layout: str = "auto",
-        activation_layout: str = "NCHW",
-        threads: Optional[int] = None,
-        rf_batch_size: int = 16,
-        progress_rf: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        r"""
-        Args:
-            onnx_model (str, bytes or onnx.ModelProto): an ONNX file (its sidecar
-                ``<file>.json`` is read when present), its bytes or proto.
-            layers (str or list of str, optional): exported layer names (graph outputs such
-                as ``"features.3"``) or any intermediate tensor / node name (list them with
-                :func:`describe_onnx_layers` or ``captum-topk layers MODEL.onnx``). Default:
-                every layer the sidecar lists.
-            k (int): records per channel (top and bottom). Default: 9.
-            providers (list of str, optional): ONNX Runtime execution providers in order of
-                preference; default ``["CUDAExecutionProvider", "CPUExecutionProvider"]``
-                filtered to those available. The one used is :attr:`provider`.
-            distinct_images (bool): as in :class:`~captum_topk.LayerTopKPatches`.
-            input_layout (str): ``"auto"``, ``"NCHW"`` or ``"NHWC"``; batches are always
-                given (N, C, H, W) and transposed for an NHWC model.
-            activation_layout (str): ``"NCHW"`` (default) or ``"NHWC"`` for models whose
-                intermediate tensors are channels-last.
-            threads (int, optional): ONNX Runtime intra-op threads.
-            rf_batch_size (int): images per run of the receptive-field probe.
-            progress_rf (bool): tqdm bar while probing receptive fields.
-            **kwargs: further options of :class:`~captum_topk.LayerTopKPatches` (``stats``).
-        Example::
-            >>> from captum_topk.onnx import export, OnnxTopKPatches
-            >>> exp = export(model, ["layer2", "layer3"], "onnx_models/r18.onnx", input_size=224)
-            >>> miner = OnnxTopKPatches(exp.path, ["layer2", "layer3"], k=9)
-            >>> result = miner.mine(loader)
-            >>> miner.provider, result.metadata["provider"]
-            ('CPUExecutionProvider', 'CPUExecutionProvider')
-        """
-        self.onnx_path = None if isinstance(onnx_model, (bytes, bytearray, onnx.ModelProto)) else str(onnx_model)
-        self.sidecar: Optional[Sidecar] = load_sidecar(self.onnx_path) if self.onnx_path else None
-        self._proto = load_onnx(onnx_model)
-        if layers is None:
-            if self.sidecar is None:
-                raise ValueError("Pass layers=[...]: this ONNX model has no export sidecar listing them "
-                                 "(see `captum-topk layers MODEL.onnx`).")
-            layers = list(self.sidecar.layers)
-        names = [layers] if isinstance(layers, str) else list(layers)
-        self._pairs = resolve_tensors(self._proto, names)
-        self._forward = OnnxForward(self._proto, [t for _, t in self._pairs], providers,
-                                    input_layout, activation_layout, True, threads)
-        self.provider: str = self._forward.provider
-        self.providers: List[str] = self._forward.providers
-        self._providers_wanted = providers
-        self._activation_layout = activation_layout
-        self._rf_batch_size = rf_batch_size
-        self._progress_rf = progress_rf
-        self._digest: Optional[str] = None
-        super().__init__(self._forward, names if not isinstance(layers, str) else layers, k=k,
-                         distinct_images=distinct_images, **kwargs)
-
-    # ------------------------------------------------------------------ hooks of the base
-    def _resolve_layers(self, forward_func: Any, layer: Any) -> List[Tuple[str, nn.Module]]:
-        # One placeholder module per layer: the name is what matters, ONNX has no modules.
-        return [(name, nn.Identity()) for name, _ in self._pairs]
-
-    def _layer_outputs(self, images: Tensor, additional_forward_args: Optional[object] = None) -> List[Tensor]:
-        if additional_forward_args is not None:
-            raise ValueError("An ONNX model takes the images only: additional_forward_args is not supported.")
-        return self._forward(images)
-
-    def _layer_receptive_fields(
-        self, spatial: Sequence[Tuple[str, nn.Module]], size: Tuple[int, int]
-    ) -> Dict[str, ReceptiveField]:
-        names = [n for n, _ in spatial]
-        out: Dict[str, ReceptiveField] = {}
-        sc = self.sidecar
-        for name in names:
-            rf = sc.receptive_fields.get(name) if sc is not None else None
-            if rf is not None and tuple(rf.input_size) == tuple(size):
-                out[name] = rf
-        todo = [n for n in names if n not in out]
-        if todo:
-            if self._digest is None:
-                self._digest = model_digest(self._proto)
-            tensor_of = dict(self._pairs)
-            probed = onnx_receptive_fields(
-                self._proto, [tensor_of[n] for n in todo], size,
-                input_layout=self._forward.spec.layout, activation_layout=self._activation_layout,
-                providers=self._providers_wanted, batch_size=self._rf_batch_size,
-                progress=self._progress_rf, digest=self._digest,
-            )
-            out.update({n: probed[tensor_of[n]] for n in todo})
-        return {n: out[n] for n in names}
-
-    def _check_images(self, images: Tensor) -> None:
-        self._forward.check(images)
-
-    def _metadata(self) -> Dict[str, Any]:
-        meta = super()._metadata()
-        meta.update(
-            model=Path(self.onnx_path).name if self.onnx_path else "onnx model",
-            backend="onnxruntime",
-            provider=self.provider,
-            providers=list(self.providers),
-            onnx_path=self.onnx_path,
-            tensors={layer: tensor for layer, tensor in self._pairs},
-        )
-        if self.sidecar is not None:
-            meta.update(mean=list(self.sidecar.mean) if self.sidecar.mean else None,
-                        std=list(self.sidecar.std) if self.sidecar.std else None,
-                        input_size=list(self.sidecar.input_size))
-        return meta
-
-    # ------------------------------------------------------------------ captum-style
-    def attribute(self, inputs: Tensor, additional_forward_args: Optional[object] = None,
-                  attribute_to_layer_input: bool = False) -> Union[Tensor, List[Tensor]]:
-        r"""The chosen tensors for one batch, computed by ONNX Runtime.
-
-        Args:
-            inputs (Tensor): (N, C, H, W) images.
-        Returns:
-            Tensor (N, C_l, H_l, W_l) for one layer, a list of them for several layers.
-        """
-        if attribute_to_layer_input:
-            raise ValueError("attribute_to_layer_input is not available for ONNX models.")
-        outs = self._layer_outputs(inputs, additional_forward_args)
-        return outs[0] if self._single else outs
 
 
 # --------------------------------------------------------------------------------------

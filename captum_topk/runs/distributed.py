@@ -157,7 +157,7 @@ def gather_states(miner: Any, env: DistEnv) -> None:
     """
     if env.world <= 1:
         return
-    mine = _to_bytes(miner._snapshot())
+    mine = _to_bytes(miner.snapshot())
     gathered: Optional[List[Any]] = [None] * env.world if env.is_main else None
     dist.gather_object(mine, gathered, dst=0)
     if env.is_main:

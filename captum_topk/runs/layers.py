@@ -1,16 +1,17 @@
-r"""``captum-topk layers``: every minable layer of a model with its output shape, stride and receptive field.
-"""
+r"""Which layers to mine: every minable layer of a model with its output shape, stride and
+receptive field (``captum-topk layers``), and a sensible default choice for any model."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import re
+from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 from ..capture.layouts import ChannelsLastError
 from ..capture.hooks import run_capture
 from ..models.registry import load_model
 from ..receptive_field.probe import receptive_fields
-from ..models.registry import DEFAULT_MODEL
+from ..models.registry import DEFAULT_LAYERS, DEFAULT_MODEL
 from ..utils.files import PathLike
 
 
@@ -54,3 +55,33 @@ def describe_layers(model: str = DEFAULT_MODEL, checkpoint: Optional[PathLike] =
                                else "channels-last: not minable" if n in channels_last else "-")),
         })
     return rows
+
+
+def suggest_layers(names: Sequence[str], n: int = 3) -> List[str]:
+    r"""A sensible default choice of ``n`` layers among a model's layer names.
+
+    :data:`~captum_topk.models.registry.DEFAULT_LAYERS` when all present (MobileNetV2), else
+    ResNet-style stages (``layer1``...), else an early, a middle and a late block of
+    ``features`` (VGG, EfficientNet, ConvNeXt, SqueezeNet...), else the first names (ONNX
+    graph outputs come first).
+
+    Args:
+        names (sequence of str): candidate layer names, in forward order.
+        n (int): how many.
+    Returns:
+        list of str
+    Example::
+        >>> suggest_layers([n for n, _ in torchvision.models.resnet18().named_modules() if n])
+        ['layer1', 'layer2', 'layer3']
+    """
+    names = list(names)
+    if all(d in names for d in DEFAULT_LAYERS):
+        return list(DEFAULT_LAYERS)
+    stages = [x for x in names if re.fullmatch(r"layer\d+", x)]
+    if stages:
+        return stages[:n]
+    blocks = [x for x in names if re.fullmatch(r"features\.\d+", x)]
+    if len(blocks) >= n:
+        picks = [blocks[round(i * (len(blocks) - 1) * 0.6 / max(1, n - 1)) + len(blocks) // 8] for i in range(n)]
+        return list(dict.fromkeys(picks))
+    return names[:n]

@@ -1,158 +1,272 @@
-r"""Mining runs on disk: resumable mining jobs, reopening them, rendering their PNGs.
+r"""Mining runs on disk: the one run function of the CLI and the dashboard.
 
-A run folder holds ``run.json`` (what was mined, how), ``snapshot.pt`` (the streaming
-state, rewritten atomically every few seconds while mining) and ``result.pt`` (the final
-:class:`~captum_topk.TopKResult`). ``resume=True`` continues from the snapshot with the same
+A run folder holds ``run.json`` (the resolved :class:`~captum_topk.runs.spec.RunSpec`, status,
+skipped files, timings), ``snapshot.pt`` (the streaming state, rewritten atomically every few
+seconds while mining) and ``result.pt`` (the final :class:`~captum_topk.TopKResult`). While it
+is mined the folder is locked (:class:`~captum_topk.runs.lock.RunLock`): a second writer is
+refused with the name of the first. ``resume=True`` continues from the snapshot with the same
 batch boundaries, so an interrupted run (even ``kill -9``) ends with exactly the result of an
-uninterrupted one. The CLI and the dashboard are thin layers over these functions.
+uninterrupted one, and only when the resolved spec is unchanged (same weights bytes, same image
+files). Under ``torchrun`` each rank mines a disjoint shard of batches and rank 0 merges them
+(:mod:`captum_topk.runs.distributed`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Union
+
 import torch
 import torch.distributed as dist
-from torch import nn
-from ..utils.files import atomic_write_text, file_digest
-from .distributed import DistEnv, ShardLoader, batches_done, dist_env, gather_states, init_distributed, shard_batches
+
+from .._version import __version__
+from ..core.loop import feed
 from ..core.miner import LayerTopKPatches
-from ..models.info import ModelInfo, make_transform
-from ..models.registry import load_model
 from ..models.registry import DEFAULT_MODEL
-from ..utils.files import PathLike
+from ..utils.files import PathLike, atomic_write_text
 from .datasets import open_dataset
+from .distributed import DistEnv, ShardLoader, batches_done, dist_env, gather_states, init_distributed, shard_batches
+from .layers import suggest_layers
+from .lock import RunLock
+from .models import load_run_model, onnx_model_info
+from .spec import RUN_FORMAT, RunSpec
+
+__all__ = ["mine_run", "find_run", "default_layers", "resolve_device", "read_run_json", "Progress", "notify"]
+
+#: ``progress(phase, done, total)``: phases ``"loading"``, ``"mining"`` (images done / total after
+#: every batch), ``"saving"``, ``"done"``.
+Progress = Optional[Callable[[str, int, Optional[int]], None]]
 
 
+def read_run_json(folder: PathLike) -> Optional[Dict[str, Any]]:
+    r"""A run folder's ``run.json`` as a dict, or None when missing or unreadable."""
+    try:
+        info = json.loads((Path(folder) / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
+def _recorded_spec(info: Optional[Dict[str, Any]]) -> Optional[RunSpec]:
+    if not info or not isinstance(info.get("spec"), dict):
+        return None
+    try:
+        return RunSpec.from_dict(info["spec"])
+    except (TypeError, ValueError):
+        return None
 
 
+def find_run(spec: RunSpec, folder: PathLike) -> Optional[Path]:
+    r"""``folder`` when it holds a finished run of exactly the resolved ``spec`` (same weights
+    bytes, same image files), else None."""
+    folder = Path(folder)
+    info = read_run_json(folder)
+    done = _recorded_spec(info)
+    if (folder / "result.pt").is_file() and info and info.get("status") == "done" and done == spec:
+        return folder
+    return None
 
-def _load(model: str, checkpoint: Optional[PathLike], input_size: Optional[int]) -> Tuple[nn.Module, ModelInfo]:
-    net, info = load_model(model, checkpoint=str(checkpoint) if checkpoint else None)
-    if input_size and tuple(info.input_size) != (input_size, input_size):
-        info = replace(info, input_size=(input_size, input_size), resize_size=round(input_size / 0.875),
-                       transform=make_transform(input_size, mean=info.mean, std=info.std))
-    return net, info
+
+def notify(progress: Progress, phase: str, done: int, total: Optional[int]) -> None:
+    r"""Call ``progress(phase, done, total)`` when there is a callback."""
+    if progress is not None:
+        progress(phase, done, total)
 
 
 def mine_run(
-    model: str = DEFAULT_MODEL,
-    checkpoint: Optional[PathLike] = None,
-    layers: Sequence[str] = ("features.3",),
-    data: Optional[PathLike] = None,
+    spec: Optional[RunSpec] = None,
     out: PathLike = "results/run",
-    k: int = 9,
-    batch_size: int = 32,
-    workers: int = 0,
+    *,
     resume: bool = False,
-    snapshot_every: float = 30.0,
-    max_images: Optional[int] = None,
-    distinct_images: bool = True,
-    progress: bool = True,
-    input_size: Optional[int] = None,
+    reuse: bool = False,
+    workers: int = 0,
     device: str = "auto",
-    half: bool = False,
-    stats: bool = True,
+    snapshot_every: float = 30.0,
+    progress: Union[bool, Progress] = True,
+    should_stop: Optional[Callable[[], bool]] = None,
+    **settings: Any,
 ) -> Optional[Path]:
-    r"""Mine ``layers`` of ``model`` over ``data`` into the run folder ``out``.
+    r"""Mine a :class:`RunSpec` into the run folder ``out``.
 
     Args:
-        model (str): a built-in (:func:`captum_topk.models.list_models`), torchvision arch
-            (with ``checkpoint``) or checkpoint path.
-        checkpoint (str, optional): weights, loaded with ``weights_only=True``.
-        layers (list of str): dotted layer names.
-        data (str, optional): image folder / ImageNet val folder; default packaged photos.
-        out (str): run folder.
-        k (int): records per channel.
-        batch_size (int), workers (int): DataLoader settings.
-        resume (bool): continue from ``out/snapshot.pt`` (same settings enforced).
-        snapshot_every (float): seconds between atomic snapshots.
-        max_images (int, optional): mine only the first images.
-        distinct_images (bool): see :class:`~captum_topk.LayerTopKPatches`.
-        progress (bool): tqdm bar with images/s.
-        input_size (int, optional): crop size in px instead of the model's own.
+        spec (RunSpec, optional): what to mine; or give its fields as keywords
+            (``model=``, ``checkpoint=``, ``layers=``, ``data=``, ``k=``, ``batch_size=``,
+            ``max_images=``, ``input_size=``, ``distinct_images=``, ``stats=`` (bool),
+            ``half=``, ``onnx=``).
+        out (str): the run folder.
+        resume (bool): continue from ``out/snapshot.pt`` (refused, with the reason, when the
+            resolved spec differs: other settings, other weights bytes, other image files).
+        reuse (bool): return a finished run of the same resolved spec without mining.
+        workers (int): DataLoader worker processes.
         device (str): ``"auto"`` (this rank's GPU if any, else CPU), ``"cpu"``, ``"cuda"``.
-        half (bool): run the model in float16 (GPU only); rankings are kept in float32.
-        stats (bool): gather per-channel statistics in the same pass (histogram, mean,
-            fraction > 0: ``result.stats(layer)``); a few percent of the mining time.
-    Under ``torchrun`` each rank mines a disjoint shard of batches and rank 0 merges them
-    (see :mod:`captum_topk.distributed`).
+        snapshot_every (float): seconds between atomic snapshots.
+        progress (bool or callable): a tqdm bar, or ``progress(phase, done, total)``.
+        should_stop (callable, optional): checked before each batch; True stops the run early,
+            leaving its snapshot (a cancelled dashboard job; ``resume=True`` continues it).
     Returns:
-        Path: ``out/result.pt`` (None on ranks other than 0).
+        Path: ``out/result.pt`` (None on ranks other than 0, and when stopped early).
+    Raises:
+        RunLockedError: another live process is mining into ``out``.
+        ValueError / FileNotFoundError: a model, checkpoint, layer or folder that cannot be used.
+    Example::
+        >>> mine_run(RunSpec(layers=("features.7",)), "results/mnv2", progress=False)
+        PosixPath('results/mnv2/result.pt')
     """
+    spec = _spec_from(spec, settings)
+    if not spec.layers:
+        spec = dataclasses.replace(spec, layers=tuple(default_layers(spec)))
     out = Path(out)
-    net, info = _load(model, checkpoint, input_size)
-    dataset, descriptor = open_dataset(data, info.transform)
-    settings = {
-        "model": model,
-        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
-        # the bytes of the weights: a checkpoint given as --checkpoint or as --model file.pt
-        "checkpoint_sha1": (file_digest(checkpoint) if checkpoint
-                            else file_digest(model) if Path(str(model)).is_file() else None),
-        "layers": list(layers),
-        "data": descriptor,
-        "k": k,
-        "batch_size": batch_size,
-        "distinct_images": distinct_images,
-        "max_images": max_images,
-        "input_size": list(info.input_size),
-    }
+    callback = progress if callable(progress) else None
     env = dist_env()
+    spec = dataclasses.replace(spec, world_size=env.world).resolve()
+    lock_name = ".lock" if env.world == 1 else f".lock.rank{env.rank}-of-{env.world}"
+    with RunLock(out, lock_name):
+        if reuse and env.world == 1 and find_run(spec, out) is not None:
+            notify(callback, "done", 1, 1)
+            return out / "result.pt"
+        return _mine_locked(spec, out, env, resume, workers, device, snapshot_every,
+                            progress is True, callback, should_stop)
+
+
+def _spec_from(spec: Optional[RunSpec], settings: Dict[str, Any]) -> RunSpec:
+    if spec is not None:
+        if settings:
+            raise TypeError(f"Give either a RunSpec or its fields, not both ({sorted(settings)}).")
+        return spec
+    s = dict(settings)
+    stats = s.pop("stats", True)
+    s.setdefault("stats_bins", 64 if stats else 0)
+    if s.get("checkpoint"):
+        s["checkpoint"] = str(Path(s["checkpoint"]).resolve())
+    if s.get("onnx"):
+        s["onnx"] = str(Path(s["onnx"]).resolve())
+    if s.get("data") is not None and str(s["data"]) != "demo":
+        s["data"] = str(Path(s["data"]).resolve())
+    elif "data" in s:
+        s["data"] = None
+    s["layers"] = tuple(s.get("layers") or ())
+    if s.get("model") is None:
+        s["model"] = DEFAULT_MODEL
+    return RunSpec(**s)
+
+
+def default_layers(spec: RunSpec) -> List[str]:
+    r"""The layers a spec without layers mines: an ONNX export's layers, else
+    :func:`~captum_topk.runs.layers.suggest_layers` of the model's module names."""
+    if spec.onnx:
+        from ..onnx.sidecar import load_sidecar
+
+        sc = load_sidecar(spec.onnx)
+        if sc is None or not sc.layers:
+            raise ValueError(f"{Path(spec.onnx).name} has no export sidecar listing its layers: pass --layers "
+                             "(see `captum-topk layers MODEL.onnx`).")
+        return list(sc.layers)
+    net, _ = load_run_model(spec.model, spec.checkpoint)
+    return suggest_layers([n for n, _ in net.named_modules() if n])
+
+
+def _miner_for(spec: RunSpec, dev: torch.device):
+    r"""The miner and the model's preprocessing of a spec."""
+    edges = torch.linspace(-16.0, 16.0, spec.stats_bins + 1) if spec.stats_bins else False
+    if spec.onnx:
+        from ..onnx.miner import OnnxTopKPatches
+
+        info = onnx_model_info(spec.onnx, spec.input_size)
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if dev.type == "cuda" else ["CPUExecutionProvider"]
+        miner = OnnxTopKPatches(spec.onnx, list(spec.layers), k=spec.k, distinct_images=spec.distinct_images,
+                                stats=edges, providers=providers)
+        return miner, info
+    net, info = load_run_model(spec.model, spec.checkpoint, spec.input_size)
+    net = net.to(dev).half() if spec.half else net.to(dev)
+    miner = LayerTopKPatches(net.eval(), list(spec.layers), k=spec.k, distinct_images=spec.distinct_images,
+                             stats=edges)
+    return miner, info
+
+
+def _mine_locked(spec: RunSpec, out: Path, env: DistEnv, resume: bool, workers: int, device: str,
+                 snapshot_every: float, bar: bool, callback: Progress,
+                 should_stop: Optional[Callable[[], bool]]) -> Optional[Path]:
+    if not spec.layers:
+        raise ValueError("Pick at least one layer to mine (see `captum-topk layers MODEL`).")
+    notify(callback, "loading", 0, None)
     dev = resolve_device(device, env)
-    if half and dev.type != "cuda":
+    if spec.half and dev.type != "cuda":
         raise ValueError("--half needs a GPU (half precision convolutions are slow or missing on CPU).")
-    net = net.to(dev).half() if half else net.to(dev)
-    started = init_distributed(env, dev)
-    settings.update(world_size=env.world, half=bool(half))
-    settings["stats"] = bool(stats)
-    miner = LayerTopKPatches(net, list(layers), k=k, distinct_images=distinct_images, stats=bool(stats))
+    miner, info = _miner_for(spec, dev)
+    dataset, descriptor = open_dataset(spec.data, info.transform)
+    total = len(dataset) if spec.max_images is None else min(len(dataset), spec.max_images)
+    if total == 0:
+        raise ValueError(f"No readable image in {spec.data or 'the packaged photos'}.")
+    ranges = shard_batches(total, spec.batch_size, env.rank, env.world)
     snapshot = out / ("snapshot.pt" if env.world == 1 else f"snapshot.rank{env.rank}-of-{env.world}.pt")
-    total = len(dataset) if max_images is None else min(len(dataset), max_images)
-    ranges = shard_batches(total, batch_size, env.rank, env.world)
+    previous = read_run_json(out)
     if resume and snapshot.exists():
-        previous = json.loads((out / "run.json").read_text())
-        differ = {key: (previous.get(key), v) for key, v in settings.items() if previous.get(key) != v
-                  and not (key == "checkpoint_sha1" and key not in previous)}  # runs older than the digest
-        if differ:
-            raise ValueError(f"--resume with different settings than the interrupted run: {differ}")
+        before = _recorded_spec(previous)
+        if before is None:
+            raise ValueError(f"--resume: {out}/run.json does not say what was mined; mine again without --resume.")
+        if before != spec:
+            raise ValueError(f"--resume refused: {before.explain(spec)}. Mine again without --resume "
+                             "(or into another folder).")
         miner.load_state(snapshot)
         ranges = ranges[batches_done(ranges, miner.n_images):]
+    started = init_distributed(env, dev)
+    record: Dict[str, Any] = {
+        "format": RUN_FORMAT, "spec": spec.to_dict(), "status": "running", "data": descriptor,
+        "n_total": total, "input_size": list(info.input_size),
+        "skipped": [list(s) for s in getattr(dataset, "skipped", [])],
+        "started": time.time(), "captum_topk_version": __version__,
+    }
     if env.is_main:
-        atomic_write_text(out / "run.json", json.dumps(
-            {**settings, "n_total": total, "skipped": [list(s) for s in getattr(dataset, "skipped", [])]},
-            indent=2))
+        atomic_write_text(out / "run.json", json.dumps(record, indent=2))
     loader = ShardLoader(dataset, ranges, workers=workers, pin_memory=dev.type == "cuda",
-                         dtype=torch.float16 if half else None)
+                         dtype=torch.float16 if spec.half else None)
     throttle = float(os.environ.get("CAPTUM_TOPK_THROTTLE_S", "0") or 0)
     if throttle > 0:  # a testing aid: slow batches down so that a kill lands mid-run
         loader = _Throttled(loader, throttle)
+    done_before = miner.n_images
+    if callback is not None:
+        notify(callback, "mining", done_before, total)
+    t0 = time.monotonic()
     try:
-        miner.mine(loader, progress=progress and env.is_main, reset=False,
-                   snapshot_path=snapshot, snapshot_every=snapshot_every, finalize=False)
+        feed(miner, loader, progress=(lambda d, t: callback("mining", done_before + d, total)) if callback
+             else (bar and env.is_main), snapshot=lambda: miner.save_state(snapshot),
+             snapshot_every=snapshot_every, should_stop=should_stop)
+        if miner.n_images:
+            miner.save_state(snapshot)
+        if should_stop is not None and should_stop():
+            if env.is_main:
+                record.update(status="stopped", images_done=miner.n_images)
+                atomic_write_text(out / "run.json", json.dumps(record, indent=2))
+            return None
         gather_states(miner, env)
         if not env.is_main:
             return None
+        notify(callback, "saving", total, total)
         result = miner.compute()
     finally:
         if started:
             dist.destroy_process_group()
+    load_skipped = [list(s) for s in result.metadata.get("skipped", [])]
     result.metadata.update(
-        model_name=model,
-        checkpoint=settings["checkpoint"],
-        data=descriptor,
-        mean=list(info.mean),
-        std=list(info.std),
-        input_size=list(info.input_size),
-        categories=info.categories,
-        skipped=[list(s) for s in getattr(dataset, "skipped", [])],
+        model_name=spec.model, checkpoint=spec.checkpoint, onnx_path=spec.onnx, data=descriptor,
+        mean=list(info.mean), std=list(info.std), input_size=list(info.input_size),
+        categories=info.categories, skipped=record["skipped"] + load_skipped, backend=spec.backend,
+        spec=spec.to_dict(),
     )
     result.save(out / "result.pt")
+    record.update(status="done", finished=time.time(), seconds=round(time.monotonic() - t0, 3),
+                  skipped=record["skipped"] + load_skipped,
+                  backend_detail={k: result.metadata.get(k) for k in ("backend", "provider") if k in result.metadata})
+    atomic_write_text(out / "run.json", json.dumps(record, indent=2))
+    stale = out / "embeddings"  # cached from whatever this folder held before
+    if stale.is_dir():
+        shutil.rmtree(stale, ignore_errors=True)
+    notify(callback, "done", total, total)
     return out / "result.pt"
 
 

@@ -4,7 +4,7 @@ r"""PNG sheets of a run: top-9 / top-1 patches, projections, filters.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 from ..capture.hooks import resolve_layers
@@ -14,8 +14,8 @@ from ..viz.plot import channel_sheet, patch_grid, projection_sheet, save_png
 from ..models.registry import DEFAULT_MODEL
 from ..utils.files import PathLike
 from .folder import Run
-from .mine import _load
 from ..utils.naming import slug
+from ..utils.modules import first_conv
 
 
 
@@ -91,10 +91,9 @@ def render_projections(
     from ..core.projections import symmetric_rgb
 
     out_dir = Path(out_dir) if out_dir else run.path
+    model = model if model is not None else run.model
     if model is None:
-        meta = run.result.metadata
-        model, _ = _load(meta.get("model_name", DEFAULT_MODEL), meta.get("checkpoint"),
-                         run.info.input_size[0])
+        raise ValueError("Projections need the PyTorch model; this run was mined through ONNX Runtime.")
     model.eval()
     written = []
     for layer in layers or run.result.layers:
@@ -133,16 +132,15 @@ def _fit(patches: Tensor, side: int) -> Tensor:
 
 
 
-def _first_conv(model: nn.Module) -> Tuple[str, nn.Module]:
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            return name, m
-    raise ValueError("The model has no nn.Conv2d: pass --layer with a layer that has a .weight.")
-
-
 def render_filters(model: str = DEFAULT_MODEL, checkpoint: Optional[PathLike] = None,
                    layer: Optional[str] = None, out: PathLike = "filters.png") -> Path:
     r"""Write the filter tiles of ``layer`` (default: the first convolution) to ``out``."""
     net, _ = load_model(model, checkpoint=str(checkpoint) if checkpoint else None)
-    module = resolve_layers(net, layer)[0][1] if layer else _first_conv(net)[1]
+    if layer:
+        module = resolve_layers(net, layer)[0][1]
+    else:
+        conv = first_conv(net)
+        if conv is None:
+            raise ValueError("The model has no nn.Conv2d: pass --layer with a layer that has a .weight.")
+        module = conv[1]
     return save_png(filter_grid(module, scale=12, pad=2, pad_value=255), out)

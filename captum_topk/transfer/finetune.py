@@ -365,7 +365,7 @@ def finetune(
         raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}.")
     steps_per_epoch = math.ceil(len(tr_x) / batch_size)
     total = max(1, steps_per_epoch * epochs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.0)
     gen = torch.Generator().manual_seed(seed)
     history: List[Dict[str, Any]] = []
     ckpts: List[Path] = []

@@ -10,7 +10,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator, Union
+from typing import IO, Any, Iterator, List, Optional, Tuple, Union
 
 import torch
 
@@ -72,3 +72,21 @@ def file_digest(path: PathLike) -> str:
                 h.update(chunk)
         _DIGESTS[key] = h.hexdigest()
     return _DIGESTS[key]
+
+
+def walk(root: PathLike, max_depth: Optional[int] = None) -> Iterator[Tuple[Path, List[str]]]:
+    r"""``os.walk`` of ``root`` without following symlinked folders, skipping hidden entries,
+    at most ``max_depth`` folders deep (None: no limit), in sorted order.
+
+    Yields:
+        (Path, list of str): a folder and the names of the files in it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return
+    base = len(root.parts)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        depth = len(Path(dirpath).parts) - base
+        keep = max_depth is None or depth < max_depth
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if keep else []
+        yield Path(dirpath), sorted(f for f in filenames if not f.startswith("."))

@@ -41,6 +41,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from torchvision.utils import make_grid
 from torch import Tensor, nn
 
 __all__ = ["filter_grid", "filter_stats", "grid_layout"]
@@ -293,12 +294,14 @@ def filter_grid(
     th, tw = kh * scale, kw * scale
     n = len(tiles)
     _nrows, ncols, height, width = grid_layout(n, (th, tw), ncols, pad)
-    grid = np.full((height, width, 3), int(pad_value), dtype=np.uint8)
-    for j in range(n):
-        r, c = divmod(j, ncols)
-        y, x = pad + r * (th + pad), pad + c * (tw + pad)
-        grid[y : y + th, x : x + tw] = tiles[j]
-    return grid
+    chw = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2)
+    if n == 1:  # make_grid returns a single tile unpadded
+        grid = torch.nn.functional.pad(chw[0], (pad, pad, pad, pad), value=int(pad_value))
+    else:
+        grid = make_grid(chw, nrow=ncols, padding=pad, pad_value=int(pad_value))
+    out = grid.permute(1, 2, 0).numpy()
+    assert out.shape[:2] == (height, width)
+    return np.ascontiguousarray(out)
 
 
 def filter_stats(weight_or_layer: WeightLike) -> Dict[str, Any]:

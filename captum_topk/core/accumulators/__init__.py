@@ -1,9 +1,10 @@
 r"""Streaming accumulators: per-layer top-k (:mod:`.topk`), channel statistics (:mod:`.stats`),
 paired channel moments (:mod:`.moments`) and minibatch CKA (:mod:`.cka`)."""
 
+from .base import Accumulator, AccumulatorCollection
 from .cka import MinibatchCKA, linear_cka
 from .moments import ChannelMoments
 from .stats import ChannelStats, default_edges
-from .topk import LayerState
+from .topk import LayerState, TopKState
 
-__all__ = ["LayerState", "ChannelStats", "default_edges", "ChannelMoments", "MinibatchCKA", "linear_cka"]
+__all__ = ["Accumulator", "AccumulatorCollection", "TopKState", "LayerState", "ChannelStats", "default_edges", "ChannelMoments", "MinibatchCKA", "linear_cka"]

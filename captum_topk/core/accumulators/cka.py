@@ -23,10 +23,12 @@ constant vector.
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+from .base import Accumulator
 
 __all__ = [
     "gram_linear",
@@ -134,7 +136,7 @@ def linear_cka(x: Tensor, y: Tensor) -> Tensor:
     return cross / (torch.linalg.matrix_norm(x.t() @ x) * torch.linalg.matrix_norm(y.t() @ y))
 
 
-class MinibatchCKA:
+class MinibatchCKA(Accumulator):
     r"""Streaming minibatch linear CKA of ``P`` representations against ``Q`` others.
 
     Feed the representations of each minibatch (the same images in all of them) with
@@ -194,8 +196,7 @@ class MinibatchCKA:
 
     def merge(self, other: "MinibatchCKA") -> "MinibatchCKA":
         r"""Add the batches of another accumulator (other images); returns self."""
-        if (other.num_a, other.num_b) != (self.num_a, self.num_b):
-            raise ValueError("Cannot merge CKA accumulators of different shapes.")
+        self._check_mergeable(other, "num_a", "num_b")
         self.hsic_ab += other.hsic_ab
         self.hsic_aa += other.hsic_aa
         self.hsic_bb += other.hsic_bb
@@ -215,8 +216,22 @@ class MinibatchCKA:
         denom = torch.sqrt(torch.outer(self.hsic_aa, self.hsic_bb).clamp_min(0.0))
         return self.hsic_ab / denom
 
-    def state(self) -> Dict[str, object]:
-        r"""The accumulated sums (tensors and ints), e.g. to save with ``torch.save``."""
-        return {"hsic_ab": self.hsic_ab.clone(), "hsic_aa": self.hsic_aa.clone(),
-                "hsic_bb": self.hsic_bb.clone(), "batches": self.batches,
-                "examples": self.examples, "skipped": self.skipped}
+    def state_dict(self) -> Dict[str, Any]:
+        r"""The accumulated sums (tensors and ints), safe for ``torch.load(weights_only=True)``."""
+        return {"num_a": self.num_a, "num_b": self.num_b, "hsic_ab": self.hsic_ab.clone(),
+                "hsic_aa": self.hsic_aa.clone(), "hsic_bb": self.hsic_bb.clone(),
+                "batches": self.batches, "examples": self.examples, "skipped": self.skipped}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.num_a, self.num_b = int(state["num_a"]), int(state["num_b"])
+        self.hsic_ab = torch.as_tensor(state["hsic_ab"], dtype=torch.float64).clone()
+        self.hsic_aa = torch.as_tensor(state["hsic_aa"], dtype=torch.float64).clone()
+        self.hsic_bb = torch.as_tensor(state["hsic_bb"], dtype=torch.float64).clone()
+        if self.hsic_ab.shape != (self.num_a, self.num_b):
+            raise ValueError(f"MinibatchCKA state: hsic_ab has shape {tuple(self.hsic_ab.shape)}.")
+        self.batches, self.examples, self.skipped = (int(state["batches"]), int(state["examples"]),
+                                                     int(state["skipped"]))
+
+    @classmethod
+    def _empty_from_state(cls, state: Mapping[str, Any]) -> "MinibatchCKA":
+        return cls(int(state["num_a"]), int(state["num_b"]))

@@ -1,55 +1,88 @@
-r"""Streaming per-channel co-moments of paired activations (two models on the same images): Pearson correlation per channel.
+r"""Streaming per-channel co-moments of paired activations (two models on the same images):
+the Pearson correlation of each channel of A with the same channel of B.
+
+Samples are every (image, position) of a channel. A batch's moments are folded in with Chan et
+al.'s pairwise formulas in float64 (the same combination merges two shards), so the result does
+not depend on how the data is batched or sharded and stays accurate for large means.
 """
 
 from __future__ import annotations
 
+from typing import Any, Dict, Mapping
+
 import torch
 from torch import Tensor
 
+from .base import Accumulator
+
+__all__ = ["ChannelMoments"]
+
+_MOMENTS = ("mean_a", "mean_b", "m2_a", "m2_b", "c_ab")
 
 
-class ChannelMoments:
+class ChannelMoments(Accumulator):
     r"""Streaming per-channel means, variances and covariance of paired activations.
-
-    Samples are every (image, position) of a channel; updates merge batch moments with
-    Chan et al.'s pairwise formulas in float64, so the result does not depend on how the
-    data is batched and stays accurate for large means.
 
     Args:
         channels (int): ``C``.
+
+    Example::
+
+        >>> mom = ChannelMoments(16)
+        >>> mom.update(acts_a, acts_b)      # (N, 16, H, W) each, the same images
+        >>> mom.compute().shape              # correlation per channel
+        torch.Size([16])
     """
 
     def __init__(self, channels: int) -> None:
+        self.channels = int(channels)
+        self.reset()
+
+    def reset(self) -> None:
         self.n = 0
-        z = lambda: torch.zeros(channels, dtype=torch.float64)  # noqa: E731
-        self.mean_a, self.mean_b, self.m2_a, self.m2_b, self.c_ab = z(), z(), z(), z(), z()
+        for name in _MOMENTS:
+            setattr(self, name, torch.zeros(self.channels, dtype=torch.float64))
 
     def update(self, a: Tensor, b: Tensor) -> None:
         r"""Add a batch: ``a`` and ``b`` are ``(N, C, ...)`` activations of the same images."""
         if a.shape != b.shape:
             raise ValueError(f"Paired activations need the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
+        if a.shape[1] != self.channels:
+            raise ValueError(f"Expected {self.channels} channels, got {a.shape[1]}.")
         c = a.shape[1]
-        xa = a.detach().double().transpose(0, 1).reshape(c, -1)
-        xb = b.detach().double().transpose(0, 1).reshape(c, -1)
+        xa = a.detach().double().transpose(0, 1).reshape(c, -1).cpu()
+        xb = b.detach().double().transpose(0, 1).reshape(c, -1).cpu()
         m = xa.shape[1]
         if m == 0:
             return
         ma, mb = xa.mean(1), xb.mean(1)
         da, db = xa - ma[:, None], xb - mb[:, None]
-        m2a, m2b, cab = (da * da).sum(1), (db * db).sum(1), (da * db).sum(1)
+        self._combine(m, ma, mb, (da * da).sum(1), (db * db).sum(1), (da * db).sum(1))
+
+    def _combine(self, m: int, ma: Tensor, mb: Tensor, m2a: Tensor, m2b: Tensor, cab: Tensor) -> None:
+        """Chan et al.'s pairwise combination with ``m`` more samples of the given moments."""
         n = self.n
         tot = n + m
+        if tot == 0:
+            return
         delta_a, delta_b = ma - self.mean_a, mb - self.mean_b
         w = n * m / tot
-        self.mean_a += delta_a * (m / tot)
-        self.mean_b += delta_b * (m / tot)
-        self.m2_a += m2a + delta_a * delta_a * w
-        self.m2_b += m2b + delta_b * delta_b * w
-        self.c_ab += cab + delta_a * delta_b * w
+        self.mean_a = self.mean_a + delta_a * (m / tot)
+        self.mean_b = self.mean_b + delta_b * (m / tot)
+        self.m2_a = self.m2_a + m2a + delta_a * delta_a * w
+        self.m2_b = self.m2_b + m2b + delta_b * delta_b * w
+        self.c_ab = self.c_ab + cab + delta_a * delta_b * w
         self.n = tot
 
+    def merge(self, other: "ChannelMoments") -> "ChannelMoments":
+        r"""Fold in the moments of other images (exact up to float64 rounding); returns self."""
+        self._check_mergeable(other, "channels")
+        self._combine(other.n, other.mean_a, other.mean_b, other.m2_a, other.m2_b, other.c_ab)
+        return self
+
     def correlation(self) -> Tensor:
-        r"""``(C,)`` Pearson correlations, with the constant-channel rules of the module doc."""
+        r"""``(C,)`` Pearson correlations. A channel constant over the data in both models gets 1
+        when the two constants are equal, else 0; constant in only one model: 0."""
         denom = torch.sqrt(self.m2_a * self.m2_b)
         r = torch.where(denom > 0, self.c_ab / denom.clamp_min(1e-300), torch.zeros_like(denom))
         const_a = self.m2_a <= 1e-24 * (1 + self.mean_a.abs() ** 2) * max(self.n, 1)
@@ -59,3 +92,23 @@ class ChannelMoments:
         r = torch.where(both, same.double(), r)
         r = torch.where(const_a ^ const_b, torch.zeros_like(r), r)
         return r.clamp(-1.0, 1.0)
+
+    def compute(self) -> Tensor:
+        r"""The ``(C,)`` correlations (:meth:`correlation`)."""
+        return self.correlation()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"channels": self.channels, "n": self.n,
+                **{name: getattr(self, name).clone() for name in _MOMENTS}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.channels, self.n = int(state["channels"]), int(state["n"])
+        for name in _MOMENTS:
+            t = torch.as_tensor(state[name], dtype=torch.float64).clone()
+            if t.shape != (self.channels,):
+                raise ValueError(f"ChannelMoments state: {name} has shape {tuple(t.shape)}, expected ({self.channels},).")
+            setattr(self, name, t)
+
+    @classmethod
+    def _empty_from_state(cls, state: Mapping[str, Any]) -> "ChannelMoments":
+        return cls(int(state["channels"]))

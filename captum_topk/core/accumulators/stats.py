@@ -20,10 +20,12 @@ to each channel; a 2-D ``(N, C)`` layer adds ``N``.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
+
+from .base import Accumulator
 
 __all__ = ["ChannelStats", "default_edges", "label_histogram", "DEFAULT_BINS", "DEFAULT_RANGE"]
 
@@ -67,7 +69,7 @@ def _as_edges(edges: EdgesLike) -> Tensor:
     return e.contiguous()
 
 
-class ChannelStats:
+class ChannelStats(Accumulator):
     r"""
     Streaming statistics of every channel of one layer over a dataset.
 
@@ -139,11 +141,14 @@ class ChannelStats:
                 setattr(self, name, getattr(self, name).to(device))
 
     @torch.no_grad()
-    def update(self, acts: Tensor) -> "ChannelStats":
+    def update(self, acts: Tensor, indices: Optional[Tensor] = None) -> "ChannelStats":
         r"""Fold one batch of activations into the statistics.
 
         Args:
             acts (Tensor): (N, C, H, W) feature maps or (N, C) vectors of this layer.
+            indices (Tensor, optional): the images' global indices (unused: statistics do not
+                depend on which images they are; accepted so that one call feeds every
+                accumulator of a layer).
         Returns:
             self
         """
@@ -192,11 +197,7 @@ class ChannelStats:
         Raises:
             ValueError: when channels or edges differ.
         """
-        if other.channels != self.channels or not torch.equal(other.edges, self.edges):
-            raise ValueError(
-                "Cannot merge ChannelStats with different channels or histogram edges: mine "
-                "every shard with the same stats edges."
-            )
+        self._check_mergeable(other, "channels", "edges")
         device = self.hist.device
         self.hist += other.hist.to(device)
         self.sum += other.sum.to(device)
@@ -209,6 +210,15 @@ class ChannelStats:
 
     def clone(self) -> "ChannelStats":
         return ChannelStats.from_payload(self.to_payload())
+
+    def compute(self) -> Dict[str, Tensor]:
+        r"""The statistics as tensors: ``mean`` (C,), ``fraction_positive`` (C,), ``counts``
+        (C, B), ``underflow`` / ``overflow`` / ``count`` / ``nan_count`` (C,), ``min`` / ``max``
+        (C,), ``edges`` (B + 1,)."""
+        return {"mean": self.mean, "fraction_positive": self.fraction_positive, "counts": self.counts,
+                "underflow": self.underflow, "overflow": self.overflow, "count": self.count,
+                "nan_count": self.nan_count, "min": self.min.cpu().clone(), "max": self.max.cpu().clone(),
+                "edges": self.edges.clone()}
 
     # ------------------------------------------------------------------ read-out
     @property
@@ -256,6 +266,18 @@ class ChannelStats:
         return self.counts.to(torch.float64) / cnt / widths
 
     # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> Dict[str, Tensor]:
+        r"""The state as a dict of CPU tensors (``torch.load(weights_only=True)``-safe)."""
+        return self.to_payload()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        other = ChannelStats.from_payload(dict(state))
+        self.__dict__.update(other.__dict__)
+
+    @classmethod
+    def _empty_from_state(cls, state: Mapping[str, Any]) -> "ChannelStats":
+        return cls(int(torch.as_tensor(state["hist"]).shape[0]), edges=state["edges"])
+
     def to_payload(self) -> Dict[str, Tensor]:
         r"""The state as a dict of CPU tensors (``torch.load(weights_only=True)``-safe)."""
         return {

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from .base import Accumulator
+
+__all__ = ["TopKState", "LayerState"]
+
 _EMPTY = -1
+_SIDES = ("top", "bottom")
+_FIELDS = ("values", "index", "y", "x")
 
 
 def _select(values: Tensor, key: Tensor, k: int) -> Tensor:
@@ -52,13 +58,27 @@ def _first_k_of_rows(values: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     return torch.gather(values, 1, cols), cols
 
 
-@dataclass
-class LayerState:
-    r"""Top-k and bottom-k of every channel of one layer.
+@dataclass(eq=False)
+class TopKState(Accumulator):
+    r"""Top-k and bottom-k of every channel of one layer: an :class:`~.base.Accumulator`.
 
     All tensors are (C, k): ``values`` float32 (``-inf`` marks an empty slot in ``top`` and
     ``+inf`` in ``bottom``), ``index`` int64 (position of the image in iteration order,
-    -1 when empty), ``y`` and ``x`` int64 positions in the layer's output grid.
+    -1 when empty), ``y`` and ``x`` int64 positions in the layer's output grid, in
+    :attr:`tensors` under ``"{top,bottom}_{values,index,y,x}"``.
+
+    Args:
+        k (int): slots per channel and side.
+        channels (int): C.
+        spatial (bool): the layer has a grid ((N, C, H, W) activations) rather than (N, C).
+        distinct_images (bool): one slot per image per channel (its best position).
+
+    Example::
+
+        >>> state = TopKState(k=2, channels=3, spatial=True)
+        >>> state.update(torch.randn(4, 3, 5, 5), torch.arange(4))
+        >>> state.compute()["top_index"].shape
+        torch.Size([3, 2])
     """
 
     k: int
@@ -71,11 +91,22 @@ class LayerState:
 
     def __post_init__(self) -> None:
         if not self.tensors:
-            shape = (self.channels, self.k)
-            for side, fill in (("top", float("-inf")), ("bottom", float("inf"))):
-                self.tensors[f"{side}_values"] = torch.full(shape, fill)
-                for name in ("index", "y", "x"):
-                    self.tensors[f"{side}_{name}"] = torch.full(shape, _EMPTY, dtype=torch.int64)
+            self.reset()
+
+    def reset(self) -> None:
+        r"""Empty every slot (the settings are kept)."""
+        shape = (self.channels, self.k)
+        self.tensors = {}
+        for side, fill in (("top", float("-inf")), ("bottom", float("inf"))):
+            self.tensors[f"{side}_values"] = torch.full(shape, fill)
+            for name in ("index", "y", "x"):
+                self.tensors[f"{side}_{name}"] = torch.full(shape, _EMPTY, dtype=torch.int64)
+        self.nan_count = 0
+        self.out_size = None
+
+    def compute(self) -> Dict[str, Tensor]:
+        r"""The slots: ``(C, k)`` tensors ``{top,bottom}_{values,index,y,x}`` (copies)."""
+        return {name: t.clone() for name, t in self.tensors.items()}
 
     # ------------------------------------------------------------------ update
     def update(self, acts: Tensor, indices: Tensor) -> None:
@@ -166,12 +197,13 @@ class LayerState:
         )
 
     # ------------------------------------------------------------------ merge
-    def merge(self, other: "LayerState") -> None:
-        r"""Fold another state over disjoint images into this one (exact, order-free)."""
-        if (other.k, other.channels, other.spatial, other.distinct_images) != (
-            self.k, self.channels, self.spatial, self.distinct_images
-        ):
-            raise ValueError("Cannot merge states mined with different k / channels / options.")
+    def merge(self, other: "TopKState") -> "TopKState":
+        r"""Fold another state over disjoint images into this one (exact, order-free).
+
+        Returns:
+            self
+        """
+        self._check_mergeable(other, "k", "channels", "spatial", "distinct_images")
         if self.out_size is None:
             self.out_size = other.out_size
         for side in ("top", "bottom"):
@@ -181,14 +213,48 @@ class LayerState:
                    for name in ("values", "index", "y", "x")}
             self._store(side, cat["values"] * sign, cat["index"], cat["y"], cat["x"])
         self.nan_count += other.nan_count
+        return self
 
     def live_indices(self) -> Tensor:
         r"""Sorted unique image indices referenced by any slot."""
         idx = torch.cat([self.tensors["top_index"].flatten(), self.tensors["bottom_index"].flatten()])
         return torch.unique(idx[idx >= 0])
 
-    def clone(self) -> "LayerState":
-        return LayerState(
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "k": self.k, "channels": self.channels, "spatial": self.spatial,
+            "distinct_images": self.distinct_images, "nan_count": self.nan_count,
+            "out_size": list(self.out_size) if self.out_size else None,
+            "tensors": {name: t.clone().contiguous() for name, t in self.tensors.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        shape = (int(state["channels"]), int(state["k"]))
+        tensors = dict(state["tensors"])
+        want = {f"{side}_{f}" for side in _SIDES for f in _FIELDS}
+        if set(tensors) != want or any(tuple(t.shape) != shape for t in tensors.values()):
+            raise ValueError(f"Not a top-k state of {shape[0]} channels x k={shape[1]}: "
+                             f"tensors {sorted(tensors)} with shapes {[tuple(t.shape) for t in tensors.values()]}.")
+        self.k, self.channels = shape[1], shape[0]
+        self.spatial, self.distinct_images = bool(state["spatial"]), bool(state["distinct_images"])
+        self.tensors = {name: (t.float() if name.endswith("values") else t.long()).clone()
+                        for name, t in tensors.items()}
+        self.nan_count = int(state.get("nan_count", 0))
+        out = state.get("out_size")
+        self.out_size = (int(out[0]), int(out[1])) if out else None
+
+    @classmethod
+    def _empty_from_state(cls, state: Mapping[str, Any]) -> "TopKState":
+        return cls(int(state["k"]), int(state["channels"]), bool(state["spatial"]),
+                   bool(state["distinct_images"]))
+
+    def clone(self) -> "TopKState":
+        return TopKState(
             self.k, self.channels, self.spatial, self.distinct_images,
             {n: t.clone() for n, t in self.tensors.items()}, self.nan_count, self.out_size,
         )
+
+
+#: The name of the first version.
+LayerState = TopKState

@@ -1,0 +1,7 @@
+r"""Activation sources (:mod:`.base`): the protocol and :class:`LayerInfo`; the PyTorch
+hooks source (:mod:`.torch`). The ONNX Runtime source lives in :mod:`captum_topk.onnx.source`."""
+
+from .base import LAYOUTS, ActivationSource, LayerInfo
+from .torch import TorchSource
+
+__all__ = ["ActivationSource", "LayerInfo", "LAYOUTS", "TorchSource"]

@@ -1,0 +1,149 @@
+r"""What a run mines: :class:`RunSpec`, one format for the CLI and the dashboard.
+
+A spec names the model (a built-in, a torchvision architecture with a checkpoint, a checkpoint
+path, or an ONNX file), the data, the layers and the options. :meth:`RunSpec.resolve` adds
+what the files say: the SHA-1 of the weights (``weights_sha1``: a checkpoint replaced under the
+same name is another model) and the data fingerprint (``data_fingerprint``: sorted relative
+paths, sizes and modification times of the images). Two resolved specs are equal exactly when
+a finished run of one is a valid result of the other; ``--resume`` and the dashboard's reuse
+compare them and say what differs (:meth:`RunSpec.differences`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from ..models.registry import DEFAULT_MODEL
+from ..utils.files import file_digest
+from ..utils.naming import slug
+from .datasets import data_fingerprint, describe_data
+
+__all__ = ["RunSpec", "RUN_FORMAT", "BACKENDS"]
+
+RUN_FORMAT = "captum-topk-run/2"
+#: Mining backends: PyTorch eager (hooks) or ONNX Runtime ("auto" picks, see runs.backend).
+BACKENDS = ("torch", "onnxruntime")
+_RESOLVED = ("weights_sha1", "data_fingerprint")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    r"""Everything that decides a run's result.
+
+    Attributes:
+        model (str): built-in name (:func:`captum_topk.models.list_models`), torchvision
+            architecture, or checkpoint path; ignored when ``onnx`` is set.
+        checkpoint (str, optional): weights file for ``model`` (absolute path).
+        onnx (str, optional): an ONNX file (absolute path), mined with ONNX Runtime.
+        layers (tuple of str): layer names (tensor names for ONNX).
+        data (str, optional): image folder / ImageNet val folder (absolute path); None: the
+            packaged photos.
+        k (int): records per channel.
+        batch_size (int): images per batch (also the unit of sharding and resuming).
+        input_size (int, optional): crop size instead of the model's own.
+        max_images (int, optional): mine only the first images.
+        distinct_images (bool): one record per image per channel.
+        stats_bins (int): histogram bins over [-16, 16] for per-channel statistics; 0: none.
+        backend (str): ``"torch"`` or ``"onnxruntime"``.
+        half (bool): float16 forward (GPU only).
+        world_size (int): processes (torchrun); a resumed run needs the same.
+        weights_sha1 (str, optional): SHA-1 of the checkpoint / ONNX / model file (resolved).
+        data_fingerprint (str, optional): of the image files (resolved).
+    """
+
+    model: str = DEFAULT_MODEL
+    checkpoint: Optional[str] = None
+    onnx: Optional[str] = None
+    layers: Tuple[str, ...] = ()
+    data: Optional[str] = None
+    k: int = 9
+    batch_size: int = 32
+    input_size: Optional[int] = None
+    max_images: Optional[int] = None
+    distinct_images: bool = True
+    stats_bins: int = 64
+    backend: str = "torch"
+    half: bool = False
+    world_size: int = 1
+    weights_sha1: Optional[str] = None
+    data_fingerprint: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(str(v) for v in self.layers))
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}.")
+        if self.onnx and self.backend != "onnxruntime":
+            object.__setattr__(self, "backend", "onnxruntime")
+        for name in ("k", "batch_size", "world_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.max_images is not None and (not isinstance(self.max_images, int) or self.max_images < 1):
+            raise ValueError(f"max_images must be a positive integer or None, got {self.max_images!r}.")
+        if not isinstance(self.stats_bins, int) or self.stats_bins < 0:
+            raise ValueError(f"stats_bins must be >= 0, got {self.stats_bins!r}.")
+
+    # ------------------------------------------------------------------ identity
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
+        r"""A spec from :meth:`to_dict` (unknown keys are ignored, missing ones default)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: (tuple(v) if k == "layers" else v) for k, v in d.items() if k in names})
+
+    def key(self) -> str:
+        r"""A short hash of the settings (not of the resolved digests): the folder name's tail."""
+        d = {k: v for k, v in self.to_dict().items() if k not in _RESOLVED}
+        return hashlib.sha1(json.dumps({**d, "format": RUN_FORMAT}, sort_keys=True).encode()).hexdigest()[:8]
+
+    def run_name(self) -> str:
+        r"""A folder name: ``<model>-<data>-<hash>``."""
+        what = Path(self.onnx).stem + "-onnx" if self.onnx else (Path(self.model).stem if self.model else "checkpoint")
+        if self.checkpoint and not self.onnx:
+            what += "+" + Path(self.checkpoint).stem
+        data = Path(self.data).name if self.data else "demo"
+        return f"{slug(what, keep='_.+-', max_len=48, sep='-')}-{slug(data, keep='_.-', max_len=48, sep='-')}-{self.key()}"
+
+    # ------------------------------------------------------------------ files
+    def weights_file(self) -> Optional[str]:
+        r"""The file whose bytes are the weights: the ONNX file, the checkpoint, or a model
+        given as a checkpoint path; None for built-in weights."""
+        if self.onnx:
+            return self.onnx
+        if self.checkpoint:
+            return self.checkpoint
+        return self.model if self.model and Path(self.model).is_file() else None
+
+    def resolve(self) -> "RunSpec":
+        r"""This spec with ``weights_sha1`` and ``data_fingerprint`` read from the files now."""
+        weights = self.weights_file()
+        return dataclasses.replace(
+            self, weights_sha1=file_digest(weights) if weights else None,
+            data_fingerprint=data_fingerprint(describe_data(self.data)))
+
+    def differences(self, other: "RunSpec") -> Dict[str, Tuple[Any, Any]]:
+        r"""``{field: (self's, other's)}`` for every field that differs."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+    def explain(self, other: "RunSpec") -> str:
+        r"""Why a run of ``self`` is not a run of ``other``, in words."""
+        diff = self.differences(other)
+        words = []
+        if "weights_sha1" in diff:
+            words.append("the weights file changed since (same name, other bytes)")
+        if "data_fingerprint" in diff:
+            words.append("the images changed since (files added, removed or modified)")
+        rest = {k: v for k, v in diff.items() if k not in _RESOLVED}
+        if rest:
+            words.append("other settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in rest.items()))
+        return "; ".join(words) or "nothing"
