@@ -275,13 +275,17 @@ def test_label_histogram_of_top_k_images():
     model = _net()
     images, labels = _data(n=19, seed=8)
     result = LayerTopKPatches(model, ["3", "5"], k=4).mine(_batches(images, labels, 6), progress=False)
+    with pytest.raises(ValueError, match="num_classes="):  # never guessed from the labels seen
+        result.label_histogram("3")
+    result.metadata["categories"] = ["a", "b", "c", "d"]  # as the run layer records the model's
+    assert result.label_histogram("3", 0).shape == (4,)
     for layer in ("3", "5"):
-        full = result.label_histogram(layer)
+        full = result.label_histogram(layer, num_classes=3)
         assert full.shape == (result.num_channels(layer), 3)
         for c in range(result.num_channels(layer)):
             expected = [0, 0, 0]
             for i in result.indices(layer)[c].tolist():  # brute force from the raw index table
                 expected[int(labels[i])] += 1
             assert full[c].tolist() == expected
-            assert result.label_histogram(layer, c).tolist() == expected
+            assert result.label_histogram(layer, c, num_classes=3).tolist() == expected
             assert label_histogram(result, layer, c, "bottom", num_classes=5).sum() == 4

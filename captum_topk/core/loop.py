@@ -66,6 +66,9 @@ def feed(
     """
     if isinstance(data, Tensor):
         data = [data[i : i + batch_size] for i in range(0, data.shape[0], batch_size)]
+    classes = getattr(getattr(data, "dataset", data), "classes", None)
+    if classes and hasattr(miner, "categories") and miner.categories is None:
+        miner.categories = [str(c) for c in classes]  # the data's class names (label_histogram)
     total = count_images(data)
     if max_images is not None:
         total = min(total, max_images) if total is not None else max_images

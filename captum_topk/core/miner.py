@@ -174,6 +174,7 @@ class LayerTopKPatches(LayerAttribution):
         self._layer_meta: Dict[str, Dict[str, Any]] = {}
         self._images: Dict[int, Dict[str, Any]] = {}
         self._skipped: List[List[str]] = []
+        self.categories: Optional[List[str]] = None  # class names of the labels, when known
         self._n = 0  # images seen
         self._next = 0  # default index of the next image
 
@@ -306,6 +307,7 @@ class LayerTopKPatches(LayerAttribution):
             "attribute_to_layer_input": self.attribute_to_layer_input,
             "stats": sorted(self._stats_edges or {}),
             "skipped": [list(s) for s in self._skipped],
+            **({"categories": list(self.categories)} if self.categories else {}),
             "captum_topk_version": __version__,
         }
 
@@ -383,6 +385,7 @@ class LayerTopKPatches(LayerAttribution):
         self._fields = {n: dict(per) for n, per in snap.receptive_fields.items()}
         self._images = dict(snap.images)
         self._skipped = [list(s) for s in snap.metadata.get("skipped", [])]
+        self.categories = snap.metadata.get("categories")
         self._n = snap.n_images
         self._next = max([snap.n_images, *(i + 1 for i in snap.images)])
 

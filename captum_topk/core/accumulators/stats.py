@@ -335,8 +335,8 @@ def label_histogram(
         channel (int, optional): one channel; default: every channel.
         which (str): "top" or "bottom".
         num_classes (int, optional): length of the histogram; default: the number of
-            ``metadata["categories"]`` when the result has them, else the largest label of
-            the result's images + 1 (the same length for every channel).
+            ``metadata["categories"]``: the model's classes (runs record them) or the mined
+            dataset's ``classes`` (recorded by ``mine``). Never guessed from the labels seen.
     Returns:
         Tensor: (num_classes,) int64 counts for one channel, (C, num_classes) for all.
     Example::
@@ -347,9 +347,12 @@ def label_histogram(
     labels = [[r.label for r in result.records(layer, c, which) if r.label >= 0] for c in channels]
     if num_classes is None:
         cats = (getattr(result, "metadata", None) or {}).get("categories")
-        known = [int(v.get("label", -1)) for v in getattr(result, "images", {}).values()]
-        seen = max([*known, *(max(ls) for ls in labels if ls)], default=-1)
-        num_classes = max(len(cats) if cats else 0, seen + 1)
+        if not cats:
+            raise ValueError(
+                "The number of classes is unknown (the result records no categories): pass "
+                "num_classes=, e.g. len(dataset.classes) or the model's output size."
+            )
+        num_classes = len(cats)
     out = torch.zeros(len(channels), max(int(num_classes), 0), dtype=torch.int64)
     for row, ls in enumerate(labels):
         for lab in ls:
