@@ -29,7 +29,7 @@ from .accumulators.topk import TopKState
 from .loop import feed
 from .result import TopKResult
 from .sources.base import ActivationSource, LayerInfo
-from .sources.torch import TorchSource
+from .sources.torch import PREFIX_SUFFIX, TorchSource
 
 StatsSpec = Union[bool, None, Sequence[float], Tensor, Dict[str, Any]]
 
@@ -67,6 +67,9 @@ class LayerTopKPatches(LayerAttribution):
         distinct_images: bool = True,
         attribute_to_layer_input: bool = False,
         stats: StatsSpec = False,
+        layout: Union[str, Dict[str, str]] = "auto",
+        token_grid: Optional[Tuple[int, int]] = None,
+        prefix_tokens: Optional[int] = None,
     ) -> None:
         r"""
         Args:
@@ -88,6 +91,15 @@ class LayerTopKPatches(LayerAttribution):
                 ``True`` uses the default edges (64 bins over [-16, 16]); a 1-D sequence /
                 tensor gives the bin edges of every layer; a dict maps layer names to edges
                 (``True`` / None for the default). Default False: mining stays at forward speed.
+            layout (str or dict): the layers' output layout: ``"auto"`` (default), ``"NCHW"``,
+                ``"NHWC"`` (channels-last maps: ConvNeXt block internals, Swin stages),
+                ``"NLC"`` (tokens of ViT-style encoders) or ``"NC"``; one for all layers or a
+                dict by layer name. Every layout is mined as its ``(N, C, h, w)`` /
+                ``(N, C)`` equivalent; see :class:`~captum_topk.core.sources.torch.TorchSource`.
+            token_grid (tuple of int, optional): ``(h, w)`` patch grid of token layers whose
+                model does not expose it.
+            prefix_tokens (int, optional): class / distillation / register tokens before the
+                patches; they are mined as a layer of their own, ``"<layer>[prefix]"``.
         Raises:
             TypeError: ``device_ids`` given as an int (``LayerTopKPatches(model, layer, 3)``:
                 ``k`` is keyword-only: write ``k=3``).
@@ -100,7 +112,8 @@ class LayerTopKPatches(LayerAttribution):
         """
         _check_device_ids(device_ids)
         source = TorchSource(forward_func, layer, device_ids=device_ids,
-                             attribute_to_layer_input=attribute_to_layer_input)
+                             attribute_to_layer_input=attribute_to_layer_input, layout=layout,
+                             token_grid=token_grid, prefix_tokens=prefix_tokens)
         modules = source.modules
         LayerAttribution.__init__(self, forward_func, modules[0] if _single(layer) else modules, device_ids)
         self._bind(source, k=k, distinct_images=distinct_images, stats=stats, single=_single(layer))
@@ -178,12 +191,15 @@ class LayerTopKPatches(LayerAttribution):
         self._n = 0  # images seen
         self._next = 0  # default index of the next image
 
+    def _gathers_stats(self, name: str) -> bool:
+        return self._stats_edges is not None and _base(name) in self._stats_edges
+
     def _accumulators(self, info: LayerInfo) -> AccumulatorCollection:
         acc = self._acc.get(info.name)
         if acc is None:
             members = {"topk": TopKState(self.k, info.channels, info.spatial, self.distinct_images)}
-            if self._stats_edges is not None and info.name in self._stats_edges:
-                members["stats"] = ChannelStats(info.channels, self._stats_edges[info.name])
+            if self._gathers_stats(info.name):
+                members["stats"] = ChannelStats(info.channels, self._stats_edges[_base(info.name)])
             acc = self._acc[info.name] = AccumulatorCollection(members)
             self._layer_meta[info.name] = info.describe()
         elif acc["topk"].channels != info.channels:
@@ -254,8 +270,8 @@ class LayerTopKPatches(LayerAttribution):
         idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
         n = int(idx.numel())
         size = None
-        for name in self.layer_names:
-            act, info = activations[name], infos[name]
+        for name, act in activations.items():
+            info = infos[name]
             size = tuple(info.input_size)
             if act.shape[0] != n:
                 raise ValueError(f"{n} indices for {act.shape[0]} activations of {name!r}.")
@@ -352,14 +368,14 @@ class LayerTopKPatches(LayerAttribution):
     def _check_stats(self, snap: TopKResult) -> None:
         r"""Statistics can only be combined exactly when both sides gathered them, with the
         same edges, over all their images."""
-        unknown = set(snap.states) - set(self.layer_names)
+        unknown = {_base(n) for n in snap.states} - set(self.layer_names)
         if unknown:
             raise ValueError(f"The state holds layers {sorted(snap.states)} but this miner mines "
                              f"{self.layer_names}.")
         if snap.states and snap.k != self.k:
             raise ValueError(f"The state was mined with k={snap.k}, this miner has k={self.k}.")
         for name in snap.states:
-            wanted = self._stats_edges is not None and name in self._stats_edges
+            wanted = self._gathers_stats(name)
             cs = snap.channel_stats.get(name)
             if wanted and cs is None:
                 raise ValueError(
@@ -368,7 +384,7 @@ class LayerTopKPatches(LayerAttribution):
                     "the same stats option for every shard / resumed run."
                 )
             if wanted:
-                edges = self._stats_edges[name]
+                edges = self._stats_edges[_base(name)]
                 edges = edges if edges is not None else ChannelStats(1).edges
                 if not torch.equal(cs.edges, edges):
                     raise ValueError(f"Statistics of {name!r} were gathered with other histogram edges.")
@@ -378,7 +394,7 @@ class LayerTopKPatches(LayerAttribution):
         self.reset()
         for name, st in snap.states.items():
             members = {"topk": st.clone()}
-            if self._stats_edges is not None and name in self._stats_edges:
+            if self._gathers_stats(name):
                 members["stats"] = snap.channel_stats[name].clone()
             self._acc[name] = AccumulatorCollection(members)
             self._layer_meta[name] = dict(snap.layer_info.get(name) or {})
@@ -442,12 +458,19 @@ class LayerTopKPatches(LayerAttribution):
         if reset:
             self.reset()
         self._progress = progress
+        if hasattr(self.source, "progress"):
+            self.source.progress = bool(progress)  # the receptive-field bar of the first batch
         save = (lambda: self.save_state(snapshot_path)) if snapshot_path is not None else None
         feed(self, data, additional_forward_args=additional_forward_args, batch_size=batch_size,
              progress=progress, max_images=max_images, snapshot=save, snapshot_every=snapshot_every)
         if save is not None and self._n:
             save()
         return self.compute() if finalize else None
+
+
+def _base(name: str) -> str:
+    r"""The mined layer a result layer comes from (``"x[prefix]"`` -> ``"x"``)."""
+    return name[: -len(PREFIX_SUFFIX)] if name.endswith(PREFIX_SUFFIX) else name
 
 
 def _single(layer: Any) -> bool:

@@ -29,6 +29,10 @@ class PatchRecord:
         image_id (str or None): the image's id / path when the data provided one.
         input_size (tuple[int, int]): (H, W) of the model input the box refers to.
         which (str): "top" or "bottom".
+        box_kind (str): what ``box`` is: ``"receptive_field"`` (the exact receptive field of a
+            convolutional position), ``"token"`` (the patch footprint of a ViT token: after
+            global attention its receptive field is the whole image) or ``"image"`` (a vector
+            layer or a prefix token: the whole image).
     """
 
     layer: str
@@ -43,6 +47,7 @@ class PatchRecord:
     image_id: Optional[str] = None
     input_size: Tuple[int, int] = (0, 0)
     which: str = "top"
+    box_kind: str = "receptive_field"
 
 
 ImageSource = Union[Tensor, Sequence[Any], Callable[[int], Any]]

@@ -48,6 +48,17 @@ class TopKResult:
     def num_channels(self, layer: str) -> int:
         return self._state(layer).channels
 
+    def layout(self, layer: str) -> str:
+        r"""The layer's raw output layout: ``"NCHW"``, ``"NHWC"``, ``"NLC"`` or ``"NC"``."""
+        self._state(layer)
+        return str(self.layer_info.get(layer, {}).get("layout", "NCHW"))
+
+    def box_kind(self, layer: str) -> str:
+        r"""What the layer's boxes are: ``"receptive_field"``, ``"token"`` (patch footprints) or
+        ``"image"`` (see :class:`PatchRecord`)."""
+        state = self._state(layer)
+        return str(self.layer_info.get(layer, {}).get("box_kind", "receptive_field" if state.spatial else "image"))
+
     def _state(self, layer: str) -> TopKState:
         if layer not in self.states:
             raise KeyError(f"Layer {layer!r} was not mined; mined layers: {', '.join(self.states)}.")
@@ -108,6 +119,7 @@ class TopKResult:
                     image_id=info.get("id"),
                     input_size=tuple(info.get("size", (0, 0))),
                     which=side,
+                    box_kind=self.box_kind(layer),
                 )
             )
         return out
@@ -184,6 +196,18 @@ class TopKResult:
         r"""Label counts of a channel's top-k images: (num_classes,), or (C, num_classes) for
         every channel. See :func:`captum_topk.stats.label_histogram`."""
         return label_histogram(self, layer, channel, which, num_classes)
+
+    def activation_maps(self, images_source: ImageSource, layer: str, channel: int, model: Any = None,
+                        which: str = "top", n: Optional[int] = None, transform: Optional[Callable] = None) -> Tensor:
+        r"""``(n, h, w)`` raw maps of a channel on its records' images (``maps[i, y, x]`` is record
+        i's value at its position). See :func:`captum_topk.core.activation_maps.activation_maps`.
+
+        Example::
+            >>> maps = result.activation_maps(dataset, "features.7", 12, model=model)   # (9, 28, 28)
+        """
+        from .activation_maps import activation_maps
+
+        return activation_maps(self, images_source, layer, channel, model, which, n, transform)
 
     def neurons(self, layer: str, channel: int, which: str = "top", n: Optional[int] = None) -> List[Any]:
         r"""``(record, neuron_selector)`` pairs of a channel, for any Captum neuron method.

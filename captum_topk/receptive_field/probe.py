@@ -147,6 +147,7 @@ def receptive_fields(
     in_channels: int | None = None,
     cache: bool = True,
     progress: bool = True,
+    channels_last: Sequence[LayerSpec] = (),
 ) -> Dict[str, ReceptiveField]:
     r"""Receptive fields of several layers from one probe.
 
@@ -160,6 +161,9 @@ def receptive_fields(
         input_size (int or tuple of int): ``H`` or ``(H, W)`` of the model input.
         attribute_to_layer_input, batch_size, in_channels, cache: as in
             :func:`receptive_field`.
+        channels_last (sequence of str or nn.Module): layers among ``layers`` whose 4-D
+            output is ``(N, H, W, C)`` (ConvNeXt / Swin internals): their positions are read on
+            dimensions 1 and 2.
 
     Returns:
         dict of str to ReceptiveField: keyed by the dotted layer name, in the order given.
@@ -172,8 +176,10 @@ def receptive_fields(
         {'layer1': (43, 43), 'layer2': (99, 99), 'layer3': (128, 128)}
     """
     pairs = resolve_layers(model, layers)
+    last = {id(m) for _, m in resolve_layers(model, list(channels_last))} if channels_last else set()
     return _receptive_fields(
-        model, pairs, input_size, attribute_to_layer_input, batch_size, in_channels, cache, progress
+        model, pairs, input_size, attribute_to_layer_input, batch_size, in_channels, cache, progress,
+        frozenset(n for n, m in pairs if id(m) in last),
     )
 
 
@@ -186,6 +192,7 @@ def _receptive_fields(
     in_channels: int | None,
     cache: bool,
     progress: bool = True,
+    channels_last: frozenset = frozenset(),
 ) -> Dict[str, ReceptiveField]:
     if not callable(model):
         raise TypeError(f"model must be an nn.Module or a callable, got {type(model).__name__}.")
@@ -211,7 +218,7 @@ def _receptive_fields(
             signature += ":" + getattr(model, "__qualname__", repr(model))
         for name, _ in pairs:
             key = (signature, name, size, bool(attribute_to_layer_input), channels,
-                   device.type, dtype)
+                   device.type, dtype) + (("NHWC",) if name in channels_last else ())
             keys[name] = key
             with _CACHE_LOCK:
                 hit = _CACHE.get(key)
@@ -229,7 +236,7 @@ def _receptive_fields(
     if todo:
         _check_nan_propagation(device, dtype)
         fresh = _probe(model, scope, todo, size, channels, attribute_to_layer_input,
-                       int(batch_size), device, dtype, progress)
+                       int(batch_size), device, dtype, progress, channels_last)
         for name, rf in fresh.items():
             results[name] = rf
             if name in keys:
@@ -448,15 +455,18 @@ def _probe(
     device: torch.device,
     dtype: torch.dtype,
     progress: bool = True,
+    channels_last: frozenset = frozenset(),
 ) -> Dict[str, ReceptiveField]:
     modules = [m for _, m in pairs]
+    last = [name in channels_last for name, _ in pairs]
     total = 1 + size[0] + size[1]
 
     def forward(batch: Tensor) -> Sequence[Tensor]:
-        return run_capture(
+        outs = run_capture(
             model, modules, batch,
             attribute_to_layer_input=attribute_to_layer_input, stop_early=True,
         )
+        return [o.permute(0, 3, 1, 2) if nhwc and o.dim() == 4 else o for o, nhwc in zip(outs, last)]
 
     with tqdm(total=total, desc="receptive-field probe (cached per architecture and input size)",
               unit="img", disable=not progress or total < 4 * batch_size, leave=False) as bar:

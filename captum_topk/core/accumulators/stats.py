@@ -159,7 +159,7 @@ class ChannelStats(Accumulator):
                 f"(N, {self.channels}) activations, got {shape}."
             )
         n, c = acts.shape[0], self.channels
-        x = acts.detach().reshape(n, c, -1)
+        x = acts.detach().reshape(n, c, -1).contiguous()
         if x.dtype not in (torch.float32, torch.float64):
             x = x.float()
         if x.numel() == 0:
@@ -257,6 +257,35 @@ class ChannelStats(Accumulator):
         r"""(C,) float64 fraction of values > 0 per channel (how often the channel fires)."""
         cnt = self.count.to(torch.float64)
         return torch.where(cnt > 0, self.positive.cpu() / cnt.clamp(min=1), torch.full_like(cnt, float("nan")))
+
+    def quantile(self, q: float) -> Tensor:
+        r"""``(C,)`` float64 value below which a fraction ``q`` of each channel's values lie,
+        read off the histogram (linear inside the bin; values outside the edges count at the
+        edges). NetDissect thresholds a unit's activation map at its top quantile
+        (``q = 0.995``).
+
+        Args:
+            q (float): in [0, 1].
+        Returns:
+            Tensor: (C,) float64; NaN for a channel without values.
+        Example::
+            >>> stats.quantile(0.995)[12]     # the top 0.5 % of channel 12 lie above this
+        """
+        if not 0.0 <= float(q) <= 1.0:
+            raise ValueError(f"q must be in [0, 1], got {q!r}.")
+        hist = self.hist.cpu().to(torch.float64)  # (C, B + 2): underflow, bins, overflow
+        total = hist.sum(dim=1)
+        cum = hist.cumsum(dim=1)
+        target = (float(q) * total).unsqueeze(1)
+        j = torch.searchsorted(cum, target).clamp(max=hist.shape[1] - 1).squeeze(1)  # column holding it
+        edges = self.edges.to(torch.float64)
+        lo = torch.cat([edges[:1], edges])[j]  # underflow and overflow collapse onto the edges
+        hi = torch.cat([edges, edges[-1:]])[j]
+        before = torch.where(j > 0, cum.gather(1, (j - 1).clamp(min=0).unsqueeze(1)).squeeze(1), torch.zeros_like(total))
+        inside = hist.gather(1, j.unsqueeze(1)).squeeze(1)
+        frac = torch.where(inside > 0, (target.squeeze(1) - before) / inside.clamp(min=1), torch.zeros_like(total))
+        out = lo + frac.clamp(0, 1) * (hi - lo)
+        return torch.where(total > 0, out, torch.full_like(out, float("nan")))
 
     def density(self) -> Tensor:
         r"""(C, B) float64 in-range histogram normalised to a probability density

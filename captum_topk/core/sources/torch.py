@@ -4,20 +4,25 @@ forward function (``DataParallel`` included), the forward stopped after the deep
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.attr import LayerActivation
 from torch import Tensor, nn
 
 from ...capture.hooks import LayersSpec, resolve_layers, run_capture
+from ...capture.layouts import ChannelsLastError
+from ...capture.tokens import split_tokens, token_footprints, token_layout
+from ...receptive_field.field import ReceptiveField
 from ...receptive_field.probe import receptive_fields
 from ...utils.modules import device_dtype, first_conv, root_module
 from .base import ActivationSource, LayerInfo
 
 __all__ = ["TorchSource"]
 
-_LAYOUTS = ("auto", "NCHW", "NC")
+_LAYOUTS = ("auto", "NCHW", "NHWC", "NLC", "NC")
+#: Suffix of the layer name under which the prefix tokens (class, registers) of a token layer are mined.
+PREFIX_SUFFIX = "[prefix]"
 
 
 class TorchSource(ActivationSource):
@@ -35,7 +40,14 @@ class TorchSource(ActivationSource):
             function are named).
         device_ids (list of int, optional): as in Captum, for a ``DataParallel`` forward.
         attribute_to_layer_input (bool): the layers' inputs instead of their outputs.
-        layout (str): ``"auto"``, ``"NCHW"`` or ``"NC"``.
+        layout (str or dict): ``"auto"`` (default), ``"NCHW"``, ``"NHWC"``, ``"NLC"`` or
+            ``"NC"``, for every layer or per layer name. ``"auto"``: 2-D outputs are ``NC``,
+            3-D outputs tokens ``NLC``, 4-D outputs ``NCHW`` unless the receptive-field probe
+            finds dimension 1 behaving like an image axis (channels-last: ``NHWC``).
+        token_grid (tuple of int, optional): ``(h, w)`` patch grid of token layers, when the
+            model does not expose it (see :mod:`captum_topk.capture.tokens`).
+        prefix_tokens (int, optional): tokens before the patch grid (class, distillation,
+            registers); mined as a layer of their own, ``"<name>[prefix]"``.
         probe_batch_size (int): images per forward of the receptive-field probe.
         progress (bool): a progress bar while receptive fields are measured.
 
@@ -54,18 +66,25 @@ class TorchSource(ActivationSource):
         *,
         device_ids: Optional[Sequence[int]] = None,
         attribute_to_layer_input: bool = False,
-        layout: str = "auto",
+        layout: Union[str, Dict[str, str]] = "auto",
+        token_grid: Optional[Tuple[int, int]] = None,
+        prefix_tokens: Optional[int] = None,
         probe_batch_size: int = 8,
         progress: bool = True,
     ) -> None:
-        if layout not in _LAYOUTS:
-            raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}.")
+        for value in (layout.values() if isinstance(layout, dict) else [layout]):
+            if value not in _LAYOUTS:
+                raise ValueError(f"layout must be one of {_LAYOUTS} (or a dict of them by layer), got {value!r}.")
         self.forward_func = forward_func
         self.named: List[Tuple[str, nn.Module]] = resolve_layers(forward_func, layer)
         self.names = [n for n, _ in self.named]
         self.device_ids = list(device_ids) if device_ids else None
         self.attribute_to_layer_input = bool(attribute_to_layer_input)
+        if isinstance(layout, dict) and set(layout) - set(self.names):
+            raise ValueError(f"layout names layers {sorted(set(layout) - set(self.names))} that are not mined.")
         self.layout = layout
+        self.token_grid = token_grid
+        self.prefix_tokens = prefix_tokens
         self.probe_batch_size = int(probe_batch_size)
         self.progress = progress
         self.root = root_module(forward_func)
@@ -94,7 +113,11 @@ class TorchSource(ActivationSource):
     def __call__(self, images: Tensor, additional_forward_args: Any = None) -> Dict[str, Tensor]:
         raws = self._raw(images, additional_forward_args)
         infos = self._infos_for(images, raws)
-        return {name: _canonical(raw, infos[name]) for name, raw in zip(self.names, raws)}
+        out: Dict[str, Tensor] = {}
+        for name, raw in zip(self.names, raws):
+            _check_shape(raw, infos[name])
+            out.update(_canonical(raw, infos[name], infos.get(name + PREFIX_SUFFIX)))
+        return out
 
     def attribute(self, inputs: Any, additional_forward_args: Any = None,
                   attribute_to_layer_input: bool = False) -> Any:
@@ -131,32 +154,69 @@ class TorchSource(ActivationSource):
                 self._infos_for(images[:1], self._raw(images[:1]))
         return self._infos[key]
 
+    def _wanted(self, name: str) -> str:
+        return self.layout.get(name, "auto") if isinstance(self.layout, dict) else self.layout
+
     def _infos_for(self, images: Tensor, raws: Sequence[Tensor]) -> Dict[str, LayerInfo]:
         key = _size_key(images)
         if key in self._infos:
             return self._infos[key]
         size, channels = (key[0], key[1]), key[2]
-        layouts = {name: _layout_of(name, raw, self.layout) for name, raw in zip(self.names, raws)}
-        spatial = [(n, m) for n, m in self.named if layouts[n] == "NCHW"]
-        fields = {}
-        if spatial:
-            measured = receptive_fields(
-                self.forward_func, [m for _, m in spatial], size,
+        layouts = {name: _layout_of(name, raw, self._wanted(name)) for name, raw in zip(self.names, raws)}
+        fields = self._fields([n for n in self.names if layouts[n] in ("NCHW", "NHWC", "auto4")],
+                              layouts, size, channels)
+        infos: Dict[str, LayerInfo] = {}
+        for name, raw in zip(self.names, raws):
+            shape = tuple(int(d) for d in raw.shape[1:])
+            layout = layouts[name]
+            if layout == "NC":
+                infos[name] = LayerInfo(name, "NC", shape[0], (1, 1), shape, size, None, "image")
+            elif layout == "NLC":
+                prefix, grid = token_layout(shape[0], size, self.root, self.prefix_tokens, self.token_grid, name)
+                infos[name] = LayerInfo(name, "NLC", shape[1], grid, shape, size,
+                                        token_footprints(grid, size), "token", prefix)
+                if prefix:
+                    whole = _whole_image_field((prefix, 1), size)
+                    infos[name + PREFIX_SUFFIX] = LayerInfo(name + PREFIX_SUFFIX, "NLC", shape[1], (prefix, 1),
+                                                            shape, size, whole, "image", prefix)
+            else:
+                layout = "NHWC" if layout == "NHWC" or name in fields.get("__channels_last__", ()) else "NCHW"
+                c, grid = (shape[2], (shape[0], shape[1])) if layout == "NHWC" else (shape[0], (shape[1], shape[2]))
+                infos[name] = LayerInfo(name, layout, c, grid, shape, size, fields[name], "receptive_field")
+        self._infos[key] = infos
+        return infos
+
+    def _fields(self, names: Sequence[str], layouts: Dict[str, str], size: Tuple[int, int],
+                channels: int) -> Dict[str, Any]:
+        r"""Exact receptive fields of the 4-D layers; ``"auto4"`` layers the probe finds
+        channels-last are measured as such and listed under ``"__channels_last__"``."""
+        if not names:
+            return {}
+        module_of = dict(self.named)
+        last = [n for n in names if layouts[n] == "NHWC"]
+
+        def measure(which: Sequence[str], nhwc: Sequence[str]) -> Dict[str, Any]:
+            got = receptive_fields(
+                self.forward_func, [module_of[n] for n in which], size,
                 attribute_to_layer_input=self.attribute_to_layer_input,
                 in_channels=channels,  # what is mined, whatever the first conv takes
                 batch_size=self.probe_batch_size,  # the probe's peak memory stays below a batch's
-                progress=self.progress)
-            fields = dict(zip([n for n, _ in spatial], measured.values()))
-        infos = {}
-        for name, raw in zip(self.names, raws):
-            shape = tuple(int(d) for d in raw.shape[1:])
-            if layouts[name] == "NC":
-                infos[name] = LayerInfo(name, "NC", shape[0], (1, 1), shape, size, None, "image")
-            else:
-                infos[name] = LayerInfo(name, "NCHW", shape[0], (shape[1], shape[2]), shape, size,
-                                        fields[name], "receptive_field")
-        self._infos[key] = infos
-        return infos
+                progress=self.progress, channels_last=[module_of[n] for n in nhwc])
+            return dict(zip(which, got.values()))
+
+        try:
+            return measure(names, last)
+        except ChannelsLastError as exc:
+            # the probe names layers as resolve_layers does: map them back to ours, in order
+            probed = [n for n, _ in resolve_layers(self.forward_func, [module_of[n] for n in names])]
+            ours = dict(zip(probed, names))
+            found = [ours[n] for n in exc.layers if n in ours]
+            forced = [n for n in found if layouts[n] == "NCHW"]
+            if forced or not found:
+                raise
+            fields = measure(names, last + found)
+            fields["__channels_last__"] = found
+            return fields
 
     def describe(self) -> Dict[str, Any]:
         root = self.root
@@ -173,24 +233,35 @@ def _size_key(images: Tensor) -> Tuple[int, int, int]:
 
 
 def _layout_of(name: str, raw: Tensor, wanted: str) -> str:
-    if not isinstance(raw, Tensor) or raw.dim() not in (2, 4):
+    r"""The layout of a raw output from its number of dimensions and the wanted layout
+    (``"auto4"``: a 4-D output whose layout the probe decides)."""
+    dims = raw.dim() if isinstance(raw, Tensor) else None
+    natural = {2: ["NC"], 3: ["NLC"], 4: ["NCHW", "NHWC"]}.get(dims)
+    if natural is None:
         shape = tuple(raw.shape) if isinstance(raw, Tensor) else type(raw).__name__
         raise ValueError(
-            f"Layer {name!r} outputs shape {shape}; only (N, C, H, W) feature maps and (N, C) "
-            "vectors can be mined."
+            f"Layer {name!r} outputs shape {shape}; only (N, C, H, W) / (N, H, W, C) feature maps, "
+            "(N, tokens, C) token sequences and (N, C) vectors can be mined."
         )
-    layout = "NCHW" if raw.dim() == 4 else "NC"
-    if wanted not in ("auto", layout):
-        raise ValueError(f"Layer {name!r} outputs shape {tuple(raw.shape)}, which is not {wanted}.")
-    return layout
+    if wanted == "auto":
+        return "auto4" if dims == 4 else natural[0]
+    if wanted not in natural:
+        raise ValueError(f"Layer {name!r} outputs shape {tuple(raw.shape)}, which cannot be layout {wanted!r} "
+                         f"(a {dims}-D output is one of {natural}).")
+    return wanted
 
 
-def _canonical(raw: Tensor, info: LayerInfo) -> Tensor:
-    r"""The activation as ``(N, C, h, w)`` or ``(N, C)``."""
-    if raw.dim() > 1 and raw.dim() == len(info.raw_shape) + 1 and raw.shape[1] != info.raw_shape[0]:
+def _whole_image_field(grid: Tuple[int, int], size: Tuple[int, int]) -> ReceptiveField:
+    boxes = torch.tensor([0, 0, size[0], size[1]]).expand(grid[0], grid[1], 4)
+    return ReceptiveField(boxes=boxes, input_size=size, size=size, stride=size)
+
+
+def _check_shape(raw: Tensor, info: LayerInfo) -> None:
+    channel_dim = {"NHWC": 3, "NLC": 2}.get(info.layout, 1)
+    if raw.dim() == len(info.raw_shape) + 1 and raw.shape[channel_dim] != info.channels:
         raise ValueError(
-            f"This batch gives the layer {info.name!r} {raw.shape[1]} channels but earlier batches "
-            f"gave {info.raw_shape[0]}; every batch must go through the same model and layer."
+            f"This batch gives the layer {info.name!r} {raw.shape[channel_dim]} channels but earlier "
+            f"batches gave {info.channels}; every batch must go through the same model and layer."
         )
     if raw.shape[1:] != torch.Size(info.raw_shape):
         raise ValueError(
@@ -198,4 +269,17 @@ def _canonical(raw: Tensor, info: LayerInfo) -> Tensor:
             f"{info.raw_shape} for the first batch of the same input size; every batch must go "
             "through the same model and layer."
         )
-    return raw
+
+
+def _canonical(raw: Tensor, info: LayerInfo, prefix_info: Optional[LayerInfo] = None) -> Dict[str, Tensor]:
+    r"""The activation(s) of a raw output as ``(N, C, h, w)`` or ``(N, C)``: a channels-last map
+    permuted (a view), tokens split into the patch map and the prefix column."""
+    if info.layout == "NHWC":
+        return {info.name: raw.permute(0, 3, 1, 2)}
+    if info.layout == "NLC":
+        patches, head = split_tokens(raw, info.prefix_tokens, info.grid)
+        out = {info.name: patches}
+        if head is not None and prefix_info is not None:
+            out[prefix_info.name] = head
+        return out
+    return {info.name: raw}

@@ -1,0 +1,78 @@
+r"""A channel's whole activation map on the images of its records.
+
+A record says where a channel fires most in an image; the map says where else it fires. For
+token layers (ViT) the map on the patch grid is what makes a channel readable: a token's exact
+receptive field is the whole image, but its map shows which patches drive the channel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from .records import ImageSource, _fetch_image
+from .sources.base import ActivationSource
+from .sources.torch import PREFIX_SUFFIX, TorchSource
+
+__all__ = ["activation_maps"]
+
+
+def _source_for(result: Any, layer: str, model: Any) -> ActivationSource:
+    if isinstance(model, ActivationSource):
+        return model
+    source = getattr(model, "source", None)  # a miner
+    if isinstance(source, ActivationSource):
+        return source
+    if model is None:
+        raise ValueError("activation_maps needs the model (model=...) or an activation source that ran it.")
+    base = layer[: -len(PREFIX_SUFFIX)] if layer.endswith(PREFIX_SUFFIX) else layer
+    meta = result.layer_info.get(base, {})
+    layout = meta.get("layout", "auto")
+    grid = None
+    if layout == "NLC":
+        grid = tuple(result.states[base].out_size) if result.states[base].out_size else None
+    return TorchSource(model, [base], layout=layout, token_grid=grid,
+                       prefix_tokens=meta.get("prefix_tokens") if layout == "NLC" else None, progress=False)
+
+
+@torch.no_grad()
+def activation_maps(
+    result: Any,
+    images_source: ImageSource,
+    layer: str,
+    channel: int,
+    model: Any = None,
+    which: str = "top",
+    n: Optional[int] = None,
+    transform: Optional[Any] = None,
+) -> Tensor:
+    r"""The raw activation maps of one channel on the images of its records.
+
+    Args:
+        result (TopKResult): a mined result.
+        images_source: the images as the model saw them (as for :meth:`TopKResult.patches`).
+        layer (str): a mined layer (``"<layer>[prefix]"`` for a token layer's prefix tokens).
+        channel (int): channel index.
+        model (nn.Module, ActivationSource or miner): what runs the images; a model is wrapped
+            in a :class:`~.sources.torch.TorchSource` with the layer's recorded layout.
+        which (str): ``"top"`` or ``"bottom"``.
+        n (int, optional): only the ``n`` strongest records.
+        transform (callable, optional): applied to PIL items of ``images_source``.
+    Returns:
+        Tensor: ``(n, h, w)`` float32 on the layer's grid: ``maps[i, y, x]`` is the channel's
+        activation at ``(y, x)`` in record ``i``'s image, so ``maps[i, r.y, r.x] == r.value``
+        (and it is the map's maximum for top records mined with ``distinct_images``).
+        ``(n, 1, 1)`` for a vector layer.
+    Example::
+        >>> maps = result.activation_maps(dataset, "encoder.layers.encoder_layer_11", 7, model=vit)
+        >>> maps.shape                       # (9, 14, 14): the patch grid of a ViT-B/16
+    """
+    records = result.records(layer, channel, which)[:n]
+    if not records:
+        return torch.empty(0)
+    images = torch.stack([_fetch_image(images_source, r.index, transform) for r in records])
+    acts = _source_for(result, layer, model)(images)[layer]
+    maps = acts[:, channel].float().cpu()
+    return maps if maps.dim() == 3 else maps.reshape(-1, 1, 1)

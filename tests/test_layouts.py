@@ -1,0 +1,123 @@
+"""Modern backbones: channels-last (ConvNeXt, Swin) and token (ViT) layers mined as their
+(N, C, h, w) equivalent, with brute-force twins, footprint boxes for tokens, activation maps."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from captum_topk import LayerTopKPatches
+from captum_topk.capture.tokens import TokenLayoutError, token_layout
+from tests._reference import full_activations, reference_topk
+
+
+def _vit(image=32, patch=8):
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(image_size=image, patch_size=patch, num_layers=2, num_heads=2,
+                                                hidden_dim=16, mlp_dim=32, num_classes=10).eval()
+
+
+def _images(n, size, seed=0):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _assert_topk(result, layer, maps, k):
+    for which in ("top", "bottom"):
+        ref = reference_topk(maps, k, True, which)
+        got = result.states[layer].tensors
+        for c in range(maps.shape[1]):
+            assert [tuple(e[1:]) for e in ref[c]] == list(zip(
+                got[f"{which}_index"][c].tolist(), got[f"{which}_y"][c].tolist(), got[f"{which}_x"][c].tolist())), (layer, c)
+
+
+def test_vit_tokens_mined_on_their_grid_with_prefix_tokens_apart():
+    vit = _vit()
+    x = _images(7, 32)
+    layer = "encoder.layers.encoder_layer_1"
+    res = LayerTopKPatches(vit, layer, k=3).mine(x, batch_size=3, progress=False)
+    assert res.layers == [layer, layer + "[prefix]"]
+    tokens = full_activations(vit, vit.encoder.layers.encoder_layer_1, x)       # (7, 1 + 16, 16)
+    patch_maps = tokens[:, 1:, :].reshape(7, 4, 4, 16).permute(0, 3, 1, 2)      # brute force grid
+    _assert_topk(res, layer, patch_maps, 3)
+    _assert_topk(res, layer + "[prefix]", tokens[:, :1, :].permute(0, 2, 1).unsqueeze(-1), 3)
+    rec = res.records(layer, 5)[0]
+    assert rec.box_kind == "token" and res.layout(layer) == "NLC"
+    assert rec.box == (rec.y * 8, rec.x * 8, rec.y * 8 + 8, rec.x * 8 + 8)  # the patch footprint
+    assert res.records(layer + "[prefix]", 5)[0].box == (0, 0, 32, 32)
+    assert res.patches(x, layer, 5).shape == (3, 3, 8, 8)
+
+
+def test_token_grid_from_the_model_from_arguments_or_a_clear_error():
+    assert token_layout(197, (224, 224)) == (1, (14, 14))                  # ViT-B/16, inferred
+    assert token_layout(17, (32, 32), _vit()) == (1, (4, 4))                # torchvision attributes
+    assert token_layout(20, (32, 32), prefix_tokens=4) == (4, (4, 4))
+    with pytest.raises(TokenLayoutError, match="token_grid=.*prefix_tokens="):
+        token_layout(31, (32, 32))
+    vit = _vit()
+    res = LayerTopKPatches(vit, "encoder.layers.encoder_layer_0", k=2, layout="NLC", token_grid=(4, 4),
+                           prefix_tokens=1).mine(_images(3, 32), progress=False)
+    assert res.states["encoder.layers.encoder_layer_0"].out_size == (4, 4)
+
+
+class _ChannelsLastBlock(nn.Module):
+    """conv -> permute to (N, H, W, C) -> Linear -> permute back: ConvNeXt's pattern."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.linear = nn.Linear(6, 5)
+        self.out = nn.Conv2d(5, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.linear(self.conv(x).permute(0, 2, 3, 1))
+        return self.out(y.permute(0, 3, 1, 2))
+
+
+def test_channels_last_layer_is_mined_as_its_channels_first_permutation():
+    torch.manual_seed(0)
+    net = _ChannelsLastBlock().eval()
+    x = _images(6, 16)
+    res = LayerTopKPatches(net, ["linear", "out"], k=2).mine(x, progress=False)
+    assert res.layout("linear") == "NHWC" and res.layout("out") == "NCHW"
+    maps = full_activations(net, net.linear, x).permute(0, 3, 1, 2)
+    _assert_topk(res, "linear", maps, 2)
+    # its receptive field is the conv's (the Linear mixes channels only): 3x3 at stride 2
+    rf = res.receptive_fields["linear"][(16, 16)]
+    assert rf.box(2, 3) == (3, 5, 6, 8) and rf.stride == (2, 2)
+    with pytest.raises(ValueError, match="channels-last"):
+        LayerTopKPatches(net, ["linear"], k=2, layout="NCHW").mine(x, progress=False)
+
+
+@pytest.mark.slow
+def test_torchvision_convnext_and_swin_internals():
+    x = _images(2, 64)
+    for model, layer in ((torchvision.models.convnext_tiny(), "features.1.0.block.3"),
+                         (torchvision.models.swin_t(), "features.1")):
+        model.eval()
+        res = LayerTopKPatches(model, layer, k=2).mine(x, progress=False)
+        raw = full_activations(model, model.get_submodule(layer), x)
+        _assert_topk(res, layer, raw.permute(0, 3, 1, 2), 2)
+        assert res.layout(layer) == "NHWC"
+
+
+def test_activation_maps_hold_the_records_values():
+    vit = _vit()
+    x = _images(6, 32, seed=3)
+    layer = "encoder.layers.encoder_layer_1"
+    res = LayerTopKPatches(vit, layer, k=4).mine(x, progress=False)
+    maps = res.activation_maps(x, layer, 2, model=vit)
+    assert maps.shape == (4, 4, 4)
+    for m, r in zip(maps, res.records(layer, 2)):
+        assert float(m[r.y, r.x]) == pytest.approx(r.value, abs=1e-5) and float(m.max()) == pytest.approx(r.value, abs=1e-5)
+    bottom = res.activation_maps(x, layer, 2, model=vit, which="bottom")
+    for m, r in zip(bottom, res.records(layer, 2, "bottom")):
+        assert float(m.min()) == pytest.approx(r.value, abs=1e-5)
+    cnn = _ChannelsLastBlock().eval()
+    res = LayerTopKPatches(cnn, "out", k=3, stats=True).mine(x, progress=False)
+    maps = res.activation_maps(x, "out", 1, model=cnn)
+    for m, r in zip(maps, res.records("out", 1)):
+        assert float(m[r.y, r.x]) == pytest.approx(r.value, abs=1e-6)
+    from captum_topk.viz.overlay import record_overlays
+
+    rgb = record_overlays(res, x, "out", 1, model=cnn)
+    assert rgb.shape == (3, 32, 32, 3) and rgb.dtype.name == "uint8"
