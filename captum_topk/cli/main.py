@@ -41,7 +41,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
         return 0
     rows = describe_layers(args.model, args.checkpoint, input_size=args.input_size,
                            all_modules=args.all)
-    _print_table(rows, ["layer", "type", "output", "stride", "rf"])
+    _print_table(rows, ["layer", "type", "output", "layout", "stride", "rf"])
     return 0
 
 
@@ -80,6 +80,9 @@ def cmd_mine(args: argparse.Namespace) -> int:
         device=args.device,
         half=args.half,
         stats=args.stats,
+        layout=args.layout,
+        token_grid=tuple(args.token_grid) if args.token_grid else None,
+        prefix_tokens=args.prefix_tokens,
     )
     if out is not None:  # None on the non-zero ranks of a torchrun job
         print(f"result written to {out}")
@@ -177,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--several-per-image", action="store_true",
                     help="allow several of a channel's top-k from one image")
     sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NHWC", "NLC", "NC"],
+                    help="layout of the layers' outputs (default auto: detected on the first batch)")
+    sp.add_argument("--token-grid", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="patch grid of token (NLC) layers when the model does not expose it")
+    sp.add_argument("--prefix-tokens", type=int, default=None,
+                    help="class / register tokens before the patches of token layers")
     sp.add_argument("--stats", action=argparse.BooleanOptionalAction, default=True,
                     help="per-channel histogram / mean / fraction > 0 in the same pass (default on; "
                          "a few percent of the mining time)")

@@ -4,55 +4,104 @@ receptive field (``captum-topk layers``), and a sensible default choice for any 
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
-from torch import Tensor
-from ..capture.layouts import ChannelsLastError
+from torch import Tensor, nn
 from ..capture.hooks import run_capture
-from ..models.registry import load_model
-from ..receptive_field.probe import receptive_fields
+from ..models.registry import list_models, load_model
+from ..capture.tokens import TokenLayoutError
+from ..core.sources.torch import TorchSource
 from ..models.registry import DEFAULT_LAYERS, DEFAULT_MODEL
 from ..utils.files import PathLike
 
 
 
+def _listed(named: Sequence[Tuple[str, nn.Module]], all_modules: bool) -> List[str]:
+    r"""The modules a listing shows: every one with ``all_modules``, else blocks: at most two
+    dots deep, or the items of a container at most two dots deep (ViT encoder layers, stages)."""
+    if all_modules:
+        return [n for n, _ in named]
+    modules = dict(named)
+    out = []
+    for n, _ in named:
+        parent = n.rpartition(".")[0]
+        if n.count(".") <= 1 or (n.count(".") == 2 and isinstance(modules.get(parent), (nn.Sequential, nn.ModuleList))):
+            out.append(n)
+    return out
+
+
 def describe_layers(model: str = DEFAULT_MODEL, checkpoint: Optional[PathLike] = None,
                     input_size: Optional[int] = None, all_modules: bool = False) -> List[Dict[str, Any]]:
-    r"""Every minable layer with its output shape, stride and receptive-field size.
+    r"""Every minable layer with its output shape, layout, stride and box size.
 
+    Layouts are found as the miner finds them (:class:`~captum_topk.core.sources.torch.TorchSource`):
+    channels-first and channels-last maps get their exact receptive field, token outputs their
+    patch grid and footprint, vectors the whole image.
+
+    Args:
+        model (str): built-in, torchvision architecture or checkpoint path.
+        checkpoint (str, optional): weights for ``model``.
+        input_size (int, optional): input side in pixels (default: the model's).
+        all_modules (bool): every module, not only blocks.
     Returns:
-        list of dict: keys ``layer``, ``type``, ``output`` (C x H x W), ``stride``, ``rf``.
+        list of dict: keys ``layer``, ``type``, ``output`` (raw shape without the batch),
+        ``layout``, ``stride``, ``rf`` (box size, or why the layer cannot be mined).
+    Example::
+        >>> rows = describe_layers("mobilenet_v2-imagenet")
+        >>> next(r for r in rows if r["layer"] == "features.7")["rf"]
+        '75x75'
     """
-    net, info = load_model(model, checkpoint=str(checkpoint) if checkpoint else None)
+    # Layouts, shapes and fields depend on the structure only: an architecture name without a
+    # checkpoint is listed with random weights (nothing can be downloaded here).
+    structure_only = checkpoint is None and model not in list_models(available_only=False) and not Path(model).is_file()
+    net, info = load_model(model, checkpoint=str(checkpoint) if checkpoint else None, random_init=structure_only)
+    net.eval()
     size = (input_size, input_size) if input_size else tuple(info.input_size)
     named = [(n, m) for n, m in net.named_modules() if n]
-    with torch.no_grad():
-        outs = run_capture(net, [m for _, m in named], torch.zeros(1, 3, *size),
-                           stop_early=False, raw=True)
-    shapes = {n: (tuple(o.shape[1:]) if isinstance(o, Tensor) else None) for (n, _), o in zip(named, outs)}
-    spatial = [n for n, s in shapes.items() if s is not None and len(s) == 3]
-    channels_last: List[str] = []
+    listed = set(_listed(named, all_modules))
+    named = [(n, m) for n, m in named if n in listed]
+    images = torch.zeros(1, 3, *size)
     try:
-        rfs = receptive_fields(net, spatial, size) if spatial else {}
-    except ChannelsLastError as exc:  # list them as such; measure the others
-        channels_last = exc.layers
-        spatial = [n for n in spatial if n not in channels_last]
-        rfs = receptive_fields(net, spatial, size) if spatial else {}
+        with torch.no_grad():
+            outs = run_capture(net, [m for _, m in named], images, stop_early=False, raw=True)
+    except (AssertionError, RuntimeError) as exc:
+        raise ValueError(f"{model} does not run on a {size[0]}x{size[1]} input ({str(exc).strip()}); "
+                         f"use its own input size (default {tuple(info.input_size)}).") from exc
+    shapes = {n: (tuple(o.shape[1:]) if isinstance(o, Tensor) else None) for (n, _), o in zip(named, outs)}
+    infos: Dict[str, Any] = {}
+    problems: Dict[str, str] = {}
+    maps = {n: m for n, m in named if shapes[n] is not None and len(shapes[n]) in (1, 3)}
+    if maps:
+        infos.update(TorchSource(net, maps).layer_infos(images))
+    for n, m in named:
+        if shapes[n] is not None and len(shapes[n]) == 2:
+            try:
+                infos.update(TorchSource(net, {n: m}).layer_infos(images))
+            except TokenLayoutError as exc:
+                problems[n] = "tokens: grid unknown (pass --token-grid)" if "grid" in str(exc) else str(exc)
     rows = []
     for n, m in named:
         s = shapes[n]
-        minable = s is not None and len(s) in (1, 3) and n not in channels_last
-        if not all_modules and (not minable or n.count(".") > 1):
-            continue  # default: blocks (depth <= 2); --all lists every module
-        rf = rfs.get(n)
+        li = infos.get(n)
+        if li is None and not all_modules:
+            continue
+        rf = li.field if li is not None else None
+        if li is None:
+            what = problems.get(n, "-" if s is not None else "(not one tensor)")
+        elif li.box_kind == "token":
+            what = f"token footprint {rf.size[0]}x{rf.size[1]} ({li.grid[0]}x{li.grid[1]} grid, {li.prefix_tokens} prefix)"
+        elif li.box_kind == "image":
+            what = "whole image"
+        else:
+            what = f"{rf.size[0]}x{rf.size[1]}" + (" (clipped: >= image)" if tuple(rf.size) == tuple(size) else "")
         rows.append({
             "layer": n,
             "type": m.__class__.__name__,
             "output": "x".join(map(str, s)) if s is not None else "(not one tensor)",
-            "stride": f"{rf.stride[0]}x{rf.stride[1]}" if rf else "-",
-            "rf": (f"{rf.size[0]}x{rf.size[1]}" + (" (clipped: >= image)" if tuple(rf.size) == tuple(size) else "")
-                   if rf else ("whole image" if s and len(s) == 1
-                               else "channels-last: not minable" if n in channels_last else "-")),
+            "layout": li.layout if li is not None else "-",
+            "stride": f"{rf.stride[0]}x{rf.stride[1]}" if rf is not None and li.box_kind != "image" else "-",
+            "rf": what,
         })
     return rows
 

@@ -184,7 +184,8 @@ def _miner_for(spec: RunSpec, dev: torch.device):
     net, info = load_run_model(spec.model, spec.checkpoint, spec.input_size)
     net = net.to(dev).half() if spec.half else net.to(dev)
     miner = LayerTopKPatches(net.eval(), list(spec.layers), k=spec.k, distinct_images=spec.distinct_images,
-                             stats=edges)
+                             stats=edges, layout=spec.layout, token_grid=spec.token_grid,
+                             prefix_tokens=spec.prefix_tokens)
     return miner, info
 
 

@@ -52,6 +52,10 @@ class RunSpec:
         backend (str): ``"torch"`` or ``"onnxruntime"``.
         half (bool): float16 forward (GPU only).
         world_size (int): processes (torchrun); a resumed run needs the same.
+        layout (str): the layers' output layout (``"auto"``, ``"NCHW"``, ``"NHWC"``, ``"NLC"``,
+            ``"NC"``; see :class:`~captum_topk.core.sources.torch.TorchSource`).
+        token_grid (tuple of int, optional), prefix_tokens (int, optional): for token layers
+            whose model does not expose them.
         weights_sha1 (str, optional): SHA-1 of the checkpoint / ONNX / model file (resolved).
         data_fingerprint (str, optional): of the image files (resolved).
     """
@@ -70,11 +74,16 @@ class RunSpec:
     backend: str = "torch"
     half: bool = False
     world_size: int = 1
+    layout: str = "auto"
+    token_grid: Optional[Tuple[int, int]] = None
+    prefix_tokens: Optional[int] = None
     weights_sha1: Optional[str] = None
     data_fingerprint: Optional[str] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(str(v) for v in self.layers))
+        if self.token_grid is not None:
+            object.__setattr__(self, "token_grid", tuple(int(v) for v in self.token_grid))
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}.")
         if self.onnx and self.backend != "onnxruntime":
@@ -92,13 +101,15 @@ class RunSpec:
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["layers"] = list(self.layers)
+        d["token_grid"] = list(self.token_grid) if self.token_grid else None
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
         r"""A spec from :meth:`to_dict` (unknown keys are ignored, missing ones default)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: (tuple(v) if k == "layers" else v) for k, v in d.items() if k in names})
+        return cls(**{k: (tuple(v) if k in ("layers", "token_grid") and v is not None else v)
+                      for k, v in d.items() if k in names})
 
     def key(self) -> str:
         r"""A short hash of the settings (not of the resolved digests): the folder name's tail."""
