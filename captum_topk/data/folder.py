@@ -3,6 +3,7 @@ r"""Every image under a folder, recursively, in a stable order, with labels from
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Callable, List, Optional, Sequence, Tuple
 from .images import IMAGE_EXTENSIONS, _validate, _warn_skipped
@@ -16,6 +17,15 @@ def _within(path: str, root: str) -> bool:
         return os.path.commonpath([path, root]) == root
     except ValueError:  # different drives on Windows
         return False
+
+
+def _broken_link_reason(path: str, target: str) -> str:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop (the link resolves to itself)"
+    return f"broken symlink (to {target})"
 
 
 def image_folder(
@@ -50,7 +60,7 @@ def image_folder(
     limit 100:1 ..."``: checked from the header, before decoding, with ``"full"`` and
     ``"header"``), FIFOs and other non-regular files (``"not a regular file ..."``, never
     opened), and symlinks resolving outside ``root`` (``"symlink resolves outside root ..."``)
-    or dangling or looping (``"broken symlink ..."``). Symlinks that stay inside ``root`` are
+    or dangling (``"broken symlink ..."``) or looping (``"symlink loop ..."``). Symlinks that stay inside ``root`` are
     kept; symlinked directories are never descended into (their targets inside ``root`` are listed anyway;
     those outside are reported in ``.skipped``).
 
@@ -111,7 +121,7 @@ def image_folder(
         if os.path.islink(full):
             target = os.path.realpath(full)
             if not os.path.exists(target):
-                skipped.append((full, f"broken symlink (to {target})"))
+                skipped.append((full, _broken_link_reason(full, target)))
                 continue
             if not _within(target, root_real):
                 skipped.append((full, f"symlink resolves outside root (to {target})"))

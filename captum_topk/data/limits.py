@@ -24,16 +24,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple
 
-__all__ = ["ImageLimits", "DEFAULT_LIMITS", "ImageRejected", "LOAD_BYTES_PER_PIXEL"]
+__all__ = ["ImageLimits", "DEFAULT_LIMITS", "ImageRejected", "LOAD_BYTES_PER_PIXEL",
+           "LOAD_OVERHEAD_BYTES"]
 
 
-#: Bytes of memory that loading one image (decode, EXIF rotation, conversion to RGB) peaks
-#: at, per pixel of the image, in the worst case measured over the modes Pillow decodes
-#: (RGBA / CMYK / 16-bit / palette with transparency; ``benchmarks/bench_image_memory.py``).
-#: Loading an image accepted by ``ImageLimits(max_pixels=P)`` takes at most about
-#: ``LOAD_BYTES_PER_PIXEL * P`` bytes (1.0 GiB for the default ``P``) plus what the transform
-#: allocates.
-LOAD_BYTES_PER_PIXEL: int = 12
+#: Peak memory of loading one image (decode, EXIF rotation, conversion to RGB, the model's
+#: transform), in bytes per pixel of the image: the worst case measured over the formats and
+#: modes Pillow decodes (``benchmarks/image_memory.py``: RGB JPEG / PNG / BMP 4, CMYK JPEG 8,
+#: RGBA PNG 8, 16-bit PNG 9, palette PNG with transparency 9, WebP 16, since Pillow decodes
+#: WebP through an RGBA buffer).
+LOAD_BYTES_PER_PIXEL: int = 16
+
+#: What loading the first image adds to a process besides the image itself (lazy
+#: initialisation of the decoders, of torch's resize kernels...): under 20 MiB measured.
+LOAD_OVERHEAD_BYTES: int = 64 * 2 ** 20
 
 
 class ImageRejected(ValueError):
@@ -98,8 +102,13 @@ class ImageLimits:
 
     @property
     def load_bytes(self) -> Optional[int]:
-        r"""Upper bound of the memory that loading one image takes (bytes), or None."""
-        return None if self.max_pixels is None else LOAD_BYTES_PER_PIXEL * self.max_pixels
+        r"""Bound on the memory a process takes to load one image within these limits, in
+        bytes: ``LOAD_BYTES_PER_PIXEL * max_pixels + LOAD_OVERHEAD_BYTES`` (1.4 GiB for the
+        default limits); None without ``max_pixels``. A DataLoader with ``workers`` worker
+        processes loads ``workers`` images at once (the main process none)."""
+        if self.max_pixels is None:
+            return None
+        return LOAD_BYTES_PER_PIXEL * self.max_pixels + LOAD_OVERHEAD_BYTES
 
 
 DEFAULT_LIMITS = ImageLimits()
