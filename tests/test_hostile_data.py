@@ -374,8 +374,8 @@ def test_any_dataset_is_guarded_in_workers_too(workers, tmp_path):
     got = [(b["indices"].tolist(), b["ids"]) for b in loader]
     assert got == [([0, 1, 2], ["id0", "id1", "id2"]), ([4], ["id4"]), ([6], ["id6"])]
     assert [tuple(s) for s in loader.skipped] == [
-        ("item 3", "truncated or corrupt image (disk says no)", 3, None),
-        ("item 5", "out of memory while decoding (MemoryError)", 5, None)]
+        ("item 3", "cannot load image (OSError: disk says no)", 3, None),
+        ("item 5", "out of memory while loading (MemoryError)", 5, None)]
     assert len(loader.dataset) == 7
     # a Subset of an ImageDataset: failures are named by file, indices are the subset's
     for i in range(4):
@@ -466,3 +466,15 @@ def test_a_memory_error_skips_the_image_in_the_main_process_and_in_workers(tmp_p
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     oom = SkippedImage(ds.sources[2], "out of memory in the transform (MemoryError)", 2, "thin.png")
     assert got[0] == got[2] == ([(["a.png", "b.png"], [0, 1])], [oom])
+
+
+def test_robustness_doc_examples_run_and_print_what_the_doc_shows(capsys):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "robustness.md").read_text()
+    blocks = re.findall(r"```(\w+)\n(.*?)```", doc, flags=re.S)
+    pairs = [(code, blocks[i + 1][1] if i + 1 < len(blocks) and blocks[i + 1][0] == "text" else None)
+             for i, (lang, code) in enumerate(blocks) if lang == "python"]
+    assert len(pairs) == 4 and all(text is not None for _, text in pairs)
+    for code, text in pairs:  # each block stands alone
+        capsys.readouterr()
+        exec(compile(code, "docs/robustness.md", "exec"), {"__name__": "__doc_example__"})
+        assert capsys.readouterr().out == text

@@ -50,12 +50,14 @@ def describe_failure(exc: BaseException, stage: str = "load") -> str:
 
     Args:
         exc (BaseException): what reading, decoding or transforming the image raised.
-        stage (str): ``"load"`` (opening, decoding, converting to RGB) or ``"transform"``.
+        stage (str): ``"load"`` (opening, decoding, converting an image file to RGB),
+            ``"transform"``, or ``"item"`` (an item of a dataset that is not an
+            :class:`~.dataset.ImageDataset`: the failure is not known to be a decoding one).
     Returns:
         str: e.g. ``"file not found (deleted or moved since the dataset was built?)"``.
     """
     if isinstance(exc, MemoryError):
-        where = "in the transform" if stage == "transform" else "while decoding"
+        where = {"transform": "in the transform", "load": "while decoding"}.get(stage, "while loading")
         return f"out of memory {where} (MemoryError{': ' + str(exc) if str(exc) else ''})"
     if stage == "transform":
         return f"transform failed ({type(exc).__name__}: {exc})"
@@ -71,6 +73,6 @@ def describe_failure(exc: BaseException, stage: str = "load") -> str:
         return "not an image (PIL cannot identify the format)"
     if isinstance(exc, Image.DecompressionBombError):
         return f"image too large ({exc})"
-    if isinstance(exc, _DECODE_ERRORS):
+    if stage == "load" and isinstance(exc, _DECODE_ERRORS):
         return f"truncated or corrupt image ({exc})"
     return f"cannot load image ({type(exc).__name__}: {exc})"  # unexpected: name the type

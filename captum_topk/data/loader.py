@@ -162,9 +162,12 @@ class GuardedDataset(Dataset):
             try:
                 out.append(self.dataset[i])
             except Exception as exc:
-                cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ else exc
                 source, image_id = _source_of(self.dataset, int(i))
-                out.append(LoadFailure(source, describe_failure(cause), image_id))
+                if isinstance(exc, RuntimeError) and exc.__cause__ is not None:
+                    reason = describe_failure(exc.__cause__, "load")  # ImageDataset.load_image's
+                else:
+                    reason = describe_failure(exc, "item")
+                out.append(LoadFailure(source, reason, image_id))
         return out
 
     def __getattr__(self, name: str) -> Any:
