@@ -124,7 +124,7 @@ def _open_checked(path: str, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Imag
     """
     st = os.stat(path)  # follows symlinks; never opens a FIFO or a device
     if not stat.S_ISREG(st.st_mode):
-        kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a file")
+        kind = next((k for test, k in _KINDS if test(st.st_mode)), "an unknown kind of file")
         raise ImageRejected(f"not a regular file ({kind})")
     if st.st_size == 0:
         raise ImageRejected("empty file (0 bytes)")
