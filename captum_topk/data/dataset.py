@@ -9,20 +9,28 @@ itself when there is no transform), ``label`` an ``int`` (``-1`` when unknown) a
   ``labels`` (list of int, ``-1`` unknown), ``classes`` (list of str or None),
 * ``load_image(i)``: the original RGB ``PIL.Image``, untransformed, for re-cropping patches,
 * ``skipped``: ``(path, reason)`` for files left out (corrupt, truncated, not an image,
-  symlink leaving the root...).
+  over the size limits, symlink leaving the root...),
+* ``limits``: the :class:`~.limits.ImageLimits` checked from each file's header before it is
+  decoded, at construction and again at every load.
 
 Indices are fixed once the dataset is built: files are listed in sorted order and bad files
 are detected at construction (``validate="full"`` decodes every image once), so that a mining
 run can refer to an image by its index and find the same image later.
+
+Loading never aborts a loader: ``dataset[i]`` raises (``RuntimeError`` naming the image) when
+image ``i`` cannot be read, but the batched access DataLoaders use, ``__getitems__``, returns
+a :class:`~.failures.LoadFailure` in its place, which :func:`~.loader.collate` turns into an
+entry of the batch's ``skipped`` list (see ``docs/robustness.md``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 from PIL import Image
 from torch.utils.data import Dataset
+from .failures import LoadFailure, describe_failure
 from .images import _read_rgb
-
+from .limits import DEFAULT_LIMITS, ImageLimits
 
 
 class ImageDataset(Dataset):
@@ -39,6 +47,9 @@ class ImageDataset(Dataset):
         readers (list of Callable, optional): per image, ``path -> PIL RGB image`` when a
             file needs a special reader; None entries use :func:`to_rgb` on ``PIL.Image.open``.
         name (str): a short description used in ``repr``.
+        limits (ImageLimits): size limits checked from each file's header before decoding
+            it (files read by a custom ``reader`` are not checked). Default
+            :data:`~.limits.DEFAULT_LIMITS`.
     """
 
     def __init__(
@@ -51,6 +62,7 @@ class ImageDataset(Dataset):
         skipped: Optional[Sequence[Tuple[str, str]]] = None,
         readers: Optional[Sequence[Optional[Callable[[str], Image.Image]]]] = None,
         name: str = "",
+        limits: ImageLimits = DEFAULT_LIMITS,
     ) -> None:
         self.sources: List[str] = [str(s) for s in sources]
         self.ids: List[str] = [str(i) for i in ids]
@@ -64,6 +76,7 @@ class ImageDataset(Dataset):
             list(readers) if readers is not None else [None] * len(self.sources)
         )
         self.name = name
+        self.limits = limits
         n = len(self.sources)
         if not (len(self.ids) == len(self.labels) == len(self._readers) == n):
             raise ValueError("sources, ids, labels and readers must have the same length")
@@ -80,14 +93,19 @@ class ImageDataset(Dataset):
             RuntimeError: if the file can no longer be read (it changed since construction,
                 or the dataset was built with ``validate="none"``/``"header"``).
         """
-        path = self.sources[index]
-        reader = self._readers[index] or _read_rgb
         try:
-            return reader(path)
+            return self._read(index)
         except Exception as exc:
             raise RuntimeError(
-                f"Cannot read image {index} ({self.ids[index]!r}) from {path}: {exc}"
+                f"Cannot read image {index} ({self.ids[index]!r}) from {self.sources[index]}: "
+                f"{describe_failure(exc)}"
             ) from exc
+
+    def _read(self, index: int) -> Image.Image:
+        reader = self._readers[index]
+        if reader is None:
+            return _read_rgb(self.sources[index], self.limits)
+        return reader(self.sources[index])
 
     def __getitem__(self, index: int) -> Tuple[Any, int, str]:
         img = self.load_image(index)
@@ -95,10 +113,40 @@ class ImageDataset(Dataset):
             img = self.transform(img)
         return img, self.labels[index], self.ids[index]
 
+    def load_item(self, index: int) -> Union[Tuple[Any, int, str], LoadFailure]:
+        r"""``self[index]``, or a :class:`~.failures.LoadFailure` saying why it failed.
+
+        Every ``Exception`` of reading, decoding, converting or transforming the image is
+        caught, ``MemoryError`` included (an allocation that failed has been released), so
+        that one file never aborts a loader, in the main process or in a worker.
+        """
+        try:
+            img = self._read(index)
+        except Exception as exc:
+            return LoadFailure(self.sources[index], describe_failure(exc, "load"), self.ids[index])
+        if self.transform is not None:
+            try:
+                img = self.transform(img)
+            except Exception as exc:
+                return LoadFailure(self.sources[index], describe_failure(exc, "transform"),
+                                   self.ids[index])
+        return img, self.labels[index], self.ids[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> List[Union[Tuple[Any, int, str], LoadFailure]]:
+        r"""The items at ``indices`` for a DataLoader batch, a :class:`LoadFailure` in place
+        of each image that could not be loaded (see :meth:`load_item`)."""
+        return [self.load_item(int(i)) for i in indices]
+
     def with_transform(self, transform: Optional[Callable]) -> "ImageDataset":
         r"""The same images (same indices and ids) with another ``transform``."""
         return ImageDataset(self.sources, self.ids, self.labels, self.classes, transform,
-                            self.skipped, self._readers, self.name)
+                            self.skipped, self._readers, self.name, self.limits)
+
+    def with_limits(self, limits: ImageLimits) -> "ImageDataset":
+        r"""The same images (same indices and ids) checked against other size ``limits`` at
+        load time (construction-time validation is not redone)."""
+        return ImageDataset(self.sources, self.ids, self.labels, self.classes, self.transform,
+                            self.skipped, self._readers, self.name, limits)
 
     def subset(self, indices: Iterable[int]) -> "ImageDataset":
         r"""A dataset of the images at ``indices``, in that order (ids are kept)."""
@@ -106,7 +154,7 @@ class ImageDataset(Dataset):
         return ImageDataset(
             [self.sources[i] for i in idx], [self.ids[i] for i in idx],
             [self.labels[i] for i in idx], self.classes, self.transform, self.skipped,
-            [self._readers[i] for i in idx], self.name,
+            [self._readers[i] for i in idx], self.name, self.limits,
         )
 
     def index_of(self, image_id: str) -> int:

@@ -3,10 +3,12 @@ r"""Every image under a folder, recursively, in a stable order, with labels from
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Callable, List, Optional, Sequence, Tuple
 from .images import IMAGE_EXTENSIONS, _validate, _warn_skipped
 from .dataset import ImageDataset
+from .limits import DEFAULT_LIMITS, ImageLimits
 
 
 
@@ -17,6 +19,15 @@ def _within(path: str, root: str) -> bool:
         return False
 
 
+def _broken_link_reason(path: str, target: str) -> str:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop (the link resolves to itself)"
+    return f"broken symlink (to {target})"
+
+
 def image_folder(
     root: str,
     transform: Optional[Callable] = None,
@@ -24,6 +35,7 @@ def image_folder(
     classes_from_subfolders: bool = True,
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
     validate: str = "full",
+    limits: ImageLimits = DEFAULT_LIMITS,
 ) -> ImageDataset:
     r"""Every image under ``root``, recursively, in a stable order.
 
@@ -44,9 +56,12 @@ def image_folder(
     nothing. Left out, with a ``warnings.warn`` summary and an entry in ``.skipped``:
     zero-byte files (``"empty file (0 bytes)"``), files PIL cannot identify
     (``"not an image ..."``), truncated or corrupt data (``"truncated or corrupt image ..."``),
-    and symlinks resolving outside ``root`` (``"symlink resolves outside root ..."``) or
-    dangling (``"broken symlink ..."``). Symlinks that stay inside ``root`` are kept; symlinked
-    directories are never descended into (their targets inside ``root`` are listed anyway;
+    images over ``limits`` (``"image too large: ..."``, ``"aspect ratio 40000:1 exceeds the
+    limit 100:1 ..."``: checked from the header, before decoding, with ``"full"`` and
+    ``"header"``), FIFOs and other non-regular files (``"not a regular file ..."``, never
+    opened), and symlinks resolving outside ``root`` (``"symlink resolves outside root ..."``)
+    or dangling (``"broken symlink ..."``) or looping (``"symlink loop ..."``). Symlinks that stay inside ``root`` are
+    kept; symlinked directories are never descended into (their targets inside ``root`` are listed anyway;
     those outside are reported in ``.skipped``).
 
     Conversion to RGB (grayscale, CMYK, palette, 16-bit, alpha): :func:`to_rgb`. Note that
@@ -59,6 +74,12 @@ def image_folder(
         classes_from_subfolders (bool): derive classes from first-level sub-folders.
         extensions (sequence of str): file extensions to consider, with the dot.
         validate (str): ``"full"``, ``"header"`` or ``"none"``.
+        limits (ImageLimits): largest image decoded (pixels, aspect ratio), checked from the
+            header at construction and again at every load; see ``docs/robustness.md``.
+
+    Images that fail later, when loaded (a file deleted or changed since, or anything
+    ``validate`` did not catch), are skipped by the loaders (:func:`~.loader.make_loader`),
+    never abort them.
 
     Returns:
         ImageDataset
@@ -100,7 +121,7 @@ def image_folder(
         if os.path.islink(full):
             target = os.path.realpath(full)
             if not os.path.exists(target):
-                skipped.append((full, f"broken symlink (to {target})"))
+                skipped.append((full, _broken_link_reason(full, target)))
                 continue
             if not _within(target, root_real):
                 skipped.append((full, f"symlink resolves outside root (to {target})"))
@@ -113,7 +134,7 @@ def image_folder(
         classes = tops or None
     index = {c: i for i, c in enumerate(classes or [])}
 
-    reasons = _validate([full for _, full in usable], validate)
+    reasons = _validate([full for _, full in usable], validate, limits)
     kept: List[Tuple[str, str]] = []
     for (rel, full), why in zip(usable, reasons):
         if why is None:
@@ -126,4 +147,5 @@ def image_folder(
     return ImageDataset(
         sources=[full for _, full in kept], ids=[rel for rel, _ in kept], labels=labels,
         classes=classes, transform=transform, skipped=skipped, name=f"folder {root}",
+        limits=limits,
     )

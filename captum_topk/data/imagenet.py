@@ -9,6 +9,7 @@ import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from .dataset import ImageDataset
 from .images import _validate, _warn_skipped
+from .limits import DEFAULT_LIMITS, ImageLimits
 
 
 
@@ -69,6 +70,7 @@ def imagenet_val(
     one_based: bool = True,
     meta_file: Optional[str] = None,
     validate: str = "full",
+    limits: ImageLimits = DEFAULT_LIMITS,
 ) -> ImageDataset:
     r"""The ImageNet (ILSVRC2012) validation images of a flat folder.
 
@@ -101,6 +103,8 @@ def imagenet_val(
         meta_file (str, optional): devkit ``meta.mat``, to remap devkit ids (needs scipy).
         validate (str): ``"full"`` (decode each image once: minutes for all 50,000),
             ``"header"`` or ``"none"``.
+        limits (ImageLimits): largest image decoded, checked from the header before
+            decoding, at construction and at every load (``docs/robustness.md``).
 
     Returns:
         ImageDataset
@@ -138,7 +142,7 @@ def imagenet_val(
             labels_by_number = dict(raw)
             classes = imagenet_categories()
     paths = [os.path.join(root, fn) for _, fn in found]
-    reasons = _validate(paths, validate)
+    reasons = _validate(paths, validate, limits)
     kept = [(n, fn, p) for (n, fn), p, r in zip(found, paths, reasons) if r is None]
     skipped = [(p, r) for p, r in zip(paths, reasons) if r is not None]
     _warn_skipped(f"imagenet_val({root!r})", skipped, len(paths))
@@ -147,4 +151,5 @@ def imagenet_val(
         ids=[os.path.splitext(fn)[0] for _, fn, _ in kept],
         labels=[labels_by_number.get(n, -1) for n, _, _ in kept],
         classes=classes, transform=transform, skipped=skipped, name=f"ImageNet val {root}",
+        limits=limits,
     )

@@ -27,7 +27,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.loader import collate
+from ..data.failures import SkippedImage
+from ..data.loader import LoaderBatch, collate, globalize, guarded
 from ..core.result import TopKResult
 
 
@@ -100,11 +101,33 @@ def batches_done(ranges: Sequence[range], n_images_done: int) -> int:
 
 
 class ShardLoader:
-    r"""Iterate a rank's batches as dicts ``images / labels / ids / indices`` (global indices).
+    r"""Iterate a rank's batches as dicts ``images / labels / ids / indices / skipped``
+    (:class:`~captum_topk.data.loader.LoaderBatch`, global indices).
 
     Decoding and resizing run in DataLoader worker processes (``workers``); with
     ``pin_memory`` (GPU) the host tensors are page-locked so the miner's
     ``.to(device, non_blocking=True)`` overlaps the copy with compute.
+
+    An image that fails to load is left out of its batch and listed in the batch's
+    ``skipped`` (:class:`~captum_topk.data.failures.SkippedImage`: file, reason, global
+    index, id) and in :attr:`skipped`; the indices of the other images do not shift.
+
+    Args:
+        dataset (Dataset): an :class:`~captum_topk.data.ImageDataset` or any dataset of
+            ``(image, label, id)`` items.
+        ranges (list of range): this rank's global batches (:func:`shard_batches`).
+        workers (int): DataLoader worker processes.
+        pin_memory (bool): page-locked host tensors.
+        dtype (torch.dtype, optional): cast the images (e.g. ``torch.float16``).
+        collate_fn (Callable): batches items; default :func:`~captum_topk.data.collate`.
+        keep_empty (bool): yield a batch whose every image failed, with 0 images, so that
+            every range is accounted for (a resumable run counts images + skipped per
+            batch); default False: such a batch is left out (its skips are in
+            :attr:`skipped`).
+
+    Attributes:
+        skipped (list of SkippedImage): every image skipped at load time during the current
+            (or last) pass, in order.
     """
 
     def __init__(
@@ -115,12 +138,15 @@ class ShardLoader:
         pin_memory: bool = False,
         dtype: Optional[torch.dtype] = None,
         collate_fn: Callable = collate,
+        keep_empty: bool = False,
     ) -> None:
         self.ranges = list(ranges)
         self.num_images = sum(len(r) for r in self.ranges)
         self.dtype = dtype
+        self.keep_empty = keep_empty
+        self.skipped: List[SkippedImage] = []
         self._loader = DataLoader(
-            dataset,
+            guarded(dataset),
             batch_sampler=[list(r) for r in self.ranges],
             num_workers=workers,
             collate_fn=collate_fn,
@@ -131,12 +157,17 @@ class ShardLoader:
     def __len__(self) -> int:
         return len(self.ranges)
 
-    def __iter__(self) -> Iterator[dict]:
-        for r, (images, labels, ids) in zip(self.ranges, self._loader):
-            if self.dtype is not None:
-                images = images.to(self.dtype)
-            yield {"images": images, "labels": labels, "ids": ids,
-                   "indices": torch.arange(r.start, r.stop)}
+    def __iter__(self) -> Iterator[LoaderBatch]:
+        self.skipped = []
+        skipped = self.skipped
+        for r, batch in zip(self.ranges, self._loader):
+            batch = globalize(batch, r)
+            skipped.extend(batch["skipped"])
+            if not batch.num_images and not self.keep_empty:
+                continue
+            if self.dtype is not None and isinstance(batch["images"], torch.Tensor):
+                batch["images"] = batch["images"].to(self.dtype)
+            yield batch
 
 
 def _to_bytes(result: TopKResult) -> bytes:
