@@ -346,11 +346,18 @@ def test_outputs_changed_in_place_later_in_the_forward_are_mined_as_they_were():
 
 # ---------------------------------------------------------------- channels-last outputs
 @pytest.mark.parametrize("layer", ["2", "3"])
-def test_channels_last_outputs_are_refused_with_a_hint(layer):
+def test_channels_last_outputs_are_mined_as_channels_first_or_refused_when_forced(layer):
     model = convnext_like()
-    miner = LayerTopKPatches(model, [layer], k=2)
+    images = torch.rand(3, 3, 16, 16)
+    result = LayerTopKPatches(model, [layer], k=2).mine([images], progress=False)
+    assert result.layout(layer) == "NHWC"
+    maps = full_activations(model, model.get_submodule(layer), images).permute(0, 3, 1, 2)
+    assert result.num_channels(layer) == maps.shape[1]
+    for which in ("top", "bottom"):
+        _assert_matches(result, layer, reference_topk(maps, 2, True, which), which)
+    miner = LayerTopKPatches(model, [layer], k=2, layout="NCHW")  # forced: rows would be channels
     with pytest.raises(ValueError, match=r"\(N, 16, 16, \d+\).*channels-last \(N, H, W, C\).*Permute back"):
-        miner.mine([torch.rand(3, 3, 16, 16)], progress=False)
+        miner.mine([images], progress=False)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     with pytest.raises(ValueError, match="channels-last"):  # receptive_field() says it too
         receptive_field(model, layer, 16)
@@ -377,12 +384,18 @@ def test_channel_layouts_that_depend_on_rows_are_not_mistaken_for_images():
     assert result.num_channels("0") == 4
 
 
-def test_torchvision_convnext_inner_layer_is_refused_and_its_block_mined():
+def test_torchvision_convnext_inner_layer_and_its_block_are_mined():
+    torch.manual_seed(0)
     model = torchvision.models.convnext_tiny(weights=None).eval()
-    with pytest.raises(ValueError, match="channels-last"):
-        LayerTopKPatches(model, ["features.1.0.block.3"], k=1).mine([torch.rand(1, 3, 64, 64)], progress=False)
-    result = LayerTopKPatches(model, ["features.1.0.block"], k=1).mine([torch.rand(1, 3, 64, 64)], progress=False)
-    assert result.num_channels("features.1.0.block") == 96
+    images = torch.rand(3, 3, 32, 32)
+    layers = ["features.1.0.block.3", "features.1.0.block"]
+    result = LayerTopKPatches(model, layers, k=2).mine([images], progress=False)
+    assert [result.layout(n) for n in layers] == ["NHWC", "NCHW"]
+    assert [result.num_channels(n) for n in layers] == [384, 96]
+    inner = full_activations(model, model.features[1][0].block[3], images).permute(0, 3, 1, 2)
+    _assert_matches(result, layers[0], reference_topk(inner, 2, True, "top"), "top")
+    # the Linear mixes channels only: its field is the 7x7 depthwise conv's on the stem's 4x4 patches
+    assert result.receptive_fields[layers[0]][(32, 32)].size == (28, 28)
 
 
 def test_space_to_depth_stem_survives_resume_and_merge(tmp_path):

@@ -84,9 +84,9 @@ def feed(
                 break
             if max_images is not None and split_batch(batch).images.shape[0] > max_images - seen:
                 batch = cut_batch(batch, max_images - seen)
-            before = miner.n_images
+            before = miner.n_images + getattr(miner, "n_skipped", 0)
             miner.update(batch, additional_forward_args)
-            done = miner.n_images - before
+            done = miner.n_images + getattr(miner, "n_skipped", 0) - before  # skipped images count as gone through
             seen += done
             bar.update(done)
             if callback is not None:

@@ -177,7 +177,19 @@ class LayerTopKPatches(LayerAttribution):
 
     @property
     def n_images(self) -> int:
+        r"""Images mined so far."""
         return self._n
+
+    @property
+    def n_skipped(self) -> int:
+        r"""Images a loader reported as unreadable (``batch["skipped"]``) so far; with
+        :attr:`n_images` it counts the images a run has gone through (resuming)."""
+        return len(self._skipped)
+
+    def _record_skipped(self, entries: Sequence[Any]) -> None:
+        r"""Keep ``(source, reason[, index, id])`` of images a loader skipped, sorted by index."""
+        self._skipped.extend(list(e) for e in entries)
+        self._skipped.sort(key=lambda r: (r[2] if len(r) > 2 and isinstance(r[2], int) else -1, str(r[0])))
 
     def reset(self) -> None:
         r"""Forget everything seen so far."""
@@ -186,7 +198,7 @@ class LayerTopKPatches(LayerAttribution):
         self._fields: Dict[str, Dict[Tuple[int, int], ReceptiveField]] = {}
         self._layer_meta: Dict[str, Dict[str, Any]] = {}
         self._images: Dict[int, Dict[str, Any]] = {}
-        self._skipped: List[List[str]] = []
+        self._skipped: List[List[Any]] = []
         self.categories: Optional[List[str]] = None  # class names of the labels, when known
         self._n = 0  # images seen
         self._next = 0  # default index of the next image
@@ -232,7 +244,7 @@ class LayerTopKPatches(LayerAttribution):
         """
         images, labels, ids, batch_indices = split_batch(batch)
         if isinstance(batch, dict) and batch.get("skipped"):
-            self._skipped.extend([str(v) for v in s] for s in batch["skipped"])
+            self._record_skipped(batch["skipped"])
         if indices is None:
             indices = batch_indices
         n = images.shape[0]

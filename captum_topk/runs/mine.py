@@ -214,7 +214,7 @@ def _mine_locked(spec: RunSpec, out: Path, env: DistEnv, resume: bool, workers: 
             raise ValueError(f"--resume refused: {before.explain(spec)}. Mine again without --resume "
                              "(or into another folder).")
         miner.load_state(snapshot)
-        ranges = ranges[batches_done(ranges, miner.n_images):]
+        ranges = ranges[batches_done(ranges, miner.n_images + miner.n_skipped):]
     started = init_distributed(env, dev)
     record: Dict[str, Any] = {
         "format": RUN_FORMAT, "spec": spec.to_dict(), "status": "running", "data": descriptor,
@@ -225,11 +225,11 @@ def _mine_locked(spec: RunSpec, out: Path, env: DistEnv, resume: bool, workers: 
     if env.is_main:
         atomic_write_text(out / "run.json", json.dumps(record, indent=2))
     loader = ShardLoader(dataset, ranges, workers=workers, pin_memory=dev.type == "cuda",
-                         dtype=torch.float16 if spec.half else None)
+                         dtype=torch.float16 if spec.half else None, keep_empty=True)
     throttle = float(os.environ.get("CAPTUM_TOPK_THROTTLE_S", "0") or 0)
     if throttle > 0:  # a testing aid: slow batches down so that a kill lands mid-run
         loader = _Throttled(loader, throttle)
-    done_before = miner.n_images
+    done_before = miner.n_images + miner.n_skipped
     if callback is not None:
         notify(callback, "mining", done_before, total)
     t0 = time.monotonic()
@@ -237,7 +237,7 @@ def _mine_locked(spec: RunSpec, out: Path, env: DistEnv, resume: bool, workers: 
         feed(miner, loader, progress=(lambda d, t: callback("mining", done_before + d, total)) if callback
              else (bar and env.is_main), snapshot=lambda: miner.save_state(snapshot),
              snapshot_every=snapshot_every, should_stop=should_stop)
-        if miner.n_images:
+        if miner.n_images or miner.n_skipped:
             miner.save_state(snapshot)
         if should_stop is not None and should_stop():
             if env.is_main:
@@ -252,16 +252,17 @@ def _mine_locked(spec: RunSpec, out: Path, env: DistEnv, resume: bool, workers: 
     finally:
         if started:
             dist.destroy_process_group()
-    load_skipped = [list(s) for s in result.metadata.get("skipped", [])]
+    load_skipped = [list(s) for s in result.metadata.get("skipped", [])]  # [source, reason, index, id]
     result.metadata.update(
         model_name=spec.model, checkpoint=spec.checkpoint, onnx_path=spec.onnx, data=descriptor,
         mean=list(info.mean), std=list(info.std), input_size=list(info.input_size),
-        categories=info.categories, skipped=record["skipped"] + load_skipped, backend=spec.backend,
+        categories=info.categories, skipped=record["skipped"] + load_skipped, skipped_at_load=len(load_skipped),
+        backend=spec.backend,
         spec=spec.to_dict(),
     )
     result.save(out / "result.pt")
     record.update(status="done", finished=time.time(), seconds=round(time.monotonic() - t0, 3),
-                  skipped=record["skipped"] + load_skipped,
+                  skipped=record["skipped"] + load_skipped, skipped_at_load=len(load_skipped),
                   backend_detail={k: result.metadata.get(k) for k in ("backend", "provider") if k in result.metadata})
     atomic_write_text(out / "run.json", json.dumps(record, indent=2))
     stale = out / "embeddings"  # cached from whatever this folder held before
