@@ -147,16 +147,16 @@ def test_clear_errors(tmp_path, capsys, checkpoint):
     assert "captum-topk mine" in capsys.readouterr().err
 
 
-def test_layers_listing_marks_channels_last_modules(tmp_path):
-    import torchvision
-
+def test_layers_listing_gives_channels_last_and_token_layouts():
     from captum_topk.runs import describe_layers
 
-    ckpt = tmp_path / "convnext.pt"
-    torch.manual_seed(0)
-    torch.save(torchvision.models.convnext_tiny().state_dict(), ckpt)
-    rows = {r["layer"]: r for r in describe_layers("convnext_tiny", ckpt, input_size=64, all_modules=True)}
-    assert rows["features.1.0.block.3"]["rf"] == "channels-last: not minable"  # the Linear, (N, H, W, C)
-    assert rows["features.1.0.block.3"]["output"] == "16x16x384"
-    assert rows["features.1.0.block"]["rf"].split(" ")[0] == "28x28"  # 4x4/4 stem, then 7x7 dw: 4 + 6 * 4
-    assert rows["features.1.0.block"]["stride"] == "4x4"
+    # an architecture name without checkpoint: listed with random weights (structure only)
+    rows = {r["layer"]: r for r in describe_layers("convnext_tiny", input_size=32, all_modules=True)}
+    assert rows["features.1.0.block.3"]["layout"] == "NHWC"  # the Linear, (N, H, W, C)
+    assert rows["features.1.0.block.3"]["output"] == "8x8x384"
+    assert rows["features.1.0.block.3"]["rf"] == rows["features.1.0.block"]["rf"] == "28x28"  # 4x4/4 stem + 7x7 dw
+    assert rows["features.1.0.block"]["layout"] == "NCHW" and rows["features.1.0.block"]["stride"] == "4x4"
+    vit = {r["layer"]: r for r in describe_layers("vit_b_32")}
+    row = vit["encoder.layers.encoder_layer_3"]
+    assert (row["layout"], row["output"], row["stride"]) == ("NLC", "50x768", "32x32")
+    assert row["rf"] == "token footprint 32x32 (7x7 grid, 1 prefix)"
