@@ -121,3 +121,37 @@ def test_activation_maps_hold_the_records_values():
 
     rgb = record_overlays(res, x, "out", 1, model=cnn)
     assert rgb.shape == (3, 32, 32, 3) and rgb.dtype.name == "uint8"
+
+
+def _same_records(a, b, layer):
+    for which in ("top", "bottom"):
+        torch.testing.assert_close(a.values(layer, which), b.values(layer, which), atol=1e-4, rtol=1e-4)
+        assert torch.equal(a.indices(layer, which), b.indices(layer, which)), (layer, which)
+
+
+def test_onnx_runtime_mines_tokens_and_channels_last_like_pytorch(tmp_path):
+    from captum_topk.onnx import OnnxTopKPatches, export
+
+    vit = _vit()
+    x = _images(6, 32, seed=4)
+    layer = "encoder.layers.encoder_layer_1"
+    exp = export(vit, [layer], tmp_path / "vit.onnx", input_size=32, check_images=0, progress=False)
+    assert exp.sidecar.layouts[layer] == {"layout": "NLC", "prefix_tokens": 1, "grid": [4, 4]}
+    ort = OnnxTopKPatches(exp.path, k=3, progress_rf=False).mine(x, progress=False)
+    torch_res = LayerTopKPatches(vit, layer, k=3).mine(x, progress=False)
+    assert ort.layers == torch_res.layers == [layer, layer + "[prefix]"]
+    for name in ort.layers:
+        _same_records(ort, torch_res, name)
+    assert ort.records(layer, 1)[0].box == torch_res.records(layer, 1)[0].box
+
+    net = _ChannelsLastBlock().eval()
+    x = _images(5, 16, seed=5)
+    exp = export(net, ["linear", "out"], tmp_path / "cl.onnx", input_size=16, check_images=0, progress=False)
+    plain = tmp_path / "plain.onnx"  # the same graph without our sidecar: the layout is detected by probing
+    plain.write_bytes(exp.path.read_bytes())
+    torch_res = LayerTopKPatches(net, ["linear", "out"], k=2).mine(x, progress=False)
+    for path in (exp.path, plain):
+        ort = OnnxTopKPatches(path, ["linear", "out"], k=2, progress_rf=False).mine(x, progress=False)
+        assert ort.layout("linear") == "NHWC" and ort.layout("out") == "NCHW"
+        _same_records(ort, torch_res, "linear")
+        assert ort.receptive_fields["linear"][(16, 16)] == torch_res.receptive_fields["linear"][(16, 16)]

@@ -573,7 +573,7 @@ def test_cli_export_and_layers(tmp_path, capsys):
     assert main(["layers", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     row = next(ln.split() for ln in lines if ln.startswith("layer2 "))
-    assert row[1:] == ["Relu", "(output)", "128x4x4", "8x8", "32x32"]
+    assert row[1:] == ["Relu", "(output)", "128x4x4", "NCHW", "8x8", "32x32"]
     (tmp_path / "bad.onnx").write_bytes(b"\x00not onnx at all")
     assert main(["layers", str(tmp_path / "bad.onnx")]) == 2
     assert "not a readable ONNX model" in capsys.readouterr().err

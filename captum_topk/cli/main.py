@@ -37,7 +37,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
         rows = describe_onnx_layers(args.model, input_size=args.input_size,
                                     all_tensors=args.all, probe_rf=args.rf)
-        _print_table(rows, ["layer", "type", "output", "stride", "rf"])
+        _print_table(rows, ["layer", "type", "output", "layout", "stride", "rf"])
         return 0
     rows = describe_layers(args.model, args.checkpoint, input_size=args.input_size,
                            all_modules=args.all)

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from .records import ImageSource, _fetch_image
 from .sources.base import ActivationSource
-from .sources.torch import PREFIX_SUFFIX, TorchSource
+from .sources.layouts import PREFIX_SUFFIX
+from .sources.torch import TorchSource
 
 __all__ = ["activation_maps"]
 

@@ -29,7 +29,8 @@ from .accumulators.topk import TopKState
 from .loop import feed
 from .result import TopKResult
 from .sources.base import ActivationSource, LayerInfo
-from .sources.torch import PREFIX_SUFFIX, TorchSource
+from .sources.layouts import PREFIX_SUFFIX
+from .sources.torch import TorchSource
 
 StatsSpec = Union[bool, None, Sequence[float], Tensor, Dict[str, Any]]
 

@@ -37,7 +37,7 @@ from .._version import __version__
 from ..models.info import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, make_transform
 from ..models.registry import load_model
 from ..receptive_field.field import ReceptiveField, _parse_size
-from ..receptive_field.probe import receptive_fields
+from ..core.sources.torch import TorchSource
 from .graph import list_tensors, load_onnx
 from .runtime import make_session, resolve_providers
 from .sidecar import Sidecar, sidecar_path
@@ -261,10 +261,11 @@ def export(
                     f"Layer {name!r} outputs {type(value).__name__}, not one tensor: it cannot be "
                     "exported as a graph output; pick one of its submodules instead."
                 )
-            if value.dim() not in (2, 4) or not value.is_floating_point():
+            if value.dim() not in (2, 3, 4) or not value.is_floating_point():
                 raise ValueError(
                     f"Layer {name!r} outputs a {value.dtype} tensor of shape {tuple(value.shape)}; "
-                    "only (N, C, H, W) and (N, C) float activations can be exported for mining."
+                    "only (N, C, H, W) / (N, H, W, C) maps, (N, tokens, C) token sequences and (N, C) "
+                    "float activations can be exported for mining."
                 )
             if calls.get(name, 0) > 1:
                 warnings.warn(
@@ -358,13 +359,19 @@ def export(
                 )
         bar.update(1)
 
-        # 5. receptive fields (PyTorch NaN probe, cached)
+        # 5. layouts and receptive fields, as the PyTorch source finds them (NaN probe, cached)
         bar.set_postfix_str(steps[4])
         rfs: Dict[str, ReceptiveField] = {}
-        spatial = [(n, m) for n, m in named if len(shapes[n]) == 3]
-        if with_receptive_fields and spatial:
-            rfs = receptive_fields(model, [m for _, m in spatial], size, in_channels=channels)
-            rfs = {n: rf for (n, _), rf in zip(spatial, rfs.values())}
+        layouts: Dict[str, Dict[str, Any]] = {}
+        if with_receptive_fields:
+            infos = TorchSource(model, dict(named), progress=False).layer_infos(
+                torch.zeros(1, channels, *size, device=device))
+            for n, _ in named:
+                li = infos[n]
+                if li.box_kind == "receptive_field":
+                    rfs[n] = li.field
+                if li.layout not in ("NCHW", "NC"):
+                    layouts[n] = {"layout": li.layout, "prefix_tokens": li.prefix_tokens, "grid": list(li.grid)}
         bar.update(1)
     finally:
         for h in handles:
@@ -379,7 +386,7 @@ def export(
     sidecar = Sidecar(
         layers=names, input_size=size, input_name="input", output_name=output_name,
         channels=channels, dynamic_batch=dynamic_batch, mean=mean, std=std,
-        output_shapes=shapes, receptive_fields=rfs,
+        output_shapes=shapes, receptive_fields=rfs, layouts=layouts,
         parity={"images": int(images.shape[0]) if images.numel() else 0, "source": source,
                 "provider": provider, "max_abs_diff": diffs, "tolerance": tols},
         exporter={"name": EXPORTER, "opset": opset, "torch": torch.__version__,

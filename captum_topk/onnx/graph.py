@@ -226,9 +226,10 @@ class TensorInfo:
 
     @property
     def minable(self) -> bool:
-        r"""A float tensor reached by the input with a 2-D (N, C) or 4-D (N, C, H, W) shape."""
+        r"""A float tensor reached by the input with a 2-D (N, C) vector, 3-D (N, tokens, C) or 4-D
+        (N, C, H, W) / (N, H, W, C) map shape."""
         return (self.depends_on_input and self.dtype.startswith(("float", "bfloat"))
-                and self.shape is not None and len(self.shape) in (2, 4))
+                and self.shape is not None and len(self.shape) in (2, 3, 4))
 
 
 def _subgraph_inputs(node: onnx.NodeProto) -> Set[str]:
@@ -356,10 +357,10 @@ def resolve_tensors(
                 f"Layer {layer!r} (tensor {tensor!r}) does not depend on the input: it was "
                 "constant-folded away at export, so it has nothing to mine."
             )
-        if info is not None and info.shape is not None and len(info.shape) not in (2, 4):
+        if info is not None and info.shape is not None and len(info.shape) not in (2, 3, 4):
             raise ValueError(
-                f"Layer {layer!r} (tensor {tensor!r}) has shape {info.shape}; only (N, C, H, W) "
-                "feature maps and (N, C) vectors can be mined."
+                f"Layer {layer!r} (tensor {tensor!r}) has shape {info.shape}; only (N, C, H, W) / "
+                "(N, H, W, C) maps, (N, tokens, C) tokens and (N, C) vectors can be mined."
             )
         if all(tensor != t for _, t in out):
             out.append((layer, tensor))

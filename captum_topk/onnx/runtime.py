@@ -387,17 +387,22 @@ def describe_onnx_layers(
             spatial = [n for n in spatial if n not in channels_last]
             if spatial:
                 rfs.update(onnx_receptive_fields(proto, spatial, size, providers=providers))
+            rfs.update(onnx_receptive_fields(proto, channels_last, size, providers=providers,
+                                             activation_layout="NHWC"))
     rows = []
     for t in tensors:
         rf = rfs.get(t.name)
         shape = "x".join(str(d) for d in t.shape[1:]) if t.shape is not None else "?"
+        dims = len(t.shape) if t.shape is not None else 0
+        declared = (sidecar.layouts.get(t.name, {}).get("layout") if sidecar is not None else None)
+        layout = declared or ("NHWC" if t.name in channels_last else {2: "NC", 3: "NLC", 4: "NCHW"}.get(dims, "-"))
         rows.append({
             "layer": t.name,
             "type": t.op_type + (" (output)" if t.is_output else ""),
             "output": shape if t.minable or t.shape is not None else "?",
+            "layout": layout,
             "stride": f"{rf.stride[0]}x{rf.stride[1]}" if rf else "-",
-            "rf": f"{rf.size[0]}x{rf.size[1]}" if rf else ("whole image" if t.shape is not None and len(t.shape) == 2
-                                                             else "channels-last: not minable" if t.name in channels_last
-                                                             else "-"),
+            "rf": (f"{rf.size[0]}x{rf.size[1]}" if rf else "whole image" if dims == 2
+                   else "token footprint" if layout == "NLC" else "-"),
         })
     return rows

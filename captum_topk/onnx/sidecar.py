@@ -49,6 +49,8 @@ class Sidecar:
         mean, std (tuple[float, ...] or None): the normalisation the model expects.
         output_shapes (dict[str, list[int]]): per output, its shape without the batch dim.
         receptive_fields (dict[str, ReceptiveField]): per spatial layer, at ``input_size``.
+        layouts (dict[str, dict]): per layer, ``{"layout", "prefix_tokens", "grid"}`` as the
+            PyTorch source found them (channels-last maps, tokens); missing: channels-first.
         parity (dict): ``{"images": n, "max_abs_diff": {...}, "tolerance": {...}, ...}``.
         exporter (dict): exporter name, opset, library versions.
         categories (list[str] or None): class names of the model output.
@@ -66,6 +68,7 @@ class Sidecar:
     std: Optional[Tuple[float, ...]] = None
     output_shapes: Dict[str, List[int]] = field(default_factory=dict)
     receptive_fields: Dict[str, ReceptiveField] = field(default_factory=dict)
+    layouts: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     parity: Dict[str, Any] = field(default_factory=dict)
     exporter: Dict[str, Any] = field(default_factory=dict)
     categories: Optional[List[str]] = None
@@ -95,6 +98,7 @@ class Sidecar:
             "output_names": self.output_names,
             "output_shapes": {k: list(v) for k, v in self.output_shapes.items()},
             "receptive_fields": rfs,
+            "layouts": self.layouts,
             "parity": self.parity,
             "exporter": self.exporter,
             "categories": self.categories,
@@ -119,6 +123,7 @@ class Sidecar:
                 std=tuple(d["std"]) if d.get("std") is not None else None,
                 output_shapes={k: list(v) for k, v in d.get("output_shapes", {}).items()},
                 receptive_fields=rfs,
+                layouts={k: dict(v) for k, v in (d.get("layouts") or {}).items()},
                 parity=dict(d.get("parity", {})),
                 exporter=dict(d.get("exporter", {})),
                 categories=d.get("categories"),

@@ -14,7 +14,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import onnx  # the real package
 from torch import Tensor
 
+from ..capture.layouts import ChannelsLastError
+from ..capture.tokens import token_footprints, token_layout
 from ..core.sources.base import ActivationSource, LayerInfo
+from ..core.sources.layouts import PREFIX_SUFFIX, canonical, check_shape, layout_of, size_key, whole_image_field
 from .graph import ModelLike, load_onnx, resolve_tensors
 from .runtime import OnnxForward, model_digest, onnx_receptive_fields
 from .sidecar import Sidecar, load_sidecar
@@ -33,7 +36,14 @@ class OnnxSource(ActivationSource):
         providers (list of str, optional): execution providers in order of preference; default
             CUDA, then CPU, filtered to those available.
         input_layout (str): ``"auto"``, ``"NCHW"`` or ``"NHWC"`` (images are always given NCHW).
-        activation_layout (str): ``"NCHW"`` or ``"NHWC"``: layout of the chosen 4-D tensors.
+        activation_layout (str): ``"NCHW"`` or ``"NHWC"``: layout of every chosen 4-D tensor
+            (the first version's switch; ``layout=`` says it per tensor).
+        layout (str or dict): ``"auto"`` (default), ``"NCHW"``, ``"NHWC"``, ``"NLC"``, ``"NC"``
+            for every tensor or per layer name. ``"auto"``: what the export sidecar recorded,
+            else 2-D tensors are vectors, 3-D ones tokens, 4-D ones channels-first unless the
+            receptive-field probe finds them channels-last.
+        token_grid (tuple of int, optional), prefix_tokens (int, optional): for token tensors
+            whose grid cannot be inferred from the token count.
         threads (int, optional): ONNX Runtime intra-op threads.
         rf_batch_size (int): images per run of the receptive-field probe.
         progress (bool): a progress bar while probing receptive fields.
@@ -55,6 +65,9 @@ class OnnxSource(ActivationSource):
         threads: Optional[int] = None,
         rf_batch_size: int = 16,
         progress: bool = True,
+        layout: Union[str, Dict[str, str]] = "auto",
+        token_grid: Optional[Tuple[int, int]] = None,
+        prefix_tokens: Optional[int] = None,
     ) -> None:
         self.onnx_path = None if isinstance(onnx_model, (bytes, bytearray, onnx.ModelProto)) else str(onnx_model)
         self.sidecar: Optional[Sidecar] = load_sidecar(self.onnx_path) if self.onnx_path else None
@@ -68,11 +81,15 @@ class OnnxSource(ActivationSource):
         self.pairs: List[Tuple[str, str]] = resolve_tensors(self.proto, names)
         self.names = [layer for layer, _ in self.pairs]
         self.forward = OnnxForward(self.proto, [t for _, t in self.pairs], providers,
-                                   input_layout, activation_layout, True, threads)
+                                   input_layout, "NCHW", True, threads)  # raw tensors: layouts are ours
         self.provider: str = self.forward.provider
         self.providers: List[str] = self.forward.providers
         self._providers_wanted = providers
-        self.activation_layout = activation_layout.upper()
+        if activation_layout.upper() not in ("NCHW", "NHWC"):
+            raise ValueError(f"activation_layout must be 'NCHW' or 'NHWC', got {activation_layout!r}.")
+        self.layout = layout
+        self._maps_channels_last = activation_layout.upper() == "NHWC"
+        self.token_grid, self.prefix_tokens = token_grid, prefix_tokens
         self.rf_batch_size = int(rf_batch_size)
         self.progress = progress
         self._digest: Optional[str] = None
@@ -83,11 +100,11 @@ class OnnxSource(ActivationSource):
             raise ValueError("An ONNX model takes the images only: additional_forward_args is not supported.")
         outs = self.forward(images)
         infos = self._infos_for(images, outs)
+        acts: Dict[str, Tensor] = {}
         for name, out in zip(self.names, outs):
-            if tuple(out.shape[1:]) != infos[name].raw_shape:
-                raise ValueError(f"Tensor {name!r} gave shape {tuple(out.shape[1:])} for this batch but "
-                                 f"{infos[name].raw_shape} for the first batch of the same input size.")
-        return dict(zip(self.names, outs))
+            check_shape(out, infos[name])
+            acts.update(canonical(out, infos[name], infos.get(name + PREFIX_SUFFIX)))
+        return acts
 
     def attribute(self, inputs: Any, additional_forward_args: Any = None,
                   attribute_to_layer_input: bool = False) -> Any:
@@ -102,34 +119,52 @@ class OnnxSource(ActivationSource):
         self.forward.check(images)
 
     def layer_infos(self, images: Tensor) -> Dict[str, LayerInfo]:
-        key = (int(images.shape[2]), int(images.shape[3]), int(images.shape[1]))
+        key = size_key(images)
         if key not in self._infos:
             self._infos_for(images[:1], self.forward(images[:1]))
         return self._infos[key]
 
+    def _wanted(self, name: str, out: Tensor) -> str:
+        declared = (self.sidecar.layouts.get(name, {}) if self.sidecar is not None else {}).get("layout")
+        wanted = self.layout.get(name, "auto") if isinstance(self.layout, dict) else self.layout
+        if wanted == "auto" and declared:
+            return declared
+        if wanted == "auto" and self._maps_channels_last and out.dim() == 4:
+            return "NHWC"
+        return wanted
+
     def _infos_for(self, images: Tensor, outs: Sequence[Tensor]) -> Dict[str, LayerInfo]:
-        key = (int(images.shape[2]), int(images.shape[3]), int(images.shape[1]))
+        key = size_key(images)
         if key in self._infos:
             return self._infos[key]
         size = (key[0], key[1])
-        for name, out in zip(self.names, outs):
-            if out.dim() not in (2, 4):
-                raise ValueError(f"Tensor {name!r} has shape {tuple(out.shape)}; only (N, C, H, W) feature "
-                                 "maps and (N, C) vectors can be mined.")
-        spatial = [name for name, out in zip(self.names, outs) if out.dim() == 4]
-        fields = self._fields(spatial, size)
-        infos = {}
+        layouts = {name: layout_of(name, out, self._wanted(name, out)) for name, out in zip(self.names, outs)}
+        fields = self._fields([n for n in self.names if layouts[n] in ("NCHW", "NHWC", "auto4")], layouts, size)
+        infos: Dict[str, LayerInfo] = {}
         for name, out in zip(self.names, outs):
             shape = tuple(int(d) for d in out.shape[1:])
-            if out.dim() == 2:
+            layout = layouts[name]
+            if layout == "NC":
                 infos[name] = LayerInfo(name, "NC", shape[0], (1, 1), shape, size, None, "image")
+            elif layout == "NLC":
+                declared = self.sidecar.layouts.get(name, {}) if self.sidecar is not None else {}
+                prefix, grid = token_layout(shape[0], size, None,
+                                            self.prefix_tokens if self.prefix_tokens is not None else declared.get("prefix_tokens"),
+                                            self.token_grid or declared.get("grid"), name)
+                infos[name] = LayerInfo(name, "NLC", shape[1], grid, shape, size, token_footprints(grid, size), "token", prefix)
+                if prefix:
+                    infos[name + PREFIX_SUFFIX] = LayerInfo(name + PREFIX_SUFFIX, "NLC", shape[1], (prefix, 1), shape,
+                                                            size, whole_image_field((prefix, 1), size), "image", prefix)
             else:
-                infos[name] = LayerInfo(name, self.activation_layout, shape[0], (shape[1], shape[2]), shape,
-                                        size, fields[name], "receptive_field")
+                layout = "NHWC" if layout == "NHWC" or name in fields.get("__channels_last__", ()) else "NCHW"
+                c, grid = (shape[2], (shape[0], shape[1])) if layout == "NHWC" else (shape[0], (shape[1], shape[2]))
+                infos[name] = LayerInfo(name, layout, c, grid, shape, size, fields[name], "receptive_field")
         self._infos[key] = infos
         return infos
 
-    def _fields(self, names: Sequence[str], size: Tuple[int, int]) -> Dict[str, Any]:
+    def _fields(self, names: Sequence[str], layouts: Dict[str, str], size: Tuple[int, int]) -> Dict[str, Any]:
+        r"""Receptive fields: the sidecar's for the exported size, else probed through ONNX
+        Runtime (``"auto4"`` tensors the probe finds channels-last are probed again as such)."""
         out: Dict[str, Any] = {}
         sc = self.sidecar
         for name in names:
@@ -137,17 +172,33 @@ class OnnxSource(ActivationSource):
             if rf is not None and tuple(rf.input_size) == tuple(size):
                 out[name] = rf
         todo = [n for n in names if n not in out]
-        if todo:
-            if self._digest is None:
-                self._digest = model_digest(self.proto)
+        nchw = [n for n in todo if layouts[n] != "NHWC"]
+        nhwc = [n for n in todo if layouts[n] == "NHWC"]
+        try:
+            out.update(self._probe(nchw, "NCHW", size))
+        except ChannelsLastError as exc:
             tensor_of = dict(self.pairs)
-            probed = onnx_receptive_fields(
-                self.proto, [tensor_of[n] for n in todo], size,
-                input_layout=self.forward.spec.layout, activation_layout=self.activation_layout,
-                providers=self._providers_wanted, batch_size=self.rf_batch_size,
-                progress=self.progress, digest=self._digest)
-            out.update({n: probed[tensor_of[n]] for n in todo})
+            found = [n for n in nchw if tensor_of[n] in exc.layers or n in exc.layers]
+            if not found or any(layouts[n] == "NCHW" for n in found):
+                raise
+            out.update(self._probe([n for n in nchw if n not in found], "NCHW", size))
+            nhwc += found
+            out["__channels_last__"] = found
+        out.update(self._probe(nhwc, "NHWC", size))
         return out
+
+    def _probe(self, names: Sequence[str], activation_layout: str, size: Tuple[int, int]) -> Dict[str, Any]:
+        if not names:
+            return {}
+        if self._digest is None:
+            self._digest = model_digest(self.proto)
+        tensor_of = dict(self.pairs)
+        probed = onnx_receptive_fields(
+            self.proto, [tensor_of[n] for n in names], size,
+            input_layout=self.forward.spec.layout, activation_layout=activation_layout,
+            providers=self._providers_wanted, batch_size=self.rf_batch_size,
+            progress=self.progress, digest=self._digest)
+        return {n: probed[tensor_of[n]] for n in names}
 
     def describe(self) -> Dict[str, Any]:
         meta: Dict[str, Any] = {

@@ -12,17 +12,15 @@ from torch import Tensor, nn
 
 from ...capture.hooks import LayersSpec, resolve_layers, run_capture
 from ...capture.layouts import ChannelsLastError
-from ...capture.tokens import split_tokens, token_footprints, token_layout
-from ...receptive_field.field import ReceptiveField
+from ...capture.tokens import token_footprints, token_layout
 from ...receptive_field.probe import receptive_fields
 from ...utils.modules import device_dtype, first_conv, root_module
 from .base import ActivationSource, LayerInfo
+from .layouts import LAYOUT_CHOICES, PREFIX_SUFFIX, canonical, check_shape, layout_of, size_key, whole_image_field
 
 __all__ = ["TorchSource"]
 
-_LAYOUTS = ("auto", "NCHW", "NHWC", "NLC", "NC")
-#: Suffix of the layer name under which the prefix tokens (class, registers) of a token layer are mined.
-PREFIX_SUFFIX = "[prefix]"
+
 
 
 class TorchSource(ActivationSource):
@@ -73,8 +71,8 @@ class TorchSource(ActivationSource):
         progress: bool = True,
     ) -> None:
         for value in (layout.values() if isinstance(layout, dict) else [layout]):
-            if value not in _LAYOUTS:
-                raise ValueError(f"layout must be one of {_LAYOUTS} (or a dict of them by layer), got {value!r}.")
+            if value not in LAYOUT_CHOICES:
+                raise ValueError(f"layout must be one of {LAYOUT_CHOICES} (or a dict of them by layer), got {value!r}.")
         self.forward_func = forward_func
         self.named: List[Tuple[str, nn.Module]] = resolve_layers(forward_func, layer)
         self.names = [n for n, _ in self.named]
@@ -115,8 +113,8 @@ class TorchSource(ActivationSource):
         infos = self._infos_for(images, raws)
         out: Dict[str, Tensor] = {}
         for name, raw in zip(self.names, raws):
-            _check_shape(raw, infos[name])
-            out.update(_canonical(raw, infos[name], infos.get(name + PREFIX_SUFFIX)))
+            check_shape(raw, infos[name])
+            out.update(canonical(raw, infos[name], infos.get(name + PREFIX_SUFFIX)))
         return out
 
     def attribute(self, inputs: Any, additional_forward_args: Any = None,
@@ -148,7 +146,7 @@ class TorchSource(ActivationSource):
 
     # ------------------------------------------------------------------ layer infos
     def layer_infos(self, images: Tensor) -> Dict[str, LayerInfo]:
-        key = _size_key(images)
+        key = size_key(images)
         if key not in self._infos:
             with torch.no_grad():
                 self._infos_for(images[:1], self._raw(images[:1]))
@@ -158,11 +156,11 @@ class TorchSource(ActivationSource):
         return self.layout.get(name, "auto") if isinstance(self.layout, dict) else self.layout
 
     def _infos_for(self, images: Tensor, raws: Sequence[Tensor]) -> Dict[str, LayerInfo]:
-        key = _size_key(images)
+        key = size_key(images)
         if key in self._infos:
             return self._infos[key]
         size, channels = (key[0], key[1]), key[2]
-        layouts = {name: _layout_of(name, raw, self._wanted(name)) for name, raw in zip(self.names, raws)}
+        layouts = {name: layout_of(name, raw, self._wanted(name)) for name, raw in zip(self.names, raws)}
         fields = self._fields([n for n in self.names if layouts[n] in ("NCHW", "NHWC", "auto4")],
                               layouts, size, channels)
         infos: Dict[str, LayerInfo] = {}
@@ -176,7 +174,7 @@ class TorchSource(ActivationSource):
                 infos[name] = LayerInfo(name, "NLC", shape[1], grid, shape, size,
                                         token_footprints(grid, size), "token", prefix)
                 if prefix:
-                    whole = _whole_image_field((prefix, 1), size)
+                    whole = whole_image_field((prefix, 1), size)
                     infos[name + PREFIX_SUFFIX] = LayerInfo(name + PREFIX_SUFFIX, "NLC", shape[1], (prefix, 1),
                                                             shape, size, whole, "image", prefix)
             else:
@@ -223,63 +221,3 @@ class TorchSource(ActivationSource):
         return {"backend": "pytorch",
                 "model": root.__class__.__name__ if root is not None
                 else getattr(self.forward_func, "__name__", "forward_func")}
-
-
-def _size_key(images: Tensor) -> Tuple[int, int, int]:
-    if not isinstance(images, Tensor) or images.dim() != 4:
-        raise TypeError(f"Expected (N, C, H, W) images, got {type(images).__name__}"
-                        f"{tuple(images.shape) if isinstance(images, Tensor) else ''}.")
-    return int(images.shape[2]), int(images.shape[3]), int(images.shape[1])
-
-
-def _layout_of(name: str, raw: Tensor, wanted: str) -> str:
-    r"""The layout of a raw output from its number of dimensions and the wanted layout
-    (``"auto4"``: a 4-D output whose layout the probe decides)."""
-    dims = raw.dim() if isinstance(raw, Tensor) else None
-    natural = {2: ["NC"], 3: ["NLC"], 4: ["NCHW", "NHWC"]}.get(dims)
-    if natural is None:
-        shape = tuple(raw.shape) if isinstance(raw, Tensor) else type(raw).__name__
-        raise ValueError(
-            f"Layer {name!r} outputs shape {shape}; only (N, C, H, W) / (N, H, W, C) feature maps, "
-            "(N, tokens, C) token sequences and (N, C) vectors can be mined."
-        )
-    if wanted == "auto":
-        return "auto4" if dims == 4 else natural[0]
-    if wanted not in natural:
-        raise ValueError(f"Layer {name!r} outputs shape {tuple(raw.shape)}, which cannot be layout {wanted!r} "
-                         f"(a {dims}-D output is one of {natural}).")
-    return wanted
-
-
-def _whole_image_field(grid: Tuple[int, int], size: Tuple[int, int]) -> ReceptiveField:
-    boxes = torch.tensor([0, 0, size[0], size[1]]).expand(grid[0], grid[1], 4)
-    return ReceptiveField(boxes=boxes, input_size=size, size=size, stride=size)
-
-
-def _check_shape(raw: Tensor, info: LayerInfo) -> None:
-    channel_dim = {"NHWC": 3, "NLC": 2}.get(info.layout, 1)
-    if raw.dim() == len(info.raw_shape) + 1 and raw.shape[channel_dim] != info.channels:
-        raise ValueError(
-            f"This batch gives the layer {info.name!r} {raw.shape[channel_dim]} channels but earlier "
-            f"batches gave {info.channels}; every batch must go through the same model and layer."
-        )
-    if raw.shape[1:] != torch.Size(info.raw_shape):
-        raise ValueError(
-            f"Layer {info.name!r} gave shape {tuple(raw.shape[1:])} for this batch but "
-            f"{info.raw_shape} for the first batch of the same input size; every batch must go "
-            "through the same model and layer."
-        )
-
-
-def _canonical(raw: Tensor, info: LayerInfo, prefix_info: Optional[LayerInfo] = None) -> Dict[str, Tensor]:
-    r"""The activation(s) of a raw output as ``(N, C, h, w)`` or ``(N, C)``: a channels-last map
-    permuted (a view), tokens split into the patch map and the prefix column."""
-    if info.layout == "NHWC":
-        return {info.name: raw.permute(0, 3, 1, 2)}
-    if info.layout == "NLC":
-        patches, head = split_tokens(raw, info.prefix_tokens, info.grid)
-        out = {info.name: patches}
-        if head is not None and prefix_info is not None:
-            out[prefix_info.name] = head
-        return out
-    return {info.name: raw}

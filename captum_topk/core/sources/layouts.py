@@ -1,0 +1,82 @@
+r"""Layouts of raw layer outputs and their canonical ``(N, C, h, w)`` / ``(N, C)`` form, shared
+by every activation source: which layout a raw output has, the checks on later batches, and the
+conversion (a permuted view for channels-last maps, the patch grid and the prefix column for
+tokens)."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ...capture.tokens import split_tokens
+from ...receptive_field.field import ReceptiveField
+from .base import LayerInfo
+
+__all__ = ["LAYOUT_CHOICES", "PREFIX_SUFFIX", "layout_of", "canonical", "check_shape", "whole_image_field", "size_key"]
+
+#: What a user may ask for: a layout, or "auto".
+LAYOUT_CHOICES = ("auto", "NCHW", "NHWC", "NLC", "NC")
+#: Suffix of the layer name under which the prefix tokens (class, registers) of a token layer are mined.
+PREFIX_SUFFIX = "[prefix]"
+
+
+def size_key(images: Tensor) -> Tuple[int, int, int]:
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise TypeError(f"Expected (N, C, H, W) images, got {type(images).__name__}"
+                        f"{tuple(images.shape) if isinstance(images, Tensor) else ''}.")
+    return int(images.shape[2]), int(images.shape[3]), int(images.shape[1])
+
+
+def layout_of(name: str, raw: Tensor, wanted: str) -> str:
+    r"""The layout of a raw output from its number of dimensions and the wanted layout
+    (``"auto4"``: a 4-D output whose layout the probe decides)."""
+    dims = raw.dim() if isinstance(raw, Tensor) else None
+    natural = {2: ["NC"], 3: ["NLC"], 4: ["NCHW", "NHWC"]}.get(dims)
+    if natural is None:
+        shape = tuple(raw.shape) if isinstance(raw, Tensor) else type(raw).__name__
+        raise ValueError(
+            f"Layer {name!r} outputs shape {shape}; only (N, C, H, W) / (N, H, W, C) feature maps, "
+            "(N, tokens, C) token sequences and (N, C) vectors can be mined."
+        )
+    if wanted == "auto":
+        return "auto4" if dims == 4 else natural[0]
+    if wanted not in natural:
+        raise ValueError(f"Layer {name!r} outputs shape {tuple(raw.shape)}, which cannot be layout {wanted!r} "
+                         f"(a {dims}-D output is one of {natural}).")
+    return wanted
+
+
+def whole_image_field(grid: Tuple[int, int], size: Tuple[int, int]) -> ReceptiveField:
+    boxes = torch.tensor([0, 0, size[0], size[1]]).expand(grid[0], grid[1], 4)
+    return ReceptiveField(boxes=boxes, input_size=size, size=size, stride=size)
+
+
+def check_shape(raw: Tensor, info: LayerInfo) -> None:
+    channel_dim = {"NHWC": 3, "NLC": 2}.get(info.layout, 1)
+    if raw.dim() == len(info.raw_shape) + 1 and raw.shape[channel_dim] != info.channels:
+        raise ValueError(
+            f"This batch gives the layer {info.name!r} {raw.shape[channel_dim]} channels but earlier "
+            f"batches gave {info.channels}; every batch must go through the same model and layer."
+        )
+    if raw.shape[1:] != torch.Size(info.raw_shape):
+        raise ValueError(
+            f"Layer {info.name!r} gave shape {tuple(raw.shape[1:])} for this batch but "
+            f"{info.raw_shape} for the first batch of the same input size; every batch must go "
+            "through the same model and layer."
+        )
+
+
+def canonical(raw: Tensor, info: LayerInfo, prefix_info: Optional[LayerInfo] = None) -> Dict[str, Tensor]:
+    r"""The activation(s) of a raw output as ``(N, C, h, w)`` or ``(N, C)``: a channels-last map
+    permuted (a view), tokens split into the patch map and the prefix column."""
+    if info.layout == "NHWC":
+        return {info.name: raw.permute(0, 3, 1, 2)}
+    if info.layout == "NLC":
+        patches, head = split_tokens(raw, info.prefix_tokens, info.grid)
+        out = {info.name: patches}
+        if head is not None and prefix_info is not None:
+            out[prefix_info.name] = head
+        return out
+    return {info.name: raw}
