@@ -37,7 +37,7 @@ def friendly(what: str) -> Iterator[None]:
 
 # ------------------------------------------------------------------ cached library calls
 @st.cache_resource(show_spinner="Opening the run (model, dataset)...", max_entries=6)
-def open_run(path: str, mtime: float) -> dd.DashRun:
+def open_run(path: str, mtime: float) -> dd.Run:
     return dd.open_run(path)
 
 
@@ -49,6 +49,11 @@ def patches(path: str, mtime: float, layer: str, channel: int, which: str, n: in
 @st.cache_data(show_spinner="Projecting the neurons back to pixels (Captum)...", max_entries=256)
 def projections(path: str, mtime: float, layer: str, channel: int, method: str, which: str, n: int) -> np.ndarray:
     return dd.channel_projections(open_run(path, mtime), layer, channel, method, which, n)
+
+
+@st.cache_data(show_spinner="Drawing the channel's activation maps on the whole images...", max_entries=128)
+def overlays(path: str, mtime: float, layer: str, channel: int, which: str, n: int) -> np.ndarray:
+    return dd.channel_overlays(open_run(path, mtime), layer, channel, which, n)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -116,8 +121,9 @@ def progress_callback(bar: Any, what: str):
     def report(phase: str, done: int, total: Optional[int]) -> None:
         if phase == "mining" and total:
             bar.progress(min(1.0, done / total), text=f"{what}: mining {done}/{total} images")
-        elif phase == "receptive fields":
-            bar.progress(1.0, text=f"{what}: exact receptive fields (cached on disk after the first time)...")
+        elif phase == "loading":
+            bar.progress(0.0, text=f"{what}: loading the model and the images; the first batch also measures "
+                                   "exact receptive fields (cached on disk after the first time)...")
         elif phase == "export":
             bar.progress(0.0, text=f"{what}: exporting to ONNX and checking it against PyTorch...")
         elif phase == "loading":
@@ -185,7 +191,7 @@ def sidebar(mine_default: bool = True) -> dd.Roots:
     return r
 
 
-def current_run(r: Optional[dd.Roots] = None) -> dd.DashRun:
+def current_run(r: Optional[dd.Roots] = None) -> dd.Run:
     r"""Draw the sidebar and return the run chosen there, opened (cached); stops the page with
     an error box when it cannot be opened."""
     r = sidebar() if r is None else r
@@ -217,6 +223,6 @@ def from_query(key: str, param: str, allowed=None, convert=str) -> None:
         st.session_state[key] = value
 
 
-def run_key(run: dd.DashRun) -> Tuple[str, float]:
+def run_key(run: dd.Run) -> Tuple[str, float]:
     r"""``(folder, mtime)``: the cache key of an opened run."""
     return str(run.path), (run.path / "result.pt").stat().st_mtime

@@ -267,3 +267,25 @@ def test_real_default_model_on_the_packaged_photos(tmp_path):
                    for c in at.caption)
     finally:
         restore_env(old)
+
+
+def test_topk_page_on_a_vit_run_shows_token_footprints_and_activation_maps(world):
+    from captum_topk.runs import RunSpec, mine_run
+
+    layer = "encoder.layers.encoder_layer_3"
+    spec = RunSpec(model="vit_b_32", random_init=True, layers=(layer,), data=str(world.data / "shapes"),
+                   k=3, batch_size=6, max_images=6, stats_bins=64)
+    mine_run(spec, world.runs / "vit", progress=False)
+    result = TopKResult.load(world.runs / "vit" / "result.pt")
+    assert result.layers == [layer, layer + "[prefix]"] and result.box_kind(layer) == "token"
+    at = _app("vit").run()
+    _ok(at)
+    assert at.selectbox(key="topk_layer").value == layer
+    assert _table_values(at) == [round(r.value, 4) for r in result.records(layer, 0)]
+    captions = " ".join(c.value for c in at.caption)
+    assert "NLC layer" in captions and "patch footprint (32x32 px)" in captions
+    assert "Activation maps" in [s.value for s in at.subheader]
+    assert "top 0.5 %" in captions  # thresholded: the run has statistics
+    at.selectbox(key="topk_layer").set_value(layer + "[prefix]").run()
+    _ok(at)
+    assert "whole image (a vector layer or a class / register token)" in " ".join(c.value for c in at.caption)

@@ -155,3 +155,21 @@ def test_onnx_runtime_mines_tokens_and_channels_last_like_pytorch(tmp_path):
         assert ort.layout("linear") == "NHWC" and ort.layout("out") == "NCHW"
         _same_records(ort, torch_res, "linear")
         assert ort.receptive_fields["linear"][(16, 16)] == torch_res.receptive_fields["linear"][(16, 16)]
+
+
+def test_neuron_selectors_index_the_raw_output_of_every_layout():
+    from captum.attr import LayerActivation
+
+    vit = _vit()
+    x = _images(5, 32, seed=6)
+    layer = "encoder.layers.encoder_layer_1"
+    res = LayerTopKPatches(vit, layer, k=2).mine(x, progress=False)
+    net = _ChannelsLastBlock().eval()
+    res_cl = LayerTopKPatches(net, ["linear", "out"], k=2).mine(_images(5, 16, seed=6), progress=False)
+    cases = [(res, vit, vit.encoder.layers.encoder_layer_1, layer, x),
+             (res, vit, vit.encoder.layers.encoder_layer_1, layer + "[prefix]", x),
+             (res_cl, net, net.linear, "linear", _images(5, 16, seed=6))]
+    for result, model, module, name, images in cases:
+        for record, selector in result.neurons(name, 3):
+            raw = LayerActivation(model, module).attribute(images[record.index][None])[0]
+            assert float(raw[selector]) == pytest.approx(record.value, abs=1e-5), (name, selector)

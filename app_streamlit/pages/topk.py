@@ -70,16 +70,23 @@ if not recs:
 
 rf = result.receptive_fields.get(layer, {})
 rf_size = next(iter(rf.values())).size if rf else None
+box_kind = result.box_kind(layer)
+box_words = {
+    "receptive_field": (f"Each crop is the exact receptive field ({rf_size[0]}x{rf_size[1]} px of the "
+                        f"{run.info.input_size[0]} px input; black = outside the image)") if rf_size else "",
+    "token": (f"Each crop is the token's patch footprint ({rf_size[0]}x{rf_size[1]} px): after global "
+              "attention a token's receptive field is the whole image, so see the activation maps below"
+              ) if rf_size else "",
+    "image": "Each crop is the whole image (a vector layer or a class / register token)",
+}[box_kind]
 left, mid, right = st.columns([3, 3, 4])
 with left:
     st.subheader(f"{which}-{len(recs)} patches")
     st.image(dd.sheet(tiles, [f"{r.value:.3f}" for r in recs]), width="stretch")
     st.caption(
         f"Channel {channel} of {layer}: the {len(recs)} {'strongest' if which == 'top' else 'most negative'} "
-        f"activations over {result.n_images} images, one per image. Each crop is the exact receptive field "
-        + (f"({rf_size[0]}x{rf_size[1]} px of the {run.info.input_size[0]} px input; black = outside the image)"
-           if rf_size else "(the whole image: a 2-D layer)")
-        + "; the number is the activation at that position.")
+        f"activations over {result.n_images} images, one per image ({result.layout(layer)} layer). "
+        + box_words + "; the number is the activation at that position.")
 proj_slot = mid.container()
 
 with right:
@@ -94,8 +101,20 @@ with right:
         top, lft, bottom, rgt = rec.box
         st.caption(f"#{rank + 1}: **{rec.image_id or rec.index}** ({run.label_name(rec.label)}), "
                    f"activation {rec.value:.3f} at output position (y={rec.y}, x={rec.x}); the yellow box "
-                   f"is its receptive field, rows {top}-{bottom - 1}, columns {lft}-{rgt - 1} of the model input "
+                   f"is its {'patch footprint' if box_kind == 'token' else 'receptive field'}, "
+                   f"rows {top}-{bottom - 1}, columns {lft}-{rgt - 1} of the model input "
                    f"(resized and centre-cropped to {run.info.input_size[0]}x{run.info.input_size[1]}).")
+
+if run.model is not None:
+    st.subheader("Activation maps")
+    with common.friendly("Cannot draw the activation maps"):
+        maps = common.overlays(path, mtime, layer, channel, which, result.k)
+        st.image(dd.sheet(maps, [f"#{i + 1}" for i in range(len(maps))], target_px=140), width="stretch")
+        thresholded = layer in result.channel_stats
+        st.caption(f"The channel's whole activation map on each image ({'tokens' if box_kind == 'token' else 'positions'} "
+                   "upsampled to the input)" + (", lit where it exceeds the channel's top 0.5 % over the dataset "
+                                               "(NetDissect's threshold, from the mined histogram), dimmed elsewhere."
+                                               if thresholded else "; mine with statistics to threshold it."))
 
 table = pd.DataFrame({
     "rank": [r.rank + 1 for r in recs],

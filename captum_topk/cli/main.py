@@ -20,7 +20,7 @@ from ..runs.layers import describe_layers
 
 from ..runs.folder import open_run as load_run
 
-from ..runs.render import render_filters, render_projections, render_run
+from ..runs.render import render_filters, render_overlays, render_projections, render_run
 
 
 
@@ -81,6 +81,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
         half=args.half,
         stats=args.stats,
         layout=args.layout,
+        random_init=args.random_init,
         token_grid=tuple(args.token_grid) if args.token_grid else None,
         prefix_tokens=args.prefix_tokens,
     )
@@ -94,6 +95,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     written = render_run(run, layers=args.layer, channels=args.channels, which=args.which,
                          out_dir=args.out_dir, max_channels=args.max_channels,
                          patch_px=args.patch_px)
+    if args.overlay:
+        written += render_overlays(run, layers=args.layer, channels=args.channels, which=args.which,
+                                   out_dir=args.out_dir, max_channels=min(args.max_channels, 8))
     if args.projection:
         written += render_projections(run, args.projection, layers=args.layer, channels=args.channels,
                                       which=args.which, out_dir=args.out_dir,
@@ -180,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--several-per-image", action="store_true",
                     help="allow several of a channel's top-k from one image")
     sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--random-init", action="store_true",
+                    help="a torchvision architecture with random (seeded) weights: what its units respond to untrained")
     sp.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NHWC", "NLC", "NC"],
                     help="layout of the layers' outputs (default auto: detected on the first batch)")
     sp.add_argument("--token-grid", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -201,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-dir", default=None, help="default: the run folder")
     sp.add_argument("--projection", choices=["deconvolution", "guided_backprop"], default=None,
                     help="also write <layer>_<which><k>_<method>.png: patch | projection side by side")
+    sp.add_argument("--overlay", action="store_true",
+                    help="also write <layer>_<which><k>_overlay.png: each record's whole image with the "
+                         "channel's activation map (thresholded at its top 0.5 %% when stats were gathered)")
     sp.set_defaults(func=cmd_show)
 
     sp = sub.add_parser("filters", help="layer-1 filter tiles as PNG")

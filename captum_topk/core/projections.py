@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..capture.hooks import resolve_layers
+from .sources.layouts import PREFIX_SUFFIX
 from ..utils.modules import device_dtype, root_module
 from .records import ImageSource, PatchRecord, _fetch_image
 
@@ -105,9 +106,27 @@ def neurons(result: Any, layer: str, channel: int, which: str = "top", n: Option
         ...     image = dataset[record.index][0].unsqueeze(0)          # (1, 3, 224, 224)
         ...     attr = ig.attribute(image, neuron_selector=selector)   # (1, 3, 224, 224)
     """
-    spatial = result.states[layer].spatial if layer in result.states else True
     recs = result.records(layer, channel, which)[:n]
-    return [Neuron(r, (r.channel, r.y, r.x) if spatial else r.channel) for r in recs]
+    return [Neuron(r, raw_selector(result, r)) for r in recs]
+
+
+def raw_selector(result: Any, record: PatchRecord) -> Selector:
+    r"""A record's neuron in the layer's *raw* output, as Captum neuron methods index it:
+    ``(c, y, x)`` for channels-first maps, ``(y, x, c)`` for channels-last ones, ``(token, c)``
+    for tokens (``prefix + y * w + x`` for patches, ``y`` for prefix tokens) and ``c`` for vectors.
+    """
+    meta = result.layer_info.get(record.layer) or {}
+    layout = meta.get("layout", "NCHW" if result.states[record.layer].spatial else "NC")
+    if layout == "NC":
+        return record.channel
+    if layout == "NHWC":
+        return (record.y, record.x, record.channel)
+    if layout == "NLC":
+        if record.layer.endswith(PREFIX_SUFFIX):
+            return (record.y, record.channel)
+        width = result.states[record.layer].out_size[1]
+        return (int(meta.get("prefix_tokens", 0)) + record.y * width + record.x, record.channel)
+    return (record.channel, record.y, record.x)
 
 
 @dataclass
@@ -404,7 +423,7 @@ def projections(
         )
     state = result._state(layer)
     if layer_module is None:
-        module = resolve_layers(model, layer)[0][1]
+        module = resolve_layers(model, layer[: -len(PREFIX_SUFFIX)] if layer.endswith(PREFIX_SUFFIX) else layer)[0][1]
     else:
         module = layer_module
     root = root_module(model)
@@ -433,7 +452,7 @@ def projections(
                 )
             x = image.unsqueeze(0).detach().to(device=device, dtype=dtype)
             x.requires_grad_(True)
-            selector = (r.channel, r.y, r.x) if state.spatial else r.channel
+            selector = raw_selector(result, r)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
                 with override_relus(hooked_root, extra, bool(rule)) if extra and isinstance(

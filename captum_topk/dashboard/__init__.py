@@ -44,7 +44,7 @@ from ..runs.folder import Run, RunEntry, list_runs, open_run
 from ..runs.lock import RunLockedError
 from ..models.registry import DEFAULT_LAYERS
 from .spec import DEFAULT_SPEC, JOB_FORMAT, JobSpec
-from .views import channel_classes, channel_histogram, channel_patches, channel_projections, conv_layers, filter_view, record_image, sheet, top1_grid
+from .views import channel_classes, channel_histogram, channel_overlays, channel_patches, channel_projections, conv_layers, filter_view, record_image, sheet, top1_grid
 from ..models.registry import DEFAULT_MODEL
 
 __all__ = [
@@ -77,6 +77,7 @@ __all__ = [
     "job_layers",
     "suggest_layers",
     "channel_patches",
+    "channel_overlays",
     "channel_projections",
     "channel_histogram",
     "channel_classes",

@@ -17,6 +17,7 @@ from ..runs.folder import Run
 
 __all__ = [
     "channel_patches",
+    "channel_overlays",
     "channel_projections",
     "channel_histogram",
     "channel_classes",
@@ -43,6 +44,24 @@ def channel_patches(run: Run, layer: str, channel: int, which: str = "top",
     pad = torch.isnan(crops).any(dim=1).numpy()  # NaN fill marks padding: show it black
     tiles[pad] = 0
     return tiles, recs
+
+
+def channel_overlays(run: Run, layer: str, channel: int, which: str = "top",
+                     n: Optional[int] = None, quantile: Optional[float] = 0.995) -> np.ndarray:
+    r"""Each record's whole image with the channel's activation map on it (thresholded at the
+    channel's top ``quantile`` over the dataset when the run has statistics).
+
+    Returns:
+        numpy.ndarray: ``(n, H, W, 3)`` uint8, strongest record first.
+    Raises:
+        ValueError: an ONNX Runtime run (the maps are computed by the PyTorch model).
+    """
+    from ..viz.overlay import record_overlays
+
+    if run.model is None:
+        raise ValueError("Activation maps need the PyTorch model; this run was mined through ONNX Runtime.")
+    return record_overlays(run.result, run.image_source(), layer, channel, model=run.model, which=which,
+                           n=n, quantile=quantile, mean=run.info.mean, std=run.info.std)
 
 
 def channel_projections(run: Run, layer: str, channel: int, method: str = "deconvolution",

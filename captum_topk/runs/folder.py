@@ -88,7 +88,7 @@ class Run:
         if self._model is None and self.backend != "onnxruntime":
             meta = self.result.metadata
             self._model, _ = load_run_model(str(meta.get("model_name") or DEFAULT_MODEL), meta.get("checkpoint"),
-                                            self.info.input_size[0])
+                                            self.info.input_size[0], bool(meta.get("random_init")))
             self._model.eval()
         return self._model
 
@@ -119,6 +119,8 @@ class Run:
             what = str(m.get("model_name", m.get("model", "?")))
             if m.get("checkpoint"):
                 what += f" + checkpoint {Path(str(m['checkpoint'])).name}"
+            if m.get("random_init"):
+                what += " (random weights)"
         return (f"{what}; {self.result.n_images} images ({data_label(m.get('data'))}); "
                 f"top-{self.result.k} per channel; input {self.info.input_size[0]}x{self.info.input_size[1]}")
 
@@ -175,7 +177,8 @@ def open_run(path: PathLike, check_weights: bool = True) -> Run:
         recorded = spec.weights_sha1 if spec else (settings.get("weights_sha1") or settings.get("checkpoint_sha1"))
         if check_weights:
             _check_weights(weights, recorded)
-        _, info = load_run_model(str(meta.get("model_name") or DEFAULT_MODEL), meta.get("checkpoint"), size)
+        _, info = load_run_model(str(meta.get("model_name") or DEFAULT_MODEL), meta.get("checkpoint"), size,
+                                 bool(meta.get("random_init")))
         backend = "torch"
     desc = meta.get("data") or {"kind": "demo"}
     dataset = reopen_dataset(desc, info.transform, meta.get("skipped") or [], validate="header")

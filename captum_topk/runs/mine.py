@@ -166,7 +166,7 @@ def default_layers(spec: RunSpec) -> List[str]:
             raise ValueError(f"{Path(spec.onnx).name} has no export sidecar listing its layers: pass --layers "
                              "(see `captum-topk layers MODEL.onnx`).")
         return list(sc.layers)
-    net, _ = load_run_model(spec.model, spec.checkpoint)
+    net, _ = load_run_model(spec.model, spec.checkpoint, random_init=spec.random_init)
     return suggest_layers([n for n, _ in net.named_modules() if n])
 
 
@@ -181,7 +181,7 @@ def _miner_for(spec: RunSpec, dev: torch.device):
         miner = OnnxTopKPatches(spec.onnx, list(spec.layers), k=spec.k, distinct_images=spec.distinct_images,
                                 stats=edges, providers=providers)
         return miner, info
-    net, info = load_run_model(spec.model, spec.checkpoint, spec.input_size)
+    net, info = load_run_model(spec.model, spec.checkpoint, spec.input_size, spec.random_init)
     net = net.to(dev).half() if spec.half else net.to(dev)
     miner = LayerTopKPatches(net.eval(), list(spec.layers), k=spec.k, distinct_images=spec.distinct_images,
                              stats=edges, layout=spec.layout, token_grid=spec.token_grid,
@@ -255,6 +255,7 @@ def _mine_locked(spec: RunSpec, out: Path, env: DistEnv, resume: bool, workers: 
     load_skipped = [list(s) for s in result.metadata.get("skipped", [])]  # [source, reason, index, id]
     result.metadata.update(
         model_name=spec.model, checkpoint=spec.checkpoint, onnx_path=spec.onnx, data=descriptor,
+        random_init=spec.random_init,
         mean=list(info.mean), std=list(info.std), input_size=list(info.input_size),
         categories=info.categories, skipped=record["skipped"] + load_skipped, skipped_at_load=len(load_skipped),
         backend=spec.backend,

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Optional, Tuple
 
+import torch
 from torch import nn
 
 from ..models.info import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, make_transform
@@ -24,8 +25,12 @@ def with_input_size(info: ModelInfo, input_size: Optional[int]) -> ModelInfo:
                                transform=make_transform(input_size, mean=info.mean, std=info.std))
 
 
+#: The seed of random weights (``random_init``): a run reopened later gets the same model.
+RANDOM_INIT_SEED = 0
+
+
 def load_run_model(model: Optional[str], checkpoint: Optional[PathLike] = None,
-                   input_size: Optional[int] = None) -> Tuple[nn.Module, ModelInfo]:
+                   input_size: Optional[int] = None, random_init: bool = False) -> Tuple[nn.Module, ModelInfo]:
     r"""Load the PyTorch model of a run (always ``torch.load(..., weights_only=True)``).
 
     Args:
@@ -33,10 +38,17 @@ def load_run_model(model: Optional[str], checkpoint: Optional[PathLike] = None,
             path; empty / None with a ``checkpoint`` that records its architecture.
         checkpoint (str, optional): weights for ``model``.
         input_size (int, optional): crop size instead of the model's own.
+        random_init (bool): random weights, always the same ones (seeded with
+            :data:`RANDOM_INIT_SEED`, the global RNG left untouched): runs of an architecture without
+            weights (demos, tests) reopen with the model that mined them.
     Returns:
         (nn.Module, ModelInfo)
     """
-    if checkpoint and not model:
+    if random_init:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            net, info = load_model(model or DEFAULT_MODEL, random_init=True)
+    elif checkpoint and not model:
         net, info = load_model(str(checkpoint))
     else:
         net, info = load_model(model or DEFAULT_MODEL, checkpoint=str(checkpoint) if checkpoint else None)

@@ -46,8 +46,9 @@ def render_run(
                 values[c] = [r.value for r in recs]
         side = max((p.shape[-1] for p in sets.values()), default=patch_px)
         k = run.result.k
+        what = {"token": "token footprints", "image": "whole images"}.get(run.result.box_kind(layer), "patches")
         sheet = channel_sheet(sets, values, mean=mean, std=std, scale=max(1, patch_px // side),
-                              title=f"{layer}: {which}-{k} patches")
+                              title=f"{layer}: {which}-{k} {what}")
         written.append(save_png(sheet, out_dir / f"{slug(layer)}_{which}{k}.png"))
         firsts = [c for c in range(min(n, 64)) if run.result.records(layer, c, which)]
         tops = _fit(torch.stack([run.patches(layer, c, which, n=1)[0] for c in firsts]), patch_px * 2 // 3)
@@ -56,6 +57,56 @@ def render_run(
                           scale=max(1, (patch_px * 2 // 3) // tops.shape[-1]),
                           title=f"{layer}: {which}-1 patch of channels 0-{firsts[-1]}")
         written.append(save_png(grid, out_dir / f"{slug(layer)}_{which}1.png"))
+    return written
+
+
+def render_overlays(
+    run: Run,
+    layers: Optional[Sequence[str]] = None,
+    channels: Optional[Sequence[int]] = None,
+    which: str = "top",
+    out_dir: Optional[PathLike] = None,
+    max_channels: int = 8,
+    image_px: int = 112,
+    quantile: Optional[float] = 0.995,
+) -> List[Path]:
+    r"""Write, per layer, ``<layer>_<which><k>_overlay.png``: each channel's records as whole
+    images with the channel's activation map on them (:func:`captum_topk.viz.overlay.record_overlays`;
+    thresholded at the channel's top ``quantile`` when the run gathered statistics).
+
+    Args:
+        run (Run): from :func:`~captum_topk.runs.folder.open_run`.
+        layers, channels, which, out_dir: as in :func:`render_run`.
+        max_channels (int): channels per sheet when ``channels`` is not given. Default 8.
+        image_px (int): longest side of each image in the sheet.
+        quantile (float, optional): the NetDissect threshold; None for none.
+    Returns:
+        list of Path: the PNGs written.
+    Raises:
+        ValueError: the run's model is not available (an ONNX Runtime run).
+    """
+    from ..viz.overlay import record_overlays
+
+    model = run.model
+    if model is None:
+        raise ValueError("Activation maps need the PyTorch model; this run was mined through ONNX Runtime.")
+    out_dir = Path(out_dir) if out_dir else run.path
+    written = []
+    for layer in layers or run.result.layers:
+        n = run.result.num_channels(layer)
+        chosen = list(channels) if channels else list(range(min(n, max_channels)))
+        sets, values = {}, {}
+        for c in chosen:
+            rgb = record_overlays(run.result, run.image_source(), layer, c, model=model, which=which,
+                                  quantile=quantile, mean=run.info.mean, std=run.info.std)
+            if len(rgb):
+                sets[c] = _fit(torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0, image_px)
+                values[c] = [r.value for r in run.result.records(layer, c, which)]
+        if not sets:
+            continue
+        k = run.result.k
+        sheet = channel_sheet(sets, values, title=f"{layer}: {which}-{k} images with the channel's activation map")
+        written.append(save_png(sheet, out_dir / f"{slug(layer)}_{which}{k}_overlay.png"))
     return written
 
 

@@ -51,6 +51,8 @@ class RunSpec:
         stats_bins (int): histogram bins over [-16, 16] for per-channel statistics; 0: none.
         backend (str): ``"torch"`` or ``"onnxruntime"``.
         half (bool): float16 forward (GPU only).
+        random_init (bool): an architecture with random (seeded, reproducible) weights: what
+            its units respond to before any training.
         world_size (int): processes (torchrun); a resumed run needs the same.
         layout (str): the layers' output layout (``"auto"``, ``"NCHW"``, ``"NHWC"``, ``"NLC"``,
             ``"NC"``; see :class:`~captum_topk.core.sources.torch.TorchSource`).
@@ -73,6 +75,7 @@ class RunSpec:
     stats_bins: int = 64
     backend: str = "torch"
     half: bool = False
+    random_init: bool = False
     world_size: int = 1
     layout: str = "auto"
     token_grid: Optional[Tuple[int, int]] = None
