@@ -15,7 +15,7 @@ from PIL import Image
 from captum_topk import dashboard as dd
 
 TINY_SPEC = dd.JobSpec(model="resnet18", checkpoint="r18-random.pt", layers=("layer1", "layer2"),
-                       data="shapes", k=4, batch_size=8, input_size=64)
+                       data="shapes", k=4, batch_size=8, input_size=64, backend="torch")
 
 
 def make_images(folder: Path, n_per_class: int = 6, size: int = 80) -> None:

@@ -160,3 +160,37 @@ def test_layers_listing_gives_channels_last_and_token_layouts():
     row = vit["encoder.layers.encoder_layer_3"]
     assert (row["layout"], row["output"], row["stride"]) == ("NLC", "50x768", "32x32")
     assert row["rf"] == "token footprint 32x32 (7x7 grid, 1 prefix)"
+
+
+def test_backend_auto_mines_through_onnxruntime_with_a_cached_export(tmp_path, data, checkpoint, monkeypatch):
+    monkeypatch.setenv("CAPTUM_TOPK_ONNX_ROOT", str(tmp_path / "onnx"))
+    args = ["--max-images", "12", "--input-size", "64"]
+    assert main(_mine_args(data, checkpoint, tmp_path / "torch", "--backend", "torch", *args)) == 0
+    assert main(_mine_args(data, checkpoint, tmp_path / "auto", *args)) == 0
+    info = json.loads((tmp_path / "auto" / "run.json").read_text())
+    assert info["backend"] == info["spec"]["backend"] == "onnxruntime" and "parity" in info["backend_reason"]
+    export = Path(info["onnx_export"])
+    assert export.parent == tmp_path / "onnx" and export.is_file()
+    a, b = TopKResult.load(tmp_path / "torch" / "result.pt"), TopKResult.load(tmp_path / "auto" / "result.pt")
+    for layer in ("layer1", "layer2"):  # the same records, up to float ties
+        torch.testing.assert_close(a.values(layer), b.values(layer), rtol=1e-4, atol=1e-4)
+        assert (a.indices(layer) == b.indices(layer)).float().mean() > 0.95
+    stamp = export.stat().st_mtime_ns
+    assert main(_mine_args(data, checkpoint, tmp_path / "auto2", *args)) == 0
+    assert export.stat().st_mtime_ns == stamp  # the export is reused
+
+
+def test_backend_auto_falls_back_to_pytorch_and_says_why(tmp_path, data, checkpoint, monkeypatch):
+    import importlib
+
+    onnx_export = importlib.import_module("captum_topk.onnx.export")  # the module (the package's .export is the function)
+
+    def broken(*a, **k):
+        raise RuntimeError("Exporting the operator 'aten::magic' to ONNX opset version 17 is not supported")
+
+    monkeypatch.setattr(onnx_export, "export", broken)
+    monkeypatch.setenv("CAPTUM_TOPK_ONNX_ROOT", str(tmp_path / "onnx"))
+    with pytest.warns(RuntimeWarning, match="aten::magic"):
+        assert main(_mine_args(data, checkpoint, tmp_path / "run", "--max-images", "4", "--input-size", "64")) == 0
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["backend"] == "torch" and "aten::magic" in info["backend_reason"]

@@ -235,7 +235,7 @@ def test_job_reuse_progress_and_hostile_inputs(world, tmp_path):
     assert folder == roots.runs / TINY_SPEC.run_name() and calls == [("done", 1, 1)]  # reused
 
     spec = dd.JobSpec(model="resnet18", checkpoint="r18-random.pt", layers=("layer1",), data="shapes",
-                      k=2, batch_size=5, input_size=64, max_images=7)
+                      k=2, batch_size=5, input_size=64, max_images=7, backend="torch")
     calls.clear()
     folder = dd.mine_job(spec, roots, progress=lambda *a: calls.append(a))
     mined = [c for c in calls if c[0] == "mining"]
@@ -326,18 +326,22 @@ def test_like_run_and_finetuned_checkpoint(world):
 def test_onnx_runtime_job_gives_the_pytorch_records(world):
     roots, run = world
     spec = dd.JobSpec(model="resnet18", checkpoint="r18-random.pt", layers=("layer1",), data="shapes",
-                      k=4, batch_size=6, input_size=64)
-    ort_spec = dd.export_for_ort(spec, roots)
-    assert ort_spec.onnx and (roots.onnx / ort_spec.onnx).is_file()
-    ort = dd.open_run(dd.mine_job(ort_spec, roots))
-    assert ort.backend == "onnxruntime" and ort.model is None
+                      k=4, batch_size=6, input_size=64, backend="onnxruntime")
+    ort = dd.open_run(dd.mine_job(spec, roots))
+    exports = list(roots.onnx.glob("resnet18+r18-random-*.onnx"))
+    assert len(exports) == 1 and ort.settings["onnx_export"] == str(exports[0])  # cached under the onnx root
+    assert ort.backend == "onnxruntime" and ort.model is not None  # an export of a PyTorch model: it reloads
+    ort_spec = dd.JobSpec(onnx=exports[0].name, layers=("layer1",), data="shapes", k=4, batch_size=6)
+    user = dd.open_run(dd.mine_job(ort_spec, roots))  # a user's ONNX file: no PyTorch model
+    assert user.backend == "onnxruntime" and user.model is None
     torch.testing.assert_close(ort.result.values("layer1"), run.result.values("layer1"), rtol=1e-4, atol=1e-4)
     assert torch.equal(ort.result.indices("layer1"), run.result.indices("layer1"))
-    tiles, _ = dd.channel_patches(ort, "layer1", 1)
+    assert torch.equal(user.result.indices("layer1"), ort.result.indices("layer1"))
+    tiles, _ = dd.channel_patches(user, "layer1", 1)
     ref, _ = dd.channel_patches(run, "layer1", 1)
     assert np.array_equal(tiles, ref)
     with pytest.raises(ValueError, match="ONNX Runtime"):
-        dd.channel_projections(ort, "layer1", 1)
+        dd.channel_projections(user, "layer1", 1)
     assert "layer1" in dd.job_layers(ort_spec, roots)
 
 

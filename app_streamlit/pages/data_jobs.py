@@ -64,12 +64,15 @@ else:
     typed = m1.text_input("…or a path under the onnx root", key="jobs_onnx_text")
     onnx_file = typed.strip() or (picked if files else None)
 
-backends = ["PyTorch", "ONNX Runtime"] if source != "ONNX file" else ["ONNX Runtime"]
+BACKENDS = {"Auto": "auto", "PyTorch": "torch", "ONNX Runtime": "onnxruntime"}
+backends = list(BACKENDS) if source != "ONNX file" else ["ONNX Runtime"]
 if dd.onnx_available() is not None:
     backends = ["PyTorch"]
-backend = m2.radio("Backend", backends, horizontal=True, key="jobs_backend",
-                   help="ONNX Runtime: the model is exported to the onnx root (checked against PyTorch) "
-                        "and mined there; same records, no projections.")
+backend = BACKENDS[m2.radio("Backend", backends, horizontal=True, key="jobs_backend",
+                            help="Auto: ONNX Runtime on CPU when the model exports faithfully (checked "
+                                 "against PyTorch on real photos; the export is cached under the onnx root), "
+                                 "else PyTorch. Same records up to float ties; projections and activation "
+                                 "maps still use the PyTorch model.")]
 
 o1, o2, o3, o4 = st.columns(4)
 k = int(o1.number_input("k (records per channel)", 1, 64, 9, key="jobs_k"))
@@ -79,7 +82,7 @@ input_size = int(o4.number_input("Input size px (0 = the model's)", 0, 1024, 0, 
 
 data = None if not data_text.strip() and data_pick == DEMO else (data_text.strip() or data_pick)
 base = dd.JobSpec(model=model, checkpoint=checkpoint, onnx=onnx_file, data=data, k=k, batch_size=batch,
-                  input_size=input_size or None, max_images=max_images or None)
+                  input_size=input_size or None, max_images=max_images or None, backend=backend)
 try:
     if data is not None:
         dd.resolve_under(roots.data, data, kind="dir")
@@ -91,16 +94,13 @@ suggested = dd.suggest_layers(options)
 layers = st.multiselect("Layers", options, default=suggested, key=f"jobs_layers_{base.model}_{base.checkpoint}_{base.onnx}")
 spec = dd.JobSpec(**{**base.to_dict(), "layers": tuple(layers)})
 
-done = dd.find_job(spec, roots) if backend == "PyTorch" or spec.onnx else None
+done = dd.find_job(spec, roots)
 if done is not None:
     st.success(f"Already mined, cached on disk: `{done.relative_to(roots.runs).as_posix()}`.")
 if st.button("Mine", type="primary", key="jobs_mine", disabled=not layers):
     bar = st.progress(0.0, text="Starting...")
     try:
-        job = spec
-        if backend == "ONNX Runtime" and not spec.onnx:
-            job = dd.export_for_ort(spec, roots, progress=common.progress_callback(bar, "ONNX export"))
-        folder = dd.mine_job(job, roots, progress=common.progress_callback(bar, spec.run_name()))
+        folder = dd.mine_job(spec, roots, progress=common.progress_callback(bar, spec.run_name()))
         name = folder.relative_to(roots.runs).as_posix()
         st.session_state[common.RUN_REQUEST] = name
         st.session_state["jobs_last"] = name

@@ -82,6 +82,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
         stats=args.stats,
         layout=args.layout,
         random_init=args.random_init,
+        backend=args.backend,
         token_grid=tuple(args.token_grid) if args.token_grid else None,
         prefix_tokens=args.prefix_tokens,
     )
@@ -162,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--opset", type=int, default=17)
     sp.add_argument("--check-images", type=int, default=4,
                     help="real photos for the ONNX Runtime vs PyTorch check (0: skip)")
+    sp.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+                    help="auto (default): ONNX Runtime on CPU when the model exports and passes the parity "
+                         "check (the export is cached in onnx_models/), PyTorch on GPU or when the export "
+                         "fails; run.json records the engine used")
     sp.add_argument("--random-init", action="store_true", help="random weights (a torchvision arch without checkpoint)")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_export)
@@ -184,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--several-per-image", action="store_true",
                     help="allow several of a channel's top-k from one image")
     sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+                    help="auto (default): ONNX Runtime on CPU when the model exports and passes the parity "
+                         "check (the export is cached in onnx_models/), PyTorch on GPU or when the export "
+                         "fails; run.json records the engine used")
     sp.add_argument("--random-init", action="store_true",
                     help="a torchvision architecture with random (seeded) weights: what its units respond to untrained")
     sp.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NHWC", "NLC", "NC"],

@@ -38,7 +38,7 @@ Example::
 
 from .comparisons import compare_runs, compare_status, find_finetuned, like_run, matching_layers, shared_images
 from .embeddings import nearest_neighbours, pca_2d, run_embeddings, thumbnails
-from .jobs import HISTOGRAM_BINS, ensure_default_run, export_for_ort, find_job, job_layers, job_model, mine_job, onnx_available, run_spec, suggest_layers
+from .jobs import HISTOGRAM_BINS, ensure_default_run, find_job, job_layers, job_model, mine_job, onnx_available, run_spec, suggest_layers
 from .roots import CHECKPOINT_EXTENSIONS, DEFAULT_DIRS, ENV_VARS, Roots, UnsafePathError, list_data_folders, list_files, resolve_under
 from ..runs.folder import Run, RunEntry, list_runs, open_run
 from ..runs.lock import RunLockedError
@@ -71,7 +71,6 @@ __all__ = [
     "mine_job",
     "find_job",
     "ensure_default_run",
-    "export_for_ort",
     "onnx_available",
     "job_model",
     "job_layers",

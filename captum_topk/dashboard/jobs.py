@@ -7,19 +7,15 @@ layers a job's model offers."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from torch import nn
 
 from ..models.info import ModelInfo
-from ..runs.mine import Progress, find_run, mine_run, notify
+from ..runs.mine import Progress, find_run, mine_run
 from ..runs.models import load_run_model
 from ..runs.spec import RunSpec
-from ..utils.files import file_digest
-from ..utils.naming import slug
 from .roots import Roots, resolve_under
 from ..runs.layers import suggest_layers
 from .spec import DEFAULT_SPEC, JobSpec
@@ -31,7 +27,6 @@ __all__ = [
     "mine_job",
     "ensure_default_run",
     "onnx_available",
-    "export_for_ort",
     "job_model",
     "job_layers",
     "suggest_layers",
@@ -53,20 +48,24 @@ def run_spec(spec: JobSpec, roots: Roots) -> RunSpec:
     if spec.onnx:
         return RunSpec(model="", onnx=str(resolve_under(roots.onnx, spec.onnx, kind="file")),
                        layers=tuple(spec.layers), data=data, k=spec.k, batch_size=spec.batch_size,
-                       input_size=spec.input_size, max_images=spec.max_images, stats_bins=HISTOGRAM_BINS)
+                       input_size=spec.input_size, max_images=spec.max_images, stats_bins=HISTOGRAM_BINS,
+                       backend="onnxruntime")
     checkpoint = str(resolve_under(roots.checkpoints, spec.checkpoint, kind="file")) if spec.checkpoint else None
     return RunSpec(model=spec.model, checkpoint=checkpoint, layers=tuple(spec.layers), data=data, k=spec.k,
                    batch_size=spec.batch_size, input_size=spec.input_size, max_images=spec.max_images,
-                   stats_bins=HISTOGRAM_BINS)
+                   stats_bins=HISTOGRAM_BINS, backend=spec.backend)
 
 
 def find_job(spec: JobSpec, roots: Roots) -> Optional[Path]:
-    r"""The run folder of a finished job with exactly these settings, weights and images, or None."""
+    r"""The run folder of a finished job with exactly these settings, weights and images, or None
+    (``backend="auto"`` matches a finished run of either engine)."""
     try:
         resolved = run_spec(spec, roots).resolve()
     except (OSError, ValueError):
         return None
-    return find_run(resolved, roots.runs / spec.run_name())
+    folder = roots.runs / spec.run_name()
+    engines = [resolved.backend] if resolved.backend != "auto" else ["onnxruntime", "torch"]
+    return folder if any(find_run(dataclasses.replace(resolved, backend=e), folder) for e in engines) else None
 
 
 def mine_job(spec: JobSpec, roots: Roots, progress: Progress = None, reuse: bool = True,
@@ -101,7 +100,7 @@ def mine_job(spec: JobSpec, roots: Roots, progress: Progress = None, reuse: bool
     folder = roots.runs / spec.run_name()
     stopped = (folder / "snapshot.pt").is_file() and not (folder / "result.pt").is_file()
     mine_run(run_spec(spec, roots), folder, reuse=reuse, resume=stopped, progress=progress or (lambda *a: None),
-             should_stop=should_stop)
+             should_stop=should_stop, onnx_root=roots.onnx)
     return folder
 
 
@@ -121,32 +120,6 @@ def onnx_available() -> Optional[str]:
     except Exception as exc:  # pragma: no cover - depends on the environment
         return f"ONNX backend unavailable: {type(exc).__name__}: {exc}"
     return None
-
-
-def _weights_sha1(spec: JobSpec, roots: Roots) -> Optional[str]:
-    if spec.checkpoint:
-        return file_digest(resolve_under(roots.checkpoints, spec.checkpoint, kind="file"))
-    return None
-
-
-def export_for_ort(spec: JobSpec, roots: Roots, progress: Progress = None) -> JobSpec:
-    r"""Export the PyTorch model of ``spec`` with its layers to ONNX under ``roots.onnx``
-    (reused when already there, keyed by the checkpoint's bytes) and return the spec that
-    mines it with ONNX Runtime."""
-    from ..onnx.export import export
-
-    name = slug(spec.model or 'model', keep='_.-')
-    if spec.checkpoint:
-        name += "+" + slug(Path(spec.checkpoint).stem, keep="_.-")
-    weights = _weights_sha1(spec, roots)  # a checkpoint replaced under its name gets a new export
-    name += "-" + hashlib.sha1(json.dumps([list(spec.layers), spec.input_size, spec.checkpoint, weights]).encode()).hexdigest()[:8]
-    target = roots.onnx / f"{name}.onnx"
-    if not (target.is_file() and Path(str(target) + ".json").is_file()):
-        notify(progress, "export", 0, None)
-        net, info = job_model(spec, roots)
-        export(net, list(spec.layers), target, input_size=info.input_size, info=info, progress=False)
-    return dataclasses.replace(spec, onnx=target.relative_to(roots.onnx).as_posix(), checkpoint=None,
-                               model="", input_size=None)
 
 
 def job_model(spec: JobSpec, roots: Roots) -> Tuple[nn.Module, ModelInfo]:

@@ -44,6 +44,9 @@ class JobSpec:
         batch_size (int): images per batch.
         input_size (int, optional): crop size instead of the model's own.
         max_images (int, optional): mine only the first images.
+        backend (str): ``"auto"`` (ONNX Runtime on CPU when the model exports faithfully: see
+            :mod:`captum_topk.runs.backend`), ``"torch"`` or ``"onnxruntime"``; an ONNX file is
+            always mined with ONNX Runtime.
     """
 
     model: str = DEFAULT_MODEL
@@ -55,6 +58,7 @@ class JobSpec:
     batch_size: int = 16
     input_size: Optional[int] = None
     max_images: Optional[int] = None
+    backend: str = "auto"
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -67,10 +71,6 @@ class JobSpec:
         kw = {k: v for k, v in d.items() if k in names}
         kw["layers"] = tuple(kw.get("layers", DEFAULT_LAYERS))
         return cls(**kw)
-
-    @property
-    def backend(self) -> str:
-        return "onnxruntime" if self.onnx else "torch"
 
     def key(self) -> str:
         r"""A short hash of the settings (and of the job format): equal specs share one run folder."""

@@ -3,7 +3,7 @@ source (:class:`~captum_topk.onnx.source.OnnxSource`)."""
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from captum.attr import LayerAttribution
 
@@ -45,6 +45,9 @@ class OnnxTopKPatches(LayerTopKPatches):
         threads: Optional[int] = None,
         rf_batch_size: int = 16,
         progress_rf: bool = True,
+        layout: Union[str, Dict[str, str]] = "auto",
+        token_grid: Optional[Tuple[int, int]] = None,
+        prefix_tokens: Optional[int] = None,
     ) -> None:
         r"""
         Args:
@@ -68,6 +71,8 @@ class OnnxTopKPatches(LayerTopKPatches):
             threads (int, optional): ONNX Runtime intra-op threads.
             rf_batch_size (int): images per run of the receptive-field probe.
             progress_rf (bool): tqdm bar while probing receptive fields.
+            layout, token_grid, prefix_tokens: as in :class:`~captum_topk.LayerTopKPatches`
+                (the export sidecar records them for exported layers).
         Example::
             >>> from captum_topk.onnx import export, OnnxTopKPatches
             >>> exp = export(model, ["layer2", "layer3"], "onnx_models/r18.onnx", input_size=224)
@@ -81,7 +86,8 @@ class OnnxTopKPatches(LayerTopKPatches):
             raise ValueError("ONNX Runtime chooses its device through providers=[...], not device_ids.")
         source = OnnxSource(onnx_model, layer, providers=providers, input_layout=input_layout,
                             activation_layout=activation_layout, threads=threads,
-                            rf_batch_size=rf_batch_size, progress=progress_rf)
+                            rf_batch_size=rf_batch_size, progress=progress_rf, layout=layout,
+                            token_grid=token_grid, prefix_tokens=prefix_tokens)
         LayerAttribution.__init__(self, source, source.names)
         self._bind(source, k=k, distinct_images=distinct_images, stats=stats,
                    single=isinstance(layer, str))

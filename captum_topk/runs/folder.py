@@ -83,9 +83,15 @@ class Run:
 
     # ------------------------------------------------------------------ model
     @property
+    def has_torch_model(self) -> bool:
+        r"""Whether the run's PyTorch model can be loaded (False for a run of a user's ONNX file)."""
+        return bool(self.result.metadata.get("torch_model", self.backend != "onnxruntime"))
+
+    @property
     def model(self) -> Optional[nn.Module]:
-        r"""The PyTorch model (loaded on first use, in eval mode); None for an ONNX Runtime run."""
-        if self._model is None and self.backend != "onnxruntime":
+        r"""The PyTorch model (loaded on first use, in eval mode; also for runs ONNX Runtime mined
+        from an export of it); None for a run of a user's ONNX file."""
+        if self._model is None and self.has_torch_model:
             meta = self.result.metadata
             self._model, _ = load_run_model(str(meta.get("model_name") or DEFAULT_MODEL), meta.get("checkpoint"),
                                             self.info.input_size[0], bool(meta.get("random_init")))
@@ -113,7 +119,7 @@ class Run:
     def describe(self) -> str:
         r"""One line: model, backend, images, k, input size."""
         m = self.result.metadata
-        if self.backend == "onnxruntime":
+        if self.backend == "onnxruntime" and not self.has_torch_model:
             what = f"{Path(str(m.get('onnx_path', '?'))).name} through ONNX Runtime ({m.get('provider', '?')})"
         else:
             what = str(m.get("model_name", m.get("model", "?")))
@@ -121,6 +127,8 @@ class Run:
                 what += f" + checkpoint {Path(str(m['checkpoint'])).name}"
             if m.get("random_init"):
                 what += " (random weights)"
+            if self.backend == "onnxruntime":
+                what += f", mined through ONNX Runtime ({m.get('provider', '?')})"
         return (f"{what}; {self.result.n_images} images ({data_label(m.get('data'))}); "
                 f"top-{self.result.k} per channel; input {self.info.input_size[0]}x{self.info.input_size[1]}")
 
@@ -159,7 +167,8 @@ def open_run(path: PathLike, check_weights: bool = True) -> Run:
             spec = None
     size = meta.get("input_size")
     size = int(size[0]) if isinstance(size, (list, tuple)) and size else None
-    if meta.get("backend") == "onnxruntime":
+    backend = "onnxruntime" if meta.get("backend") == "onnxruntime" else "torch"
+    if backend == "onnxruntime" and not meta.get("torch_model", False):  # a user's ONNX file
         onnx_path = Path(str(meta.get("onnx_path") or ""))
         if not onnx_path.is_file():
             raise FileNotFoundError(f"The run was mined from {onnx_path}, which is gone.")
@@ -171,7 +180,6 @@ def open_run(path: PathLike, check_weights: bool = True) -> Run:
 
             info = dataclasses.replace(info, mean=tuple(meta["mean"]), std=tuple(meta["std"]),
                                        transform=make_transform(info.input_size, mean=meta["mean"], std=meta["std"]))
-        backend = "onnxruntime"
     else:
         weights = meta.get("checkpoint") or str(meta.get("model_name") or "")  # --model file.pt
         recorded = spec.weights_sha1 if spec else (settings.get("weights_sha1") or settings.get("checkpoint_sha1"))
@@ -179,7 +187,6 @@ def open_run(path: PathLike, check_weights: bool = True) -> Run:
             _check_weights(weights, recorded)
         _, info = load_run_model(str(meta.get("model_name") or DEFAULT_MODEL), meta.get("checkpoint"), size,
                                  bool(meta.get("random_init")))
-        backend = "torch"
     desc = meta.get("data") or {"kind": "demo"}
     dataset = reopen_dataset(desc, info.transform, meta.get("skipped") or [], validate="header")
     stale = None

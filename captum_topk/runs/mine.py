@@ -31,6 +31,7 @@ from ..models.registry import DEFAULT_MODEL
 from ..utils.files import PathLike, atomic_write_text
 from .datasets import open_dataset
 from .distributed import DistEnv, ShardLoader, batches_done, dist_env, gather_states, init_distributed, shard_batches
+from .backend import choose_backend
 from .layers import suggest_layers
 from .lock import RunLock
 from .models import load_run_model, onnx_model_info
@@ -89,6 +90,7 @@ def mine_run(
     snapshot_every: float = 30.0,
     progress: Union[bool, Progress] = True,
     should_stop: Optional[Callable[[], bool]] = None,
+    onnx_root: Optional[PathLike] = None,
     **settings: Any,
 ) -> Optional[Path]:
     r"""Mine a :class:`RunSpec` into the run folder ``out``.
@@ -108,6 +110,8 @@ def mine_run(
         progress (bool or callable): a tqdm bar, or ``progress(phase, done, total)``.
         should_stop (callable, optional): checked before each batch; True stops the run early,
             leaving its snapshot (a cancelled dashboard job; ``resume=True`` continues it).
+        onnx_root (str, optional): where ``backend="auto"`` / ``"onnxruntime"`` caches the
+            export of a PyTorch model (default :func:`~captum_topk.runs.backend.onnx_root`).
     Returns:
         Path: ``out/result.pt`` (None on ranks other than 0, and when stopped early).
     Raises:
@@ -124,13 +128,17 @@ def mine_run(
     callback = progress if callable(progress) else None
     env = dist_env()
     spec = dataclasses.replace(spec, world_size=env.world).resolve()
+    dev = resolve_device(device, env)
     lock_name = ".lock" if env.world == 1 else f".lock.rank{env.rank}-of-{env.world}"
     with RunLock(out, lock_name):
-        if reuse and env.world == 1 and find_run(spec, out) is not None:
+        engines = [spec.backend] if spec.backend != "auto" else ["onnxruntime", "torch"]
+        if reuse and env.world == 1 and any(find_run(dataclasses.replace(spec, backend=e), out) for e in engines):
             notify(callback, "done", 1, 1)
             return out / "result.pt"
-        return _mine_locked(spec, out, env, resume, workers, device, snapshot_every,
-                            progress is True, callback, should_stop)
+        notify(callback, "loading", 0, None)
+        spec, onnx_file, why = choose_backend(spec, dev, onnx_root, progress=progress is True and env.is_main)
+        return _mine_locked(spec, out, env, resume, workers, dev, snapshot_every,
+                            progress is True, callback, should_stop, onnx_file, why)
 
 
 def _spec_from(spec: Optional[RunSpec], settings: Dict[str, Any]) -> RunSpec:
@@ -170,16 +178,19 @@ def default_layers(spec: RunSpec) -> List[str]:
     return suggest_layers([n for n, _ in net.named_modules() if n])
 
 
-def _miner_for(spec: RunSpec, dev: torch.device):
-    r"""The miner and the model's preprocessing of a spec."""
+def _miner_for(spec: RunSpec, dev: torch.device, onnx_file: Optional[Path] = None):
+    r"""The miner and the model's preprocessing of a spec (``onnx_file``: the export ONNX
+    Runtime mines for a PyTorch model)."""
     edges = torch.linspace(-16.0, 16.0, spec.stats_bins + 1) if spec.stats_bins else False
-    if spec.onnx:
+    if spec.onnx or onnx_file is not None:
         from ..onnx.miner import OnnxTopKPatches
 
-        info = onnx_model_info(spec.onnx, spec.input_size)
+        path = spec.onnx or str(onnx_file)
+        info = onnx_model_info(path, spec.input_size)
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if dev.type == "cuda" else ["CPUExecutionProvider"]
-        miner = OnnxTopKPatches(spec.onnx, list(spec.layers), k=spec.k, distinct_images=spec.distinct_images,
-                                stats=edges, providers=providers)
+        miner = OnnxTopKPatches(path, list(spec.layers), k=spec.k, distinct_images=spec.distinct_images,
+                                stats=edges, providers=providers, layout=spec.layout, token_grid=spec.token_grid,
+                                prefix_tokens=spec.prefix_tokens)
         return miner, info
     net, info = load_run_model(spec.model, spec.checkpoint, spec.input_size, spec.random_init)
     net = net.to(dev).half() if spec.half else net.to(dev)
@@ -189,16 +200,14 @@ def _miner_for(spec: RunSpec, dev: torch.device):
     return miner, info
 
 
-def _mine_locked(spec: RunSpec, out: Path, env: DistEnv, resume: bool, workers: int, device: str,
+def _mine_locked(spec: RunSpec, out: Path, env: DistEnv, resume: bool, workers: int, dev: torch.device,
                  snapshot_every: float, bar: bool, callback: Progress,
-                 should_stop: Optional[Callable[[], bool]]) -> Optional[Path]:
+                 should_stop: Optional[Callable[[], bool]], onnx_file: Optional[Path], why: str) -> Optional[Path]:
     if not spec.layers:
         raise ValueError("Pick at least one layer to mine (see `captum-topk layers MODEL`).")
-    notify(callback, "loading", 0, None)
-    dev = resolve_device(device, env)
     if spec.half and dev.type != "cuda":
         raise ValueError("--half needs a GPU (half precision convolutions are slow or missing on CPU).")
-    miner, info = _miner_for(spec, dev)
+    miner, info = _miner_for(spec, dev, onnx_file)
     dataset, descriptor = open_dataset(spec.data, info.transform)
     total = len(dataset) if spec.max_images is None else min(len(dataset), spec.max_images)
     if total == 0:
@@ -218,6 +227,7 @@ def _mine_locked(spec: RunSpec, out: Path, env: DistEnv, resume: bool, workers: 
     started = init_distributed(env, dev)
     record: Dict[str, Any] = {
         "format": RUN_FORMAT, "spec": spec.to_dict(), "status": "running", "data": descriptor,
+        "backend": spec.backend, "backend_reason": why, "onnx_export": str(onnx_file) if onnx_file else None,
         "n_total": total, "input_size": list(info.input_size),
         "skipped": [list(s) for s in getattr(dataset, "skipped", [])],
         "started": time.time(), "captum_topk_version": __version__,
@@ -254,7 +264,8 @@ def _mine_locked(spec: RunSpec, out: Path, env: DistEnv, resume: bool, workers: 
             dist.destroy_process_group()
     load_skipped = [list(s) for s in result.metadata.get("skipped", [])]  # [source, reason, index, id]
     result.metadata.update(
-        model_name=spec.model, checkpoint=spec.checkpoint, onnx_path=spec.onnx, data=descriptor,
+        model_name=spec.model, checkpoint=spec.checkpoint, onnx_path=spec.onnx or (str(onnx_file) if onnx_file else None),
+        torch_model=not spec.onnx, data=descriptor,
         random_init=spec.random_init,
         mean=list(info.mean), std=list(info.std), input_size=list(info.input_size),
         categories=info.categories, skipped=record["skipped"] + load_skipped, skipped_at_load=len(load_skipped),
@@ -264,7 +275,7 @@ def _mine_locked(spec: RunSpec, out: Path, env: DistEnv, resume: bool, workers: 
     result.save(out / "result.pt")
     record.update(status="done", finished=time.time(), seconds=round(time.monotonic() - t0, 3),
                   skipped=record["skipped"] + load_skipped, skipped_at_load=len(load_skipped),
-                  backend_detail={k: result.metadata.get(k) for k in ("backend", "provider") if k in result.metadata})
+                  provider=result.metadata.get("provider"))
     atomic_write_text(out / "run.json", json.dumps(record, indent=2))
     stale = out / "embeddings"  # cached from whatever this folder held before
     if stale.is_dir():

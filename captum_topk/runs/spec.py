@@ -26,8 +26,8 @@ from .datasets import data_fingerprint, describe_data
 __all__ = ["RunSpec", "RUN_FORMAT", "BACKENDS"]
 
 RUN_FORMAT = "captum-topk-run/2"
-#: Mining backends: PyTorch eager (hooks) or ONNX Runtime ("auto" picks, see runs.backend).
-BACKENDS = ("torch", "onnxruntime")
+#: Mining backends: PyTorch eager (hooks) or ONNX Runtime; "auto" picks (see runs.backend).
+BACKENDS = ("auto", "torch", "onnxruntime")
 _RESOLVED = ("weights_sha1", "data_fingerprint")
 
 
@@ -49,7 +49,9 @@ class RunSpec:
         max_images (int, optional): mine only the first images.
         distinct_images (bool): one record per image per channel.
         stats_bins (int): histogram bins over [-16, 16] for per-channel statistics; 0: none.
-        backend (str): ``"torch"`` or ``"onnxruntime"``.
+        backend (str): ``"auto"`` (ONNX Runtime on CPU when the model exports faithfully, else
+            PyTorch; resolved when mining: a run folder records the engine used), ``"torch"``
+            or ``"onnxruntime"``.
         half (bool): float16 forward (GPU only).
         random_init (bool): an architecture with random (seeded, reproducible) weights: what
             its units respond to before any training.
@@ -73,7 +75,7 @@ class RunSpec:
     max_images: Optional[int] = None
     distinct_images: bool = True
     stats_bins: int = 64
-    backend: str = "torch"
+    backend: str = "auto"
     half: bool = False
     random_init: bool = False
     world_size: int = 1
