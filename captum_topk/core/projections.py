@@ -71,6 +71,31 @@ METHODS: Dict[str, Type[NeuronAttribution]] = {
     "gradient": NeuronGradient,
 }
 _RELU_RULE = {NeuronDeconvolution: True, NeuronGuidedBackprop: False}  # use grad_output?
+#: Methods whose attribution of one example depends on that example only (one backward pass
+#: serves a batch of records).
+_BATCHABLE = (NeuronDeconvolution, NeuronGuidedBackprop, NeuronGradient)
+
+
+def _groups(recs: Sequence[PatchRecord], batched: bool) -> List[List[int]]:
+    r"""Record positions to attribute together: all of one input size when batched, else one each."""
+    if not batched:
+        return [[i] for i in range(len(recs))]
+    by_size: Dict[Tuple[int, int], List[int]] = {}
+    for i, r in enumerate(recs):
+        by_size.setdefault(tuple(r.input_size), []).append(i)
+    return list(by_size.values())
+
+
+def _per_example(selectors: Sequence[Selector]) -> Callable[[Tensor], Tensor]:
+    r"""A Captum neuron selector picking example i's own neuron ``selectors[i]``: ``(n,)``."""
+    index = [torch.as_tensor([s] if isinstance(s, int) else s) for s in selectors]
+    cols = torch.stack([i.reshape(-1) for i in index], dim=1)  # (dims, n)
+
+    def select(out: Tensor) -> Tensor:
+        rows = torch.arange(out.shape[0], device=out.device)
+        return out[(rows, *[c.to(out.device) for c in cols])]
+
+    return select
 
 
 class Neuron(NamedTuple):
@@ -372,13 +397,17 @@ def projections(
     additional_forward_args: Optional[object] = None,
     layer_module: Optional[nn.Module] = None,
     progress: bool = True,
+    batch: bool = True,
 ) -> Projections:
     r"""Project each of a channel's top-k neurons onto its image (Zeiler & Fergus).
 
-    For every record, the single neuron ``(channel, y, x)`` (``channel`` for a 2-D layer) is
-    attributed to the input image with a Captum neuron method, one image at a time, and the
-    attribution is cropped to the record's receptive field (padded like
-    :meth:`TopKResult.patches`, so patch and projection grids line up).
+    For every record, the single neuron ``(channel, y, x)`` (``channel`` for a 2-D layer; the
+    raw layout's index for channels-last and token layers) is attributed to the input image
+    with a Captum neuron method, and the attribution is cropped to the record's receptive field
+    (padded like :meth:`TopKResult.patches`, so patch and projection grids line up). The k
+    records go through one forward and one backward pass together (a callable neuron selector
+    picks each image's own neuron) for deconvolution, guided backprop and gradients; other
+    methods, and calls with ``additional_forward_args``, attribute one record at a time.
 
     Args:
         result (TopKResult): a mined result.
@@ -408,6 +437,8 @@ def projections(
         layer_module (nn.Module, optional): the layer module, when ``model`` is a plain
             function whose modules cannot be found by name.
         progress (bool): tqdm bar over the records.
+        batch (bool): one backward pass for all records when the method allows it (default);
+            False: one pass per record (the first version's loop; the same attributions).
     Returns:
         Projections: ``.attributions`` (n, C, h, w), ``.rgb`` (n, h, w, 3) uint8,
         ``.records``, ``.method``, ``.scale``.
@@ -436,23 +467,32 @@ def projections(
     to_input = bool(result.metadata.get("attribute_to_layer_input", False))
     kwargs = dict(attribute_kwargs or {})
     device, dtype = device_dtype(root)
-    attrs: List[Tensor] = []
+    attrs: List[Optional[Tensor]] = [None] * len(recs)
     name = ""
     with _no_hook_left(root):
         attributor, rule = _make_attributor(method, model, module)
         name = type(attributor).__name__
         extra = [t for t in relu_types if not issubclass(t, nn.ReLU)] if rule is not None else []
         hooked_root = root if root is not None else getattr(attributor, "forward_func", None)
-        for r in tqdm(recs, desc=f"{name} {layer}[{channel}]", disable=not progress, leave=False):
+        images = []
+        for r in recs:
             image = _fetch_image(images_source, r.index, transform)
             if tuple(image.shape[-2:]) != tuple(r.input_size):
                 raise ValueError(
                     f"Image {r.index} is {tuple(image.shape[-2:])} but was mined at "
                     f"{tuple(r.input_size)}: pass the source with the transform used for mining."
                 )
-            x = image.unsqueeze(0).detach().to(device=device, dtype=dtype)
+            images.append(image)
+        # One backward pass for all the records of one input size: each image's own neuron is
+        # selected by a callable selector (images do not interact in eval mode), unless the
+        # method or the extra forward arguments need the per-record loop.
+        batched = batch and additional_forward_args is None and type(attributor) in _BATCHABLE
+        groups = _groups(recs, batched)
+        for group in tqdm(groups, desc=f"{name} {layer}[{channel}]", disable=not progress, leave=False):
+            x = torch.stack([images[i] for i in group]).detach().to(device=device, dtype=dtype)
             x.requires_grad_(True)
-            selector = raw_selector(result, r)
+            selectors = [raw_selector(result, recs[i]) for i in group]
+            selector = selectors[0] if len(group) == 1 else _per_example(selectors)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
                 with override_relus(hooked_root, extra, bool(rule)) if extra and isinstance(
@@ -462,11 +502,15 @@ def projections(
                         x, neuron_selector=selector, additional_forward_args=additional_forward_args,
                         attribute_to_neuron_input=to_input, **kwargs,
                     )
-            a = (a[0] if isinstance(a, tuple) else a)[0].detach().float().cpu()
-            if crop and state.spatial:
-                rf = result.receptive_fields[layer][tuple(r.input_size)]
-                a = rf.padded_crop(a, r.y, r.x, fill=0.0)
-            attrs.append(a)
+            a = (a[0] if isinstance(a, tuple) else a).detach().float().cpu()
+            for j, i in enumerate(group):
+                r = recs[i]
+                one = a[j]
+                if crop and state.spatial:
+                    rf = result.receptive_fields[layer][tuple(r.input_size)]
+                    one = rf.padded_crop(one, r.y, r.x, fill=0.0)
+                attrs[i] = one
+    attrs = [a for a in attrs if a is not None]
     if attrs:
         stacked = torch.stack(attrs)
     else:
