@@ -22,10 +22,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
-# Mine the embedded default if missing (cached in results/), then open the dashboard.
+# Mine the embedded default if missing (cached in results/), then serve the dashboard on
+# http://localhost:8501, private to this machine. `make run HOST=0.0.0.0` exposes it (see README).
+HOST ?= 127.0.0.1
+PORT ?= 8501
 run: $(STAMP)
-	$(PY) -m captum_topk.dashboard warm
-	$(PY) -m streamlit run app_streamlit/main.py --client.toolbarMode viewer --browser.gatherUsageStats false
+	$(PY) -m captum_topk dashboard --host $(HOST) --port $(PORT)
 
 # Real top-9 PNGs of the embedded default without the dashboard.
 demo: $(STAMP)

@@ -15,6 +15,15 @@ for option, value in (("client.showErrorDetails", "none"),  # pages show short s
     except Exception:  # an older Streamlit where it cannot be set at run time
         pass
 
+# Private by default: `captum-topk dashboard` / `make run` bind 127.0.0.1. Say so when it is not.
+_address = st.get_option("server.address")
+if _address not in ("127.0.0.1", "localhost", "::1"):
+    st.warning(
+        f"This dashboard listens on {'every network interface' if not _address or _address in ('0.0.0.0', '::') else _address}: "
+        "anyone who can reach this machine can browse the configured data and run folders and start mining "
+        "jobs. Serve it on 127.0.0.1 (the default of `make run`), or put it behind an authenticating reverse "
+        "proxy (README, 'Security and robustness').", icon=":material/public:")
+
 pages = [
     st.Page("pages/topk.py", title="Top-k patches", icon=":material/grid_view:", default=True),
     st.Page("pages/filters.py", title="Filters", icon=":material/tune:"),

@@ -195,12 +195,18 @@ def test_data_jobs_page_mines_and_refuses_hostile_input(world):
     layers = at.multiselect[0]
     assert layers.value == ["layer1", "layer2", "layer3"]
     layers.set_value(["layer1"])
+    at.radio(key="jobs_backend").set_value("PyTorch")
     at.button(key="jobs_mine").click().run()
     _ok(at)
     spec = dd.JobSpec(model="resnet18", checkpoint="r18-random.pt", layers=("layer1",), data="shapes", k=3,
-                      input_size=64)
+                      input_size=64, backend="torch")
+    queue = dd.job_queue(world)
+    job = next(j for j in queue.jobs() if j.spec == spec)  # mined in the background: the page did not block
+    assert queue.wait(job, timeout=TIMEOUT).status == "done"
+    at.run()  # the jobs panel sees it done and makes it the run shown
+    _ok(at)
     folder = dd.find_job(spec, world)
-    assert folder is not None
+    assert folder is not None and folder == job.folder
     assert at.session_state["run"] == folder.name  # the new run is now the one shown
     assert TopKResult.load(folder / "result.pt").k == 3
     assert any("cached on disk" in s.value for s in at.success)
@@ -289,3 +295,24 @@ def test_topk_page_on_a_vit_run_shows_token_footprints_and_activation_maps(world
     at.selectbox(key="topk_layer").set_value(layer + "[prefix]").run()
     _ok(at)
     assert "whole image (a vector layer or a class / register token)" in " ".join(c.value for c in at.caption)
+
+
+def test_exposure_is_said_on_the_page_and_loopback_is_the_default(world):
+    from captum_topk.cli.dashboard import streamlit_argv
+
+    argv = streamlit_argv("127.0.0.1", 8501)
+    assert argv[argv.index("--server.address") + 1] == "127.0.0.1"
+    at = _app()
+    at.run()
+    assert any("every network interface" in w.value for w in at.warning)  # streamlit's own default: exposed
+    private = _app()
+    private.session_state["run"] = TINY_SPEC.run_name()
+    from streamlit import config
+
+    old = config.get_option("server.address")
+    config._set_option("server.address", "127.0.0.1", "test")  # what `--server.address 127.0.0.1` sets
+    try:
+        private.run()
+    finally:
+        config._set_option("server.address", old, "test")
+    assert not any("network interface" in w.value for w in private.warning)

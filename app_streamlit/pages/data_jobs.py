@@ -75,15 +75,16 @@ backend = BACKENDS[m2.radio("Backend", backends, horizontal=True, key="jobs_back
                                  "maps still use the PyTorch model.")]
 
 o1, o2, o3, o4 = st.columns(4)
-k = int(o1.number_input("k (records per channel)", 1, 64, 9, key="jobs_k"))
-batch = int(o2.number_input("Batch size", 1, 256, 16, key="jobs_batch"))
-max_images = int(o3.number_input("Max images (0 = all)", 0, 10_000_000, 0, key="jobs_max"))
-input_size = int(o4.number_input("Input size px (0 = the model's)", 0, 1024, 0, key="jobs_size"))
+LIM = dd.LIMITS
+k = int(o1.number_input("k (records per channel)", LIM["k"][0], LIM["k"][1], 9, key="jobs_k"))
+batch = int(o2.number_input("Batch size", LIM["batch_size"][0], LIM["batch_size"][1], 16, key="jobs_batch"))
+max_images = int(o3.number_input("Max images (0 = all)", 0, LIM["max_images"][1], 0, key="jobs_max"))
+input_size = int(o4.number_input("Input size px (0 = the model's)", 0, LIM["input_size"][1], 0, key="jobs_size"))
 
 data = None if not data_text.strip() and data_pick == DEMO else (data_text.strip() or data_pick)
-base = dd.JobSpec(model=model, checkpoint=checkpoint, onnx=onnx_file, data=data, k=k, batch_size=batch,
-                  input_size=input_size or None, max_images=max_images or None, backend=backend)
 try:
+    base = dd.JobSpec(model=model, checkpoint=checkpoint, onnx=onnx_file, data=data, k=k, batch_size=batch,
+                      input_size=input_size or None, max_images=max_images or None, backend=backend)
     if data is not None:
         dd.resolve_under(roots.data, data, kind="dir")
     options = common.job_layers(base, roots)
@@ -91,23 +92,56 @@ except Exception as exc:
     st.error(f"Cannot use this model / data: {exc}", icon=":material/error:")
     st.stop()
 suggested = dd.suggest_layers(options)
-layers = st.multiselect("Layers", options, default=suggested, key=f"jobs_layers_{base.model}_{base.checkpoint}_{base.onnx}")
-spec = dd.JobSpec(**{**base.to_dict(), "layers": tuple(layers)})
+layers = st.multiselect("Layers", options, default=suggested, max_selections=LIM["layers"][1],
+                        key=f"jobs_layers_{base.model}_{base.checkpoint}_{base.onnx}")
+spec = dd.JobSpec(**{**base.to_dict(), "layers": tuple(layers)}) if layers else None
 
-done = dd.find_job(spec, roots)
+queue = dd.job_queue(roots)
+done = dd.find_job(spec, roots) if spec is not None else None
 if done is not None:
     st.success(f"Already mined, cached on disk: `{done.relative_to(roots.runs).as_posix()}`.")
-if st.button("Mine", type="primary", key="jobs_mine", disabled=not layers):
-    bar = st.progress(0.0, text="Starting...")
+if st.button("Mine", type="primary", key="jobs_mine", disabled=spec is None,
+             help="Queued and mined in the background, one job at a time per runs root: the "
+                  "other pages stay usable meanwhile."):
     try:
-        folder = dd.mine_job(spec, roots, progress=common.progress_callback(bar, spec.run_name()))
-        name = folder.relative_to(roots.runs).as_posix()
-        st.session_state[common.RUN_REQUEST] = name
-        st.session_state["jobs_last"] = name
-        st.rerun()
-    except Exception as exc:
-        bar.empty()
-        st.error(f"Mining failed: {exc}", icon=":material/error:")
+        job = queue.submit(spec)
+        st.session_state["jobs_watch"] = job.id
+    except dd.JobRefused as exc:
+        st.error(f"Not queued: {exc}", icon=":material/error:")
+
+
+@st.fragment(run_every=1.0)
+def jobs_panel() -> None:
+    jobs = queue.jobs()
+    if not jobs:
+        return
+    st.subheader("Jobs")
+    for job in jobs[:8]:
+        name = job.spec.run_name()
+        if job.status == "running":
+            text = f"{name}: {job.phase} {job.done}/{job.total or '?'} images" if job.total else f"{name}: {job.phase}..."
+            c1, c2 = st.columns([5, 1])
+            c1.progress(job.fraction, text=text)
+            c2.button("Cancel", key=f"jobs_cancel_{job.id}", on_click=queue.cancel, args=(job.id,))
+        elif job.status in ("queued", "waiting"):
+            c1, c2 = st.columns([5, 1])
+            c1.info(f"{name}: {job.status}" + (f" ({job.error})" if job.error else ""), icon=":material/schedule:")
+            c2.button("Cancel", key=f"jobs_cancel_{job.id}", on_click=queue.cancel, args=(job.id,))
+        elif job.status == "failed":
+            st.error(f"{name}: mining failed: {job.error}", icon=":material/error:")
+        elif job.status == "cancelled":
+            st.warning(f"{name}: cancelled (its snapshot is kept: mining it again resumes).", icon=":material/cancel:")
+        else:
+            run = job.folder.relative_to(roots.runs).as_posix() if job.folder else name
+            st.success(f"Mined `{run}`.", icon=":material/check_circle:")
+            if st.session_state.get("jobs_watch") == job.id:
+                st.session_state.pop("jobs_watch")
+                st.session_state[common.RUN_REQUEST] = run
+                st.session_state["jobs_last"] = run
+                st.rerun()
+
+
+jobs_panel()
 if st.session_state.get("jobs_last"):
     st.success(f"Mined `{st.session_state['jobs_last']}`; it is now the run shown by the other pages.")
     st.page_link("pages/topk.py", label="Open it in Top-k patches", icon=":material/grid_view:")

@@ -233,9 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--patch-px", type=int, default=96, help="largest patch side in the sheets")
     sp.set_defaults(func=cmd_demo)
 
+    from .dashboard import add_dashboard_command
     from .transfer import add_transfer_commands  # finetune, compare
 
     add_transfer_commands(sub)
+    add_dashboard_command(sub)
     return p
 
 

@@ -43,7 +43,8 @@ from .roots import CHECKPOINT_EXTENSIONS, DEFAULT_DIRS, ENV_VARS, Roots, UnsafeP
 from ..runs.folder import Run, RunEntry, list_runs, open_run
 from ..runs.lock import RunLockedError
 from ..models.registry import DEFAULT_LAYERS
-from .spec import DEFAULT_SPEC, JOB_FORMAT, JobSpec
+from .queue import MAX_PENDING, Job, JobQueue, JobRefused, job_queue
+from .spec import DEFAULT_SPEC, JOB_FORMAT, LIMITS, JobSpec
 from .views import channel_classes, channel_histogram, channel_overlays, channel_patches, channel_projections, conv_layers, filter_view, record_image, sheet, top1_grid
 from ..models.registry import DEFAULT_MODEL
 
@@ -56,6 +57,12 @@ __all__ = [
     "RunLockedError",
     "run_spec",
     "JobSpec",
+    "LIMITS",
+    "Job",
+    "JobQueue",
+    "JobRefused",
+    "job_queue",
+    "MAX_PENDING",
     "DEFAULT_SPEC",
     "DEFAULT_LAYERS",
     "DEFAULT_MODEL",

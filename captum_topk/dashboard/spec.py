@@ -16,15 +16,18 @@ from ..utils.naming import slug
 __all__ = [
     "JOB_FORMAT",
     "JobSpec",
+    "LIMITS",
     "DEFAULT_SPEC",
 ]
 
 
 
-
-
 JOB_FORMAT = 3  # bump when what a job writes changes: older runs are then mined again
 
+#: What a dashboard user may ask for (the app's widgets have the same bounds; a tampered session
+#: or a script is refused here): name -> (lowest, highest).
+LIMITS = {"k": (1, 64), "batch_size": (1, 256), "max_images": (1, 10_000_000), "input_size": (16, 1024),
+          "layers": (1, 16)}
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,20 @@ class JobSpec:
     input_size: Optional[int] = None
     max_images: Optional[int] = None
     backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(str(v) for v in self.layers))
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if name == "layers":
+                value = len(value)
+            elif value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                what = "the number of layers" if name == "layers" else name
+                raise ValueError(f"{what} must be between {low} and {high} for a dashboard job, got {value!r}.")
+        if self.backend not in ("auto", "torch", "onnxruntime"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'onnxruntime', got {self.backend!r}.")
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
