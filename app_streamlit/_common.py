@@ -38,7 +38,7 @@ def friendly(what: str) -> Iterator[None]:
 # ------------------------------------------------------------------ cached library calls
 @st.cache_resource(show_spinner="Opening the run (model, dataset)...", max_entries=6)
 def open_run(path: str, mtime: float) -> dd.Run:
-    return dd.open_run(path)
+    return dd.open_run(path, roots())
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

@@ -4,6 +4,7 @@ equals the mined result (read independently from result.pt)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -316,3 +317,45 @@ def test_exposure_is_said_on_the_page_and_loopback_is_the_default(world):
     finally:
         config._set_option("server.address", old, "test")
     assert not any("network interface" in w.value for w in private.warning)
+
+
+def _tampered(world, name, edit_payload):
+    dst = world.runs / name
+    shutil.copytree(world.runs / TINY_SPEC.run_name(), dst)
+    payload = torch.load(dst / "result.pt", weights_only=True)
+    edit_payload(payload)
+    torch.save(payload, dst / "result.pt")
+    return dst
+
+
+def _set_header(payload, fn):
+    header = json.loads(payload["header"])
+    fn(header)
+    payload["header"] = json.dumps(header)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("shapes", "Not a top-k state"),
+    ("nan", "NaN top values"),
+    ("absurd-k", "declares k=1000000"),
+    ("outside", "outside the configured root"),
+])
+def test_tampered_run_folders_give_an_error_box(world, case, message):
+    layer = "layer1"
+    edits = {
+        "shapes": dict(edit_payload=lambda p: p["tensors"].__setitem__(f"state/{layer}/top_values", torch.zeros(3, 3))),
+        "nan": dict(edit_payload=lambda p: p["tensors"][f"state/{layer}/top_values"].__setitem__((0, 0), float("nan"))),
+        "absurd-k": dict(edit_payload=lambda p: _set_header(p, lambda h: h["layers"][layer].__setitem__("k", 1_000_000))),
+        "outside": dict(edit_payload=lambda p: _set_header(
+            p, lambda h: h["metadata"].__setitem__("checkpoint", "/etc/passwd"))),
+    }
+    name = f"zz-tampered-{case}"
+    folder = _tampered(world, name, **edits[case])
+    try:
+        at = _app(name).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert any(message in e.value for e in at.error), [e.value for e in at.error]
+        at.selectbox(key="run_widget").set_value(TINY_SPEC.run_name()).run()
+        _ok(at)  # the app lives on
+    finally:
+        shutil.rmtree(folder)

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List
 
 APP = Path(__file__).resolve().parents[2] / "app_streamlit" / "main.py"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -17,6 +17,8 @@ from .accumulators.stats import ChannelStats, label_histogram
 from .records import Box, ImageSource, PatchRecord, _fetch_image
 
 FORMAT = "captum-topk/2"
+#: Largest k and channel count a result file may declare (a damaged or hostile file is refused).
+MAX_K, MAX_CHANNELS = 4096, 1_000_000
 _READABLE = ("captum-topk/1", FORMAT)  # /1: before layer_info (layouts)
 
 
@@ -306,44 +308,80 @@ class TopKResult:
 
     @classmethod
     def from_payload(cls, payload: Dict[str, Any]) -> "TopKResult":
+        r"""Inverse of :meth:`to_payload`, checking everything it reads (shapes, value ranges,
+        sizes): a damaged or tampered file raises ``ValueError`` saying what is wrong."""
+        try:
+            return cls._from_payload(payload)
+        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"damaged captum-topk result ({type(exc).__name__}: {exc})") from exc
+
+    @classmethod
+    def _from_payload(cls, payload: Dict[str, Any]) -> "TopKResult":
+        if not isinstance(payload, dict) or not isinstance(payload.get("header"), str):
+            raise ValueError("damaged captum-topk result: no header.")
         header = json.loads(payload["header"])
-        if header.get("format") not in _READABLE:
-            raise ValueError(f"Not a captum-topk result (format {header.get('format')!r}).")
+        if not isinstance(header, dict) or header.get("format") not in _READABLE:
+            raise ValueError(f"Not a captum-topk result (format {header.get('format') if isinstance(header, dict) else None!r}).")
         tensors = payload["tensors"]
+        if not isinstance(tensors, dict) or not all(isinstance(t, Tensor) for t in tensors.values()):
+            raise ValueError("damaged captum-topk result: its tensors are not a dict of tensors.")
+        n_images = header["n_images"]
+        if not isinstance(n_images, int) or n_images < 0:
+            raise ValueError(f"damaged captum-topk result: n_images {n_images!r}.")
         states = {}
         for name, info in header["layers"].items():
+            k, channels = info["k"], info["channels"]
+            if not (isinstance(k, int) and 1 <= k <= MAX_K and isinstance(channels, int) and 1 <= channels <= MAX_CHANNELS):
+                raise ValueError(f"damaged captum-topk result: layer {name!r} declares k={k!r}, {channels!r} channels.")
             prefix = f"state/{name}/"
-            st_tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            states[name] = TopKState(
-                k=info["k"], channels=info["channels"], spatial=info["spatial"],
-                distinct_images=info["distinct_images"], tensors=st_tensors,
-                nan_count=info["nan_count"],
-                out_size=tuple(info["out_size"]) if info["out_size"] else None,
-            )
+            st_tensors = {k_[len(prefix):]: v for k_, v in tensors.items() if k_.startswith(prefix)}
+            state = TopKState(k, channels, bool(info["spatial"]), bool(info["distinct_images"]))
+            out_size = tuple(info["out_size"]) if info.get("out_size") else None
+            state.load_state_dict({"k": k, "channels": channels, "spatial": info["spatial"],
+                                   "distinct_images": info["distinct_images"], "nan_count": info.get("nan_count", 0),
+                                   "out_size": out_size, "tensors": st_tensors})
+            _check_state(name, state)
+            states[name] = state
         rfs: Dict[str, Dict[Tuple[int, int], ReceptiveField]] = {}
         for r in header["receptive_fields"]:
             rf = ReceptiveField(
                 boxes=tensors[r["key"]], input_size=tuple(r["input_size"]),
                 size=tuple(r["size"]), stride=tuple(r["stride"]),
             )
+            H, W = rf.input_size
+            b = rf.boxes
+            if not (bool((b >= 0).all()) and bool((b[..., 2] <= H).all()) and bool((b[..., 3] <= W).all())
+                    and r["layer"] in states):
+                raise ValueError(f"damaged captum-topk result: receptive field of {r['layer']!r} outside a {H}x{W} input.")
+            st = states[r["layer"]]
+            if st.out_size is not None and tuple(b.shape[:2]) != tuple(st.out_size):
+                raise ValueError(f"damaged captum-topk result: receptive field of {r['layer']!r} has grid "
+                                 f"{tuple(b.shape[:2])}, the layer {tuple(st.out_size)}.")
             rfs.setdefault(r["layer"], {})[tuple(r["input_size"])] = rf
         images = {}
         for i, v in header["images"].items():
             v = dict(v)
-            v["size"] = tuple(v.get("size", (0, 0)))
+            size = tuple(int(x) for x in v.get("size", (0, 0)))
+            if len(size) != 2 or min(size) < 0 or not isinstance(v.get("label", -1), int):
+                raise ValueError(f"damaged captum-topk result: image {i} has size {size} / label {v.get('label')!r}.")
+            v["size"] = size
             images[int(i)] = v
         channel_stats = {}
         for name in header.get("stats", []):  # absent in files written before statistics
             prefix = f"stats/{name}/"
-            channel_stats[name] = ChannelStats.from_payload(
-                {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            cs = ChannelStats.from_payload({k_[len(prefix):]: v for k_, v in tensors.items() if k_.startswith(prefix)})
+            if name not in states or cs.channels != states[name].channels or bool((cs.hist < 0).any()):
+                raise ValueError(f"damaged captum-topk result: statistics of {name!r} do not fit the layer.")
+            channel_stats[name] = cs
         layer_info = {n: dict(v) for n, v in (header.get("layer_info") or {}).items()}
         for name, st in states.items():  # files of format /1: channels-first maps or vectors
             layer_info.setdefault(name, {"layout": "NCHW" if st.spatial else "NC", "channels": st.channels,
                                          "box_kind": "receptive_field" if st.spatial else "image",
                                          "prefix_tokens": 0})
-        return cls(states=states, images=images, receptive_fields=rfs,
-                   n_images=header["n_images"], metadata=header["metadata"],
+        metadata = header.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("damaged captum-topk result: metadata is not a dict.")
+        return cls(states=states, images=images, receptive_fields=rfs, n_images=n_images, metadata=metadata,
                    channel_stats=channel_stats, layer_info=layer_info)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
@@ -372,3 +410,22 @@ def _side(which: str) -> str:
     if which not in ("top", "bottom"):
         raise ValueError(f"which must be 'top' or 'bottom', got {which!r}.")
     return which
+
+
+def _check_state(name: str, state: TopKState) -> None:
+    r"""Values ordered and NaN-free, positions inside the grid, indices >= -1: or ``ValueError``."""
+    t = state.tensors
+    for side in ("top", "bottom"):
+        v, idx = t[f"{side}_values"], t[f"{side}_index"]
+        if bool(torch.isnan(v).any()):
+            raise ValueError(f"damaged captum-topk result: layer {name!r} holds NaN {side} values.")
+        ordered = (v[:, :-1] >= v[:, 1:]) if side == "top" else (v[:, :-1] <= v[:, 1:])
+        if v.shape[1] > 1 and not bool(ordered.all()):
+            raise ValueError(f"damaged captum-topk result: layer {name!r} has unordered {side} values.")
+        if bool((idx < -1).any()):
+            raise ValueError(f"damaged captum-topk result: layer {name!r} has negative image indices.")
+        if state.out_size is not None:
+            y, x = t[f"{side}_y"], t[f"{side}_x"]
+            h, w = state.out_size
+            if bool(((y < -1) | (y >= h) | (x < -1) | (x >= w)).any()):
+                raise ValueError(f"damaged captum-topk result: layer {name!r} has positions outside its {h}x{w} grid.")

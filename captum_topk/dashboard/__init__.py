@@ -40,7 +40,8 @@ from .comparisons import compare_runs, compare_status, find_finetuned, like_run,
 from .embeddings import nearest_neighbours, pca_2d, run_embeddings, thumbnails
 from .jobs import HISTOGRAM_BINS, ensure_default_run, find_job, job_layers, job_model, mine_job, onnx_available, run_spec, suggest_layers
 from .roots import CHECKPOINT_EXTENSIONS, DEFAULT_DIRS, ENV_VARS, Roots, UnsafePathError, list_data_folders, list_files, resolve_under
-from ..runs.folder import Run, RunEntry, list_runs, open_run
+from ..runs.folder import Run, RunEntry, list_runs
+from .opening import check_run_paths, open_run
 from ..runs.lock import RunLockedError
 from ..models.registry import DEFAULT_LAYERS
 from .queue import MAX_PENDING, Job, JobQueue, JobRefused, job_queue
@@ -54,6 +55,7 @@ __all__ = [
     "resolve_under",
     "RunEntry",
     "Run",
+    "check_run_paths",
     "RunLockedError",
     "run_spec",
     "JobSpec",

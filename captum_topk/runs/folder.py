@@ -133,13 +133,17 @@ class Run:
                 f"top-{self.result.k} per channel; input {self.info.input_size[0]}x{self.info.input_size[1]}")
 
 
-def open_run(path: PathLike, check_weights: bool = True) -> Run:
+def open_run(path: PathLike, check_weights: bool = True,
+             guard: Optional[Callable[[Dict[str, Any], Dict[str, Any]], None]] = None) -> Run:
     r"""Reopen a run folder (or its ``result.pt``) written by :func:`~.mine.mine_run`.
 
     Args:
         path (str): the run folder, or its ``result.pt``.
         check_weights (bool): refuse a run whose checkpoint / ONNX file changed since it was
             mined (same name, other bytes: its patches belong to other weights).
+        guard (callable, optional): ``guard(metadata, run_json)`` called once the result is read
+            and before any model, checkpoint or image is opened; it raises to refuse the run
+            (the dashboard refuses paths outside its roots).
     Returns:
         Run
     Raises:
@@ -159,6 +163,8 @@ def open_run(path: PathLike, check_weights: bool = True) -> Run:
     result = TopKResult.load(result_path)
     meta = result.metadata
     settings = read_run_json(folder) or {}
+    if guard is not None:
+        guard(meta, settings)
     spec = None
     if isinstance(settings.get("spec"), dict):
         try:

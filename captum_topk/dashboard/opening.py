@@ -1,0 +1,68 @@
+r"""Opening a run folder for the dashboard, which trusts nothing it reads: the folder must be under
+the runs root, the result file is checked as it is read (:meth:`TopKResult.from_payload`), and
+every path the run names (images, checkpoint, ONNX file, a model given as a file) must lie under
+the configured roots before anything is opened. A refusal is an ``UnsafePathError`` / ``ValueError``
+the page shows; the app goes on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from ..models.registry import list_models
+from ..runs.folder import Run
+from ..runs.folder import open_run as _open_run
+from ..utils.files import PathLike
+from .roots import Roots, UnsafePathError, _within
+
+__all__ = ["open_run", "check_run_paths"]
+
+
+def check_run_paths(meta: Dict[str, Any], settings: Dict[str, Any], roots: Roots) -> None:
+    r"""Refuse a run that names a path outside the roots.
+
+    Args:
+        meta (dict): the result's metadata; settings (dict): its ``run.json``.
+        roots (Roots): the dashboard's roots.
+    Raises:
+        UnsafePathError: the images, checkpoint, ONNX file or model file lie outside their roots.
+    """
+    spec = settings.get("spec") if isinstance(settings.get("spec"), dict) else {}
+    data = meta.get("data") or {}
+    if isinstance(data, dict) and data.get("kind", "demo") != "demo":
+        _inside(data.get("root"), roots.data, "its images")
+    for key, root, what in (("checkpoint", roots.checkpoints, "its checkpoint"), ("onnx_path", roots.onnx, "its ONNX file")):
+        for value in (meta.get(key), spec.get(key if key != "onnx_path" else "onnx")):
+            if value:
+                _inside(value, root, what)
+    model = meta.get("model_name") or spec.get("model")
+    if model and str(model) not in list_models(available_only=False) and ("/" in str(model) or Path(str(model)).suffix):
+        _inside(model, roots.checkpoints, "its model file")
+
+
+def _inside(path: Any, root: Path, what: str) -> None:
+    if not isinstance(path, str) or not path or not _within(Path(path).resolve(), Path(root).resolve()):
+        raise UnsafePathError(f"This run names {what} at {path!r}, outside the configured root {root}: "
+                              "the dashboard opens nothing outside its roots (set the CAPTUM_TOPK_*_ROOT "
+                              "variables to include it).")
+
+
+def open_run(path: PathLike, roots: Optional[Roots] = None) -> Run:
+    r"""A run folder as :func:`captum_topk.runs.folder.open_run` opens it, refused (with the reason)
+    when it lies outside ``roots.runs`` or names a path outside the other roots.
+
+    Args:
+        path (str): the run folder (or its ``result.pt``).
+        roots (Roots, optional): the dashboard's roots; None checks nothing (library use).
+    Returns:
+        Run
+    Raises:
+        UnsafePathError: a path outside the roots. ValueError: a damaged result / run.json.
+        FileNotFoundError: no result.
+    """
+    if roots is None:
+        return _open_run(path)
+    folder = Path(path)
+    if not _within(folder.resolve(), Path(roots.runs).resolve()):
+        raise UnsafePathError(f"{folder} is outside the runs root {roots.runs}.")
+    return _open_run(folder, guard=lambda meta, settings: check_run_paths(meta, settings, roots))
