@@ -33,7 +33,7 @@ from captum_topk.data import demo_images, make_loader  # noqa: E402
 from captum_topk.models import load_model  # noqa: E402
 from captum_topk.plot import projection_sheet, save_png  # noqa: E402
 from captum_topk.projections import symmetric_rgb  # noqa: E402
-from captum_topk.runs.render import _fit  # noqa: E402
+from captum_topk.viz.plot import fit_patches  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "images"
 LAYERS = ["features.3", "features.7", "features.11"]  # receptive fields 19, 75, 203 px
@@ -55,8 +55,8 @@ def sheet(result, dataset, model, info, layer, channels, method):
     pairs, values = {}, {}
     for c in channels:
         proj = result.projections(dataset, layer, c, method, model=model, progress=False)
-        patches = _fit(result.patches(dataset, layer, c), px)
-        rgb, _ = symmetric_rgb(_fit(proj.attributions, px))
+        patches = fit_patches(result.patches(dataset, layer, c), px)
+        rgb, _ = symmetric_rgb(fit_patches(proj.attributions, px))
         pairs[c], values[c] = (patches, rgb), [r.value for r in proj.records]
     side = max(p.shape[-1] for p, _ in pairs.values())
     name = method.replace("_", " ")

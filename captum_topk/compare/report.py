@@ -140,7 +140,7 @@ def changed_patches_figure(comparison: Comparison, images_source: Any,
     from PIL import Image, ImageDraw
 
     from ..viz.plot import _font, label_height, patch_grid
-    from ..runs.render import _fit
+    from ..viz.plot import fit_patches
 
     rows = comparison.most_changed(top)
     assert comparison.topk_a is not None and comparison.topk_b is not None
@@ -149,7 +149,7 @@ def changed_patches_figure(comparison: Comparison, images_source: Any,
         pair = []
         for side, res in ((0, comparison.topk_a), (1, comparison.topk_b)):
             recs = res.records(r["layer"], r["channel"])
-            crops = _fit(res.patches(images_source, r["layer"], r["channel"]), patch_px)
+            crops = fit_patches(res.patches(images_source, r["layer"], r["channel"]), patch_px)
             pair.append(patch_grid(crops, values=[x.value for x in recs], ncols=3, mean=mean,
                                    std=std, title=comparison.names[side]))
         title = (f"{r['layer']} ch {r['channel']}: score {r['score']:.2f}, r {r['correlation']:.2f}, "

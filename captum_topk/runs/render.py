@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional, Sequence
 import torch
-from torch import Tensor, nn
+from torch import nn
 from ..capture.hooks import resolve_layers
 from ..viz.filters import filter_grid
 from ..models.registry import load_model
-from ..viz.plot import channel_sheet, patch_grid, projection_sheet, save_png
+from ..viz.plot import channel_sheet, fit_patches, patch_grid, projection_sheet, save_png
 from ..models.registry import DEFAULT_MODEL
 from ..utils.files import PathLike
 from .folder import Run
@@ -42,7 +42,7 @@ def render_run(
         for c in chosen:
             recs = run.result.records(layer, c, which)
             if recs:
-                sets[c] = _fit(run.patches(layer, c, which), patch_px)
+                sets[c] = fit_patches(run.patches(layer, c, which), patch_px)
                 values[c] = [r.value for r in recs]
         side = max((p.shape[-1] for p in sets.values()), default=patch_px)
         k = run.result.k
@@ -51,7 +51,7 @@ def render_run(
                               title=f"{layer}: {which}-{k} {what}")
         written.append(save_png(sheet, out_dir / f"{slug(layer)}_{which}{k}.png"))
         firsts = [c for c in range(min(n, 64)) if run.result.records(layer, c, which)]
-        tops = _fit(torch.stack([run.patches(layer, c, which, n=1)[0] for c in firsts]), patch_px * 2 // 3)
+        tops = fit_patches(torch.stack([run.patches(layer, c, which, n=1)[0] for c in firsts]), patch_px * 2 // 3)
         top_vals = [run.result.records(layer, c, which)[0].value for c in firsts]
         grid = patch_grid(tops, values=top_vals, ncols=8, mean=mean, std=std,
                           scale=max(1, (patch_px * 2 // 3) // tops.shape[-1]),
@@ -100,7 +100,7 @@ def render_overlays(
             rgb = record_overlays(run.result, run.image_source(), layer, c, model=model, which=which,
                                   quantile=quantile, mean=run.info.mean, std=run.info.std)
             if len(rgb):
-                sets[c] = _fit(torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0, image_px)
+                sets[c] = fit_patches(torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0, image_px)
                 values[c] = [r.value for r in run.result.records(layer, c, which)]
         if not sets:
             continue
@@ -156,8 +156,8 @@ def render_projections(
                 continue
             proj = run.result.projections(run.image_source(), layer, c, method, model=model,
                                           which=which, progress=False)
-            patches = _fit(run.patches(layer, c, which), patch_px)
-            rgb, _ = symmetric_rgb(_fit(proj.attributions, patch_px))
+            patches = fit_patches(run.patches(layer, c, which), patch_px)
+            rgb, _ = symmetric_rgb(fit_patches(proj.attributions, patch_px))
             pairs[c] = (patches, rgb)
             values[c] = [r.value for r in proj.records]
         if not pairs:
@@ -169,17 +169,6 @@ def render_projections(
                                  title=f"{layer}: {which}-{k} patches | {method.replace('_', ' ')} projections")
         written.append(save_png(sheet, out_dir / f"{slug(layer)}_{which}{k}_{method}.png"))
     return written
-
-
-def _fit(patches: Tensor, side: int) -> Tensor:
-    r"""Downscale (k, C, h, w) patches so that their longer side is at most ``side``."""
-    h, w = patches.shape[-2:]
-    if max(h, w) <= side:
-        return patches
-    scale = side / max(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return torch.nn.functional.interpolate(patches, size=size, mode="bilinear", antialias=True,
-                                           align_corners=False)
 
 
 

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..utils.files import atomic_open
 
-__all__ = ["to_display", "patch_grid", "channel_sheet", "projection_sheet", "save_png", "label_height"]
+__all__ = ["to_display", "patch_grid", "channel_sheet", "projection_sheet", "save_png", "label_height", "fit_patches"]
 
 ImagesLike = Union[Tensor, np.ndarray]
 Stats = Optional[Union[float, Sequence[float], Tensor]]
@@ -425,3 +425,14 @@ def save_png(image: Union[Image.Image, np.ndarray], path: Union[str, os.PathLike
     with atomic_open(path, "wb") as f:
         image.save(f, format="PNG")
     return path
+
+
+def fit_patches(patches: Tensor, side: int) -> Tensor:
+    r"""Downscale (k, C, h, w) patches so that their longer side is at most ``side``."""
+    h, w = patches.shape[-2:]
+    if max(h, w) <= side:
+        return patches
+    scale = side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return torch.nn.functional.interpolate(patches, size=size, mode="bilinear", antialias=True,
+                                           align_corners=False)
