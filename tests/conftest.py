@@ -9,3 +9,15 @@ import tempfile
 _CACHE = tempfile.mkdtemp(prefix="captum-topk-cache-")
 os.environ["CAPTUM_TOPK_CACHE_DIR"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def dashboard_env(tmp_path_factory):
+    r"""One dashboard world for the whole session (roots in a temp folder, a labelled image
+    folder, a random ResNet-18 checkpoint and the tiny run mined once): the env vars of its roots.
+    Tests may add runs to it; none removes what another relies on."""
+    from ._dashboard_fixture import make_world
+
+    return make_world(tmp_path_factory.mktemp("dashboard-world"))

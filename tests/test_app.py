@@ -16,7 +16,7 @@ import torchvision
 from captum_topk import dashboard as dd
 from captum_topk.result import TopKResult
 
-from ._dashboard_fixture import TINY_SPEC, make_world, restore_env, roots_of, set_env
+from ._dashboard_fixture import TINY_SPEC, restore_env, roots_of, set_env
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 APP = str(Path(__file__).resolve().parent.parent / "app_streamlit" / "main.py")
@@ -24,8 +24,8 @@ TIMEOUT = 180
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    env = make_world(tmp_path_factory.mktemp("app-world"))
+def world(dashboard_env):
+    env = dashboard_env
     old = set_env(env)
     try:
         yield roots_of(env)

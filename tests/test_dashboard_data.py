@@ -16,13 +16,12 @@ from captum_topk.layer_topk import LayerTopKPatches
 from captum_topk.models import load_model, make_transform
 from captum_topk.plot import to_display
 
-from ._dashboard_fixture import TINY_SPEC, make_world, roots_of
+from ._dashboard_fixture import TINY_SPEC, roots_of
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    env = make_world(tmp_path_factory.mktemp("world"))
-    roots = roots_of(env)
+def world(dashboard_env):
+    roots = roots_of(dashboard_env)
     run = dd.open_run(roots.runs / TINY_SPEC.run_name())
     return roots, run
 

@@ -14,12 +14,12 @@ from captum_topk import dashboard as dd
 from captum_topk.runs import RunSpec, mine_run
 from captum_topk.runs.lock import RunLock, RunLockedError
 
-from ._dashboard_fixture import TINY_SPEC, make_world, roots_of
+from ._dashboard_fixture import TINY_SPEC, roots_of
 
 
 @pytest.fixture(scope="module")
-def roots(tmp_path_factory):
-    return roots_of(make_world(tmp_path_factory.mktemp("jobs-world")))
+def roots(dashboard_env):
+    return roots_of(dashboard_env)
 
 
 def _spec(**kw):

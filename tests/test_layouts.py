@@ -173,3 +173,32 @@ def test_neuron_selectors_index_the_raw_output_of_every_layout():
         for record, selector in result.neurons(name, 3):
             raw = LayerActivation(model, module).attribute(images[record.index][None])[0]
             assert float(raw[selector]) == pytest.approx(record.value, abs=1e-5), (name, selector)
+
+
+@pytest.mark.slow
+def test_a_users_vit_checkpoint_loads_and_mines_like_a_cnn(tmp_path):
+    from captum_topk import TopKResult
+    from captum_topk.cli import main
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "my_vit.pt"
+    torch.save({"state_dict": torchvision.models.vit_b_32().state_dict()}, ckpt)
+    layer = "encoder.layers.encoder_layer_1"
+    assert main(["mine", "--model", "vit_b_32", "--checkpoint", str(ckpt), "--layers", layer, "--max-images", "4",
+                 "--batch-size", "4", "--backend", "torch", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    result = TopKResult.load(tmp_path / "run" / "result.pt")
+    assert result.layout(layer) == "NLC" and result.states[layer].out_size == (7, 7)
+    assert main(["show", str(tmp_path / "run"), "--channels", "0", "--overlay"]) == 0
+    assert (tmp_path / "run" / f"{layer.replace('.', '_')}_top9_overlay.png").is_file()
+
+
+@pytest.mark.slow
+def test_torchvision_maxvit_blocks_against_brute_force():
+    torch.manual_seed(0)
+    model = torchvision.models.maxvit_t().eval()
+    x = _images(2, 224)
+    layer = "blocks.0.layers.0"
+    res = LayerTopKPatches(model, layer, k=2).mine(x, progress=False)
+    raw = full_activations(model, model.get_submodule(layer), x)
+    maps = raw if res.layout(layer) == "NCHW" else raw.permute(0, 3, 1, 2)
+    _assert_topk(res, layer, maps, 2)

@@ -127,10 +127,10 @@ class Run:
                 what += f" + checkpoint {Path(str(m['checkpoint'])).name}"
             if m.get("random_init"):
                 what += " (random weights)"
-            if self.backend == "onnxruntime":
-                what += f", mined through ONNX Runtime ({m.get('provider', '?')})"
+        engine = (f"; mined through ONNX Runtime ({m.get('provider', '?')})"
+                  if self.backend == "onnxruntime" and self.has_torch_model else "")
         return (f"{what}; {self.result.n_images} images ({data_label(m.get('data'))}); "
-                f"top-{self.result.k} per channel; input {self.info.input_size[0]}x{self.info.input_size[1]}")
+                f"top-{self.result.k} per channel; input {self.info.input_size[0]}x{self.info.input_size[1]}{engine}")
 
 
 def open_run(path: PathLike, check_weights: bool = True,
