@@ -183,10 +183,25 @@ class _OnnxTracer:
                 vi_fixed.type.tensor_type.ClearField("shape")
                 for s in shape:
                     vi_fixed.type.tensor_type.shape.dim.add().dim_value = int(s)
-        self.shapes = infer_shapes(fixed)
         self.input = vi.name
         self.input_shape = tuple(shape)
         self.consts: Dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        # Shape inference, then constant folding of what only depends on constants and
+        # shapes (pads, sizes, axes computed at run time), then inference again with the
+        # folded values as initializers, until nothing new is folded.
+        for _ in range(4):
+            self.shapes = infer_shapes(fixed)
+            folded = [n for n in fixed.graph.node if self._fold(n)]
+            if not folded:
+                break
+            done = {id(n) for n in folded}
+            keep = [n for n in fixed.graph.node if id(n) not in done]
+            del fixed.graph.node[:]
+            fixed.graph.node.extend(keep)
+            for n in folded:
+                for name in n.output:
+                    if name and name in self.consts:
+                        fixed.graph.initializer.append(numpy_helper.from_array(self.consts[name], name))
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -203,6 +218,38 @@ class _OnnxTracer:
             raise Unsupported(f"input {name!r} is not a constant")
         return self.consts[name]
 
+    def _fold(self, node: onnx.NodeProto) -> bool:
+        """Compute a node from constants and known shapes only (``Shape`` of a tensor that
+        shape inference knows, or any operator whose inputs are all constants, by the ONNX
+        reference runtime); True when its outputs joined :attr:`consts`."""
+        if not node.output or all(o in self.consts for o in node.output if o):
+            return False
+        if node.op_type in ("Shape", "Size") and node.input:
+            try:
+                dims = self.input_shape if node.input[0] == self.input else self.shape(node.input[0])
+            except Unsupported:
+                return False
+            shape = np.asarray(dims, dtype=np.int64)
+            if node.op_type == "Size":
+                self.consts[node.output[0]] = np.asarray(shape.prod(), dtype=np.int64)
+            else:
+                a = _attrs(node)
+                self.consts[node.output[0]] = shape[a.get("start", 0): a.get("end", len(shape))]
+            return True
+        if any(i and i not in self.consts for i in node.input) or node.domain not in ("", "ai.onnx"):
+            return False
+        try:
+            from onnx.reference import ReferenceEvaluator  # imported only when needed (slow)
+
+            evaluator = ReferenceEvaluator(node, opsets={"": self.opset})
+            values = evaluator.run(None, {i: self.consts[i] for i in node.input if i})
+        except Exception:  # an operator the reference runtime lacks: left unknown
+            return False
+        for name, value in zip(node.output, values):
+            if name:
+                self.consts[name] = np.asarray(value)
+        return True
+
     def run(self, wanted: set) -> Dict[str, Any]:
         deps: Dict[str, Any] = {self.input: Deps.image(self.input_shape, self.layout)}
         remaining = set(wanted) - {self.input}
@@ -210,10 +257,6 @@ class _OnnxTracer:
             if not remaining:
                 break
             ins = [deps.get(i) if i else None for i in node.input]
-            if node.op_type == "Constant" and node.output:
-                attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-                if "value" in attrs:
-                    self.consts[node.output[0]] = numpy_helper.to_array(attrs["value"])
             poison = next((d for d in ins if isinstance(d, _Poison)), None)
             if poison is not None:
                 outs: List[Any] = [poison] * len(node.output)

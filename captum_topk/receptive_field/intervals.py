@@ -98,12 +98,10 @@ def window_length(n_in: int, kernel: int, stride: int, pad_begin: int, pad_end: 
     r"""PyTorch's output length of a convolution / pooling window (``ceil_mode``: the last
     window must start inside the input or the left padding)."""
     span = n_in + pad_begin + pad_end - dilation * (kernel - 1) - 1
-    if span < 0:
-        return 0
-    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1  # pooling_output_shape
     if ceil_mode and (out - 1) * stride >= n_in + pad_begin:
         out -= 1
-    return out
+    return max(out, 0)
 
 
 def window_map(n_in: int, n_out: int, kernel: int, stride: int, pad_begin: int,
@@ -316,8 +314,8 @@ class Deps:
 
     Attributes:
         dims (tuple): a :data:`Role` per tensor dimension; at most one ``"h"``, ``"w"``,
-            ``"n"`` each. A role is dropped from a dimension of size 1 (one position: the
-            same as no such dimension), except ``"n"``.
+            ``"n"`` each. A role stays on a dimension of size 1 (its one position may still
+            depend on nothing, e.g. after a transposed convolution).
         shape (tuple of int): the tensor's shape.
         rows (Tensor): ``(size of the "h" dim, H)`` bool, or ``(1, H)`` when there is no
             ``"h"`` dimension (every element has the same row set).
@@ -344,15 +342,15 @@ class Deps:
         return Deps(dims, shape, torch.eye(H, dtype=torch.bool), torch.eye(W, dtype=torch.bool)).normalized()
 
     def normalized(self) -> "Deps":
-        dims = tuple(r if (r == "n" or r is None or self.shape[i] > 1) else None
-                     for i, r in enumerate(self.dims))
+        r"""Check the invariants (raise :class:`Unsupported` if broken); returns ``self``."""
+        dims = self.dims
         for role, sets in (("h", self.rows), ("w", self.cols)):
             n = self.shape[dims.index(role)] if role in dims else 1
             if sets.shape[0] != n:
                 raise Unsupported(f"internal: {role} sets {tuple(sets.shape)} for shape {self.shape}")
         if len(dims) != len(self.shape) or len([r for r in dims if r]) != len({r for r in dims if r}):
             raise Unsupported(f"internal: roles {dims} for shape {self.shape}")
-        return replace(self, dims=dims)
+        return self
 
     def check(self, shape: Sequence[int]) -> "Deps":
         r"""Raise :class:`Unsupported` unless this describes a tensor of ``shape``."""
@@ -385,6 +383,8 @@ class Deps:
         else:
             if not self.uniform and not bool(index_map.any(0).all()):
                 raise Unsupported("selecting some channels of a tensor whose channels depend on different pixels")
+            if not bool(index_map.any(1).all()):
+                raise Unsupported("positions of a non-image axis that read nothing")
         shape = tuple(int(s) for s in shape)
         if shape[dim] != index_map.shape[0]:
             raise Unsupported("internal: index map / shape mismatch")
@@ -403,7 +403,8 @@ class Deps:
                 rows = rows.any(0, keepdim=True)
             elif role == "w":
                 cols = cols.any(0, keepdim=True)
-        new_dims = [None if i in dims else r for i, r in enumerate(self.dims)]
+        # with keepdim an image axis stays, one position long (it may be interpolated back)
+        new_dims = [None if (i in dims and r not in ("h", "w")) else r for i, r in enumerate(self.dims)]
         shape = [1 if i in dims else s for i, s in enumerate(self.shape)]
         uniform = self.uniform or not [i for i in self._free_dims() if i not in dims]
         if not keepdim:
@@ -418,7 +419,12 @@ class Deps:
         nd = len(self.dims)
         dims = {d % nd for d in dims}
         uniform = self.uniform or not [i for i in self._free_dims() if i not in dims]
-        return Deps(reduced.dims, self.shape, reduced.rows, reduced.cols, uniform).normalized()
+        rows, cols = reduced.rows, reduced.cols
+        if "h" in self.dims:  # every row position now depends on the union
+            rows = rows.expand(self.shape[self.dims.index("h")], rows.shape[1])
+        if "w" in self.dims:
+            cols = cols.expand(self.shape[self.dims.index("w")], cols.shape[1])
+        return Deps(self.dims, self.shape, rows, cols, uniform).normalized()
 
     def select(self, dim: int, index: Sequence[int]) -> "Deps":
         r"""Keep indices ``index`` (in that order) along ``dim``."""
@@ -463,21 +469,21 @@ class Deps:
             roles = [self.dims[i] for i in gi if self.dims[i] is not None]
             if not roles:
                 continue
-            if roles == ["n"] and len(gi) == 1 and len(gj) == 1:  # a batch of one kept whole
-                dims[gj[0]] = "n"
+            if len(gi) == 1 and len(gj) == 1:  # a dimension kept whole (a batch of one too)
+                dims[gj[0]] = self.dims[gi[0]]
                 continue
-            if len(big_in) == 1 and len(big_out) == 1:
-                dims[big_out[0]] = self.dims[big_in[0]]
-                continue
-            if len(big_in) == 1 and not big_out:  # only size-1 dims left: cannot happen
-                raise Unsupported("internal: reshape")
-            if "n" in roles and any(self.shape[i] > 1 for i in gi if self.dims[i] == "n"):
-                raise Unsupported("a reshape that merges or splits the batch")
-            if "h" in roles:
-                rows = rows.any(0, keepdim=True)
-            if "w" in roles:
-                cols = cols.any(0, keepdim=True)
-            if big_out:
+            if len(big_in) == 1 and len(big_out) == 1 and self.dims[big_in[0]] is not None:
+                dims[big_out[0]] = self.dims[big_in[0]]  # roles of size-1 dims around it vanish
+                gi = [i for i in gi if i != big_in[0]]
+            merged = [i for i in gi if self.dims[i] is not None]
+            for i in merged:
+                if self.dims[i] == "n" and self.shape[i] > 1:
+                    raise Unsupported("a reshape that merges or splits the batch")
+                if self.dims[i] == "h":
+                    rows = rows.any(0, keepdim=True)
+                elif self.dims[i] == "w":
+                    cols = cols.any(0, keepdim=True)
+            if big_out and any(self.shape[i] > 1 for i in merged):
                 uniform = False
         return Deps(tuple(dims), shape, rows, cols, uniform).normalized()
 
@@ -507,7 +513,7 @@ class Deps:
                 j = off + i
                 if d.shape[i] not in (1, shape[j]):
                     raise Unsupported("internal: broadcast shape")
-                if r is not None and (shape[j] > 1 or r == "n"):
+                if r is not None:  # an image axis, possibly broadcast from one position
                     if dims[j] not in (None, r):
                         raise Unsupported(f"an element-wise operation pairing {dims[j]!r} with {r!r}")
                     dims[j] = r
@@ -549,7 +555,7 @@ class Deps:
         ops = [d for d in operands if d is not None]
         if not ops:
             return None
-        roles = {d.dims[dim] for d in ops if d.shape[dim] > 1} - {None}
+        roles = {d.dims[dim] for d in ops} - {None}
         if not roles:
             expanded = [Deps(d.dims, _with(d.shape, dim, shape[dim]), d.rows, d.cols, d.uniform)
                         if d is not None else None for d in operands]
@@ -564,7 +570,9 @@ class Deps:
         role = roles.pop()
         if roles:
             raise Unsupported("a concatenation mixing image axes")
-        parts, other = [], None
+        parts: List[Tensor] = []
+        other: Optional[Tuple[Tuple[Role, ...], Tensor]] = None  # dims but ``dim``, other-axis sets
+        uniform = True
         for d, s in zip(operands, shapes):
             n = int(s[dim])
             if d is None:
@@ -575,20 +583,20 @@ class Deps:
                 raise Unsupported("a concatenation pairing an image axis with another")
             sets = d.rows if role == "h" else d.cols
             parts.append(sets.expand(n, sets.shape[1]) if sets.shape[0] == 1 else sets)
-            rest = Deps(tuple(r if i != dim else None for i, r in enumerate(d.dims)),
-                        _with(d.shape, dim, 1), d.rows if role == "w" else d.rows.any(0, keepdim=True),
-                        d.cols if role == "h" else d.cols.any(0, keepdim=True), d.uniform)
+            rest = tuple(r for i, r in enumerate(d.dims) if i != dim)
+            sets_other = d.cols if role == "h" else d.rows
             if other is None:
-                other = rest
-            elif rest.dims != other.dims or not torch.equal(rest.rows, other.rows) or not torch.equal(rest.cols, other.cols):
+                other = (rest, sets_other)
+            elif rest != other[0] or not torch.equal(sets_other, other[1]):
                 raise Unsupported("a concatenation along an image axis of tensors that differ along the other")
+            uniform = uniform and d.uniform
         assert other is not None
         stacked = torch.cat(parts, 0)
-        dims = list(other.dims)
-        dims[dim] = role
-        rows = stacked if role == "h" else other.rows
-        cols = stacked if role == "w" else other.cols
-        return Deps(tuple(dims), shape, rows, cols, other.uniform).normalized()
+        dims = list(other[0])
+        dims.insert(dim, role)
+        rows = stacked if role == "h" else other[1]
+        cols = stacked if role == "w" else other[1]
+        return Deps(tuple(dims), shape, rows, cols, uniform).normalized()
 
     # -- what the probe measures -------------------------------------------------------
 
