@@ -362,6 +362,9 @@ def test_method_survives_the_caches(tmp_path, monkeypatch):
     clear_receptive_field_cache()  # as if in a new process: the disk entry answers
     again = receptive_field(_small(), "2", 18)
     assert first.method == again.method == "trace" and again == first
+    probed = receptive_field(_small(), "2", 18, method="probe")  # an explicit method is honoured
+    assert probed.method == "probe" and probed == first
+    assert receptive_field(_small(), "2", 18).method == "probe"  # "auto" takes what is cached
     assert ReceptiveField.from_dict(again.to_dict()).method == "trace"
     assert ReceptiveField.from_dict({k: v for k, v in again.to_dict().items() if k != "method"}).method == "probe"
     with pytest.raises(ValueError, match="method"):

@@ -334,7 +334,7 @@ def onnx_receptive_fields(
                 hit = _RF_CACHE.get(key)
             if hit is None:
                 hit = _disk_get(key)
-            if hit is not None:
+            if hit is not None and method in ("auto", hit.method):
                 results[layer] = hit
     todo = [(layer, tensor) for layer, tensor in pairs if layer not in results]
     if todo:

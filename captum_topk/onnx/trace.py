@@ -366,7 +366,7 @@ def _pool(t: _OnnxTracer, node: onnx.NodeProto, ins: List[Any]) -> Any:
     kernel = list(a["kernel_shape"])
     strides, dil = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
     begin, end = _pads(a, xs[2:], kernel, strides, dil)
-    out = sliding_windows(d, xs, ys, kernel, strides, begin, end, dil, bool(a.get("ceil_mode", 0)), strict=False)
+    out = sliding_windows(d, xs, ys, kernel, strides, begin, end, dil, bool(a.get("ceil_mode", 0)))
     return [out, out]
 
 

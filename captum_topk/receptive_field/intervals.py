@@ -358,11 +358,8 @@ class Deps:
             raise Unsupported(f"internal: predicted shape {self.shape}, got {tuple(shape)}")
         return self
 
-    def _axis(self, dim: int) -> Role:
-        return self.dims[dim]
-
-    def _free_dims(self, exclude: Sequence[int] = ()) -> List[int]:
-        return [i for i, r in enumerate(self.dims) if r is None and self.shape[i] > 1 and i not in exclude]
+    def _free_dims(self) -> List[int]:
+        return [i for i, r in enumerate(self.dims) if r is None and self.shape[i] > 1]
 
     # -- along one dimension -----------------------------------------------------------
 
@@ -675,37 +672,24 @@ def mix_features(d: Deps, dim: int, n_out: int, full: bool = True) -> Deps:
     return d.map_dim(dim, torch.ones(int(n_out), d.shape[dim], dtype=torch.bool), shape)
 
 
-def window_lengths(n_in: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
-                   dilation: int, ceil_mode: bool, strict: bool) -> set:
-    r"""Output lengths a window may give: PyTorch's (``strict``), or any of the floor /
-    ceil / ceil-inside variants engines use (ONNX, where the output shape comes from shape
-    inference and the confirmation probes check it)."""
-    floor = window_length(n_in, kernel, stride, pad_begin, pad_end, dilation, False)
-    if not ceil_mode:
-        return {floor}
-    ceil = window_length(n_in, kernel, stride, pad_begin, pad_end, dilation, True)
-    if strict:
-        return {ceil}
-    span = n_in + pad_begin + pad_end - dilation * (kernel - 1) - 1
-    return {floor, ceil, -(-span // stride) + 1}
-
-
 def sliding_windows(d: Deps, in_shape: Sequence[int], out_shape: Sequence[int], kernel: Sequence[int],
                     stride: Sequence[int], pad_begin: Sequence[int], pad_end: Sequence[int],
-                    dilation: Sequence[int], ceil_mode: bool = False, strict: bool = True) -> Deps:
+                    dilation: Sequence[int], ceil_mode: bool = False) -> Deps:
     r"""A 2-D convolution / pooling window along the last two dimensions.
 
     Raises:
-        Unsupported: an output length that the window formula does not give.
+        Unsupported: an output length that PyTorch's formula (:func:`window_length`, which
+            ONNX Runtime follows too) does not give; ONNX shape inference may give one
+            more with ``ceil_mode``, and then ONNX Runtime's tensors disagree with it.
     """
     maps = {}
     nd = len(in_shape)
     for i, dim in enumerate((nd - 2, nd - 1)):
         n_in, n_out = int(in_shape[dim]), int(out_shape[dim])
-        ok = window_lengths(n_in, int(kernel[i]), int(stride[i]), int(pad_begin[i]), int(pad_end[i]),
-                            int(dilation[i]), ceil_mode, strict)
-        if n_out not in ok:
-            raise Unsupported(f"output length {n_out} where the window formula gives {sorted(ok)}")
+        expect = window_length(n_in, int(kernel[i]), int(stride[i]), int(pad_begin[i]), int(pad_end[i]),
+                               int(dilation[i]), ceil_mode)
+        if n_out != expect:
+            raise Unsupported(f"output length {n_out} where the window formula gives {expect}")
         maps[dim] = window_map(n_in, n_out, int(kernel[i]), int(stride[i]), int(pad_begin[i]), int(dilation[i]))
     return apply_maps(d, maps)
 

@@ -20,9 +20,7 @@ disagrees is measured by the full probe below, transparently; ``"trace"`` raises
 :class:`~captum_topk.receptive_field.intervals.TraceError` instead. The confirmation runs the
 same checks as the full probe (NaN for a finite input, channels-last outputs).
 
-**NaN-propagation probing** (``"probe"``).
-
-**NaN-propagation probing.** ``NaN`` survives every operation that structurally reads a
+**NaN-propagation probing** (``"probe"``). ``NaN`` survives every operation that structurally reads a
 value: a convolution (``NaN * 0 == NaN``, so even a zero weight propagates it), additions
 and residual connections, ``torch.cat``, batch norm in eval mode, ReLU / ReLU6 / hardtanh /
 clamp, max- and average-pooling, upsampling, ... For an input of size ``(H, W)`` a batch of
@@ -49,20 +47,23 @@ the first probe on a device / dtype, the basic operations are checked to propaga
 
 Cost of the full probe: ``H + W + 1`` forward passes up to the deepest requested layer (so
 it grows like ``H**3`` for square inputs; NaN arithmetic is also somewhat slower on CPU).
-Either way the result is computed once:
-results are cached in-process (LRU) under a *structural* signature of the model — the
-module names, class qualnames and ``repr`` of the model — plus the layer name, input size,
-``attribute_to_layer_input``, input channels, device type and dtype. Weights do not change
-how NaN propagates, so the cache is shared between differently-initialised or trained copies
-of one architecture. A custom module whose ``repr`` hides a structural option (for instance
+Either way the result is computed once: results are cached in-process (LRU) and on disk
+(:mod:`.cache`) under a *structural* signature of the model — the module names, class
+qualnames and ``repr`` of the model — plus the layer name, input size,
+``attribute_to_layer_input``, input channels, device type and dtype. Weights change neither
+the trace nor how NaN propagates, so the cache is shared between differently-initialised or
+trained copies of one architecture. A custom module whose ``repr`` hides a structural option (for instance
 a stride stored in a plain attribute and applied in ``forward``) would share a cache entry
 with differently configured copies: pass ``cache=False`` or call
 :func:`clear_receptive_field_cache` for such models.
 
 Limitations: an operation that *drops* NaN (``torch.where(x > 0, x, 0)``,
 ``torch.nan_to_num``, data-dependent indexing) hides dependencies and makes the measured box
-too small; an operation that *creates* NaN independently of the input is detected by the
-clean image. Outputs must be 4-D ``(N, C, h, w)`` or 2-D ``(N, C)`` (one position, whose
+too small (the tracer does not know such operations: those layers are probed); an operation
+that *creates* NaN independently of the input is detected by the clean image. ``torch.fx``
+patches ``torch.nn.Module.__call__`` process-wide while it traces (tens of milliseconds):
+a forward pass run by *another thread* at that moment would be traced too; use
+``method="probe"`` where other threads run models concurrently. Outputs must be 4-D ``(N, C, h, w)`` or 2-D ``(N, C)`` (one position, whose
 box is normally the whole image).
 
 The ``stride`` of a :class:`ReceptiveField` is measured from neighbouring boxes whose edges are
@@ -135,8 +136,10 @@ def receptive_field(
         progress (bool, optional): a progress bar while the full probe runs. Default: True
         method (str, optional): ``"auto"`` (trace and confirm, else the full probe),
             ``"trace"`` (trace and confirm, or raise) or ``"probe"`` (the full NaN probe).
-            Cached results are returned whichever method produced them (both give the same
-            boxes; :attr:`ReceptiveField.method` says which one did). Default: ``"auto"``
+            Both give the same boxes; :attr:`ReceptiveField.method` says which one produced
+            a field. ``"auto"`` takes a cached field whatever produced it, an explicit
+            method only one it produced (else it measures, and caches the result).
+            Default: ``"auto"``
 
     Returns:
         ReceptiveField: ``boxes`` of shape ``(H_out, W_out, 4)`` (``(1, 1, 4)`` for a 2-D
@@ -264,7 +267,7 @@ def _receptive_fields(
                 if hit is not None:
                     with _CACHE_LOCK:
                         _CACHE[key] = hit
-            if hit is not None:
+            if hit is not None and method in ("auto", hit.method):  # an explicit method is honoured
                 results[name] = hit
 
     todo = [(n, m) for n, m in pairs if n not in results]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -44,6 +45,9 @@ from .intervals import (
 
 Prediction = Tuple[Tensor, Tensor]
 """``(rows, cols)``: ``(h, H)`` and ``(w, W)`` bool sets of a layer output."""
+
+
+_TRACE_LOCK = threading.RLock()
 
 
 class _Poison:
@@ -101,11 +105,12 @@ def trace_fields(
     """
     root = traceable_root(model)
     if root is None:
-        why = Unsupported("a plain forward function cannot be traced (pass the nn.Module)")
+        why = Unsupported("a plain forward function (not an nn.Module or its bound forward) cannot be traced")
         return {name: why for name, _ in pairs}
     tracer = _Tracer({id(m): name for name, m in pairs})
     try:
-        graph = tracer.trace(root, concrete_args=_concrete_args(root))
+        with _TRACE_LOCK:  # torch.fx patches torch.nn.Module.__call__ while it traces
+            graph = tracer.trace(root, concrete_args=_concrete_args(root))
     except Exception as exc:  # TraceError, data-dependent control flow, NameError, ...
         why = Unsupported(f"torch.fx cannot trace the model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
         return {name: why for name, _ in pairs}
@@ -128,7 +133,11 @@ def trace_fields(
         wanted.setdefault(value.node, []).append(name)
     if wanted:
         image = torch.zeros(2, channels, *size, device=device, dtype=dtype) + 0.5
-        results = _Evaluator(root, graph, wanted).run(image)
+        try:
+            results = _Evaluator(root, graph, wanted).run(image)
+        except Exception as exc:  # the traced graph does not run as the model does
+            why = Unsupported(f"the traced graph fails on real tensors ({type(exc).__name__}: {exc})")
+            results = {node: _Poison(str(why)) for node in wanted}
         for node, names in wanted.items():
             deps = results.get(node)
             for name in names:
@@ -382,7 +391,7 @@ class _Call:
     def only_input(self) -> Deps:
         """The input's deps, refusing image-dependent values in any other argument."""
         for name, d in self.deps_of.items():
-            if name != "input" and _flat(d) and any(x is not None for x in _flat(d)):
+            if name != "input" and any(x is not None for x in _flat(d)):
                 raise Unsupported(f"argument {name!r} depends on the image")
         for _, d in self.extra:
             if any(x is not None for x in _flat(d)):
@@ -550,7 +559,7 @@ def _upsample_bilinear(c: _Call) -> Deps:
     return _interpolate_deps(c.only_input(), c.get("input"), c.out, "bilinear", True, c.get("scale_factor"), None, False)
 
 
-def _pad_deps(d: Deps, shape: Sequence[int], pad: Sequence[int], mode: str) -> Deps:
+def _pad_deps(d: Deps, pad: Sequence[int], mode: str) -> Deps:
     pad = [int(p) for p in pad]
     if len(pad) % 2:
         raise Unsupported("an odd padding list")
@@ -568,7 +577,7 @@ def _pad_deps(d: Deps, shape: Sequence[int], pad: Sequence[int], mode: str) -> D
 
 def _pad(c: _Call) -> Deps:
     mode = c.get("mode", "constant")
-    return _pad_deps(c.only_input(), c.shape, c.get("pad"), mode)
+    return _pad_deps(c.only_input(), c.get("pad"), mode)
 
 
 def _batch_norm(c: _Call) -> Deps:
@@ -849,7 +858,7 @@ def _m_conv(m: nn.Conv2d, c: _Call) -> Deps:
         padded = list(x.shape)
         padded[2] += pad[2] + pad[3]
         padded[3] += pad[0] + pad[1]
-        d = _pad_deps(d, padded, pad, {"reflect": "reflect", "replicate": "replicate", "circular": "circular"}[m.padding_mode])
+        d = _pad_deps(d, pad, m.padding_mode)
         begin = end = (0, 0)
         in_shape = padded
     else:
@@ -954,7 +963,7 @@ def _m_pad(m: nn.Module, c: _Call) -> Deps:
         mode = "circular"
     if mode is None:
         raise Unsupported(f"padding module {type(m).__name__}")
-    return _pad_deps(c.only_input(), c.shape, m.padding, mode)
+    return _pad_deps(c.only_input(), m.padding, mode)
 
 
 def _m_pixel_shuffle(m: nn.PixelShuffle, c: _Call) -> Deps:
