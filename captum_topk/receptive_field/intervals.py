@@ -400,8 +400,9 @@ class Deps:
                 rows = rows.any(0, keepdim=True)
             elif role == "w":
                 cols = cols.any(0, keepdim=True)
-        # with keepdim an image axis stays, one position long (it may be interpolated back)
-        new_dims = [None if (i in dims and r not in ("h", "w")) else r for i, r in enumerate(self.dims)]
+        # with keepdim an image axis (or a batch of one) stays, one position long (it may be
+        # interpolated back)
+        new_dims = [None if (i in dims and r is None) else r for i, r in enumerate(self.dims)]
         shape = [1 if i in dims else s for i, s in enumerate(self.shape)]
         uniform = self.uniform or not [i for i in self._free_dims() if i not in dims]
         if not keepdim:
