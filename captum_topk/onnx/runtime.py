@@ -29,6 +29,8 @@ from ..receptive_field.field import ReceptiveField, _parse_size
 from ..receptive_field.cache import _disk_get, _disk_put
 from ..receptive_field.probe import fields_from_probe
 from ..capture.layouts import ChannelsLastError
+from ..receptive_field.intervals import TraceError
+from . import trace as _trace
 from .graph import InputSpec, ModelLike, input_spec, list_tensors, load_onnx, nan_safe, resolve_tensors, with_outputs
 from .sidecar import load_sidecar
 
@@ -276,10 +278,16 @@ def onnx_receptive_fields(
     cache: bool = True,
     progress: bool = True,
     digest: Optional[str] = None,
+    method: str = "auto",
 ) -> Dict[str, ReceptiveField]:
-    r"""Exact receptive fields of ONNX tensors, by NaN probing through ONNX Runtime.
+    r"""Exact receptive fields of ONNX tensors, traced over the graph or NaN-probed through
+    ONNX Runtime.
 
-    The probe is the one of :func:`captum_topk.receptive_fields` (``H + W + 1`` images,
+    ``method="auto"`` (default) first propagates dependency sets along the graph's nodes
+    (:mod:`captum_topk.onnx.trace`) and confirms them with a few NaN probes through ONNX
+    Runtime; tensors it cannot predict or confirm are probed fully (``"trace"`` raises
+    :class:`~captum_topk.receptive_field.intervals.TraceError` instead, ``"probe"`` always
+    probes fully). The full probe is the one of :func:`captum_topk.receptive_fields` (``H + W + 1`` images,
     NaN in one input row or column each) run on a NaN-safe rewrite of the graph
     (:func:`~captum_topk.onnx.graph.nan_safe`: ONNX Runtime's max pooling drops NaN) with
     graph optimisations off. A known-answer check runs first. Results are cached in memory
@@ -295,11 +303,14 @@ def onnx_receptive_fields(
         cache (bool): use the in-memory / disk cache.
         progress (bool): tqdm bar.
         digest (str, optional): precomputed :func:`model_digest` of ``model``.
+        method (str): ``"auto"``, ``"trace"`` or ``"probe"`` (see above).
     Returns:
         dict[str, ReceptiveField]: keyed by the names given (2-D tensors get the whole image).
     Example::
         >>> rfs = onnx_receptive_fields("vgg16.onnx", ["functional_1/block1_pool_1/MaxPool2d:0"])
     """
+    if method not in ("auto", "trace", "probe"):
+        raise ValueError(f"method must be 'auto', 'trace' or 'probe', got {method!r}.")
     proto = load_onnx(model)
     pairs = resolve_tensors(proto, tensors)
     spec = input_spec(proto, input_layout)
@@ -314,23 +325,36 @@ def onnx_receptive_fields(
     results: Dict[str, ReceptiveField] = {}
     keys = {}
     for layer, tensor in pairs:
-        key = ("onnx-rf", _PROBE_VERSION, digest, tensor, size, spec.layout, activation_layout.upper(), channels)
+        key = ("onnx-rf", _PROBE_VERSION, _trace.code_hash(), digest, tensor, size, spec.layout, activation_layout.upper(), channels)
         keys[layer] = key
         if cache:
             with _RF_LOCK:
                 hit = _RF_CACHE.get(key)
             if hit is None:
                 hit = _disk_get(key)
-            if hit is not None:
+            if hit is not None and method in ("auto", hit.method):
                 results[layer] = hit
     todo = [(layer, tensor) for layer, tensor in pairs if layer not in results]
     if todo:
         prov = resolve_providers(providers)
         _check_ort_nan_propagation(prov)
         safe, _ = nan_safe(proto)
-        fwd = OnnxForward(safe, [t for _, t in todo], prov, input_layout=spec.layout,
-                          activation_layout=activation_layout, optimize=False)
-        fresh = _probe(fwd, [t for _, t in todo], size, channels, batch_size, progress)
+
+        def forward_for(names: List[str]) -> OnnxForward:
+            return OnnxForward(safe, names, prov, input_layout=spec.layout,
+                               activation_layout=activation_layout, optimize=False)
+
+        names = list(dict.fromkeys(t for _, t in todo))
+        fresh: Dict[str, ReceptiveField] = {}
+        if method != "probe":
+            fresh, reasons = _trace.traced_fields(
+                proto, names, size, channels, input_layout=spec.layout,
+                activation_layout=activation_layout, forward_for=forward_for, batch_size=batch_size)
+            if method == "trace" and reasons:
+                raise TraceError(reasons)
+        rest = [t for t in names if t not in fresh]
+        if rest:
+            fresh.update(_probe(forward_for(rest), rest, size, channels, batch_size, progress))
         for layer, tensor in todo:
             rf = fresh[tensor]
             results[layer] = rf
@@ -339,7 +363,7 @@ def onnx_receptive_fields(
                     _RF_CACHE[keys[layer]] = rf
                 _disk_put(keys[layer], rf)
     return {layer: ReceptiveField(results[layer].boxes.clone(), results[layer].input_size,
-                                  results[layer].size, results[layer].stride)
+                                  results[layer].size, results[layer].stride, results[layer].method)
             for layer, _ in pairs}
 
 

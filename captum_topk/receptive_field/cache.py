@@ -1,8 +1,9 @@
 r"""Caches of measured receptive fields: in-process (LRU) and on disk, keyed by the model's structural signature.
 
-Probing costs ``H + W + 1`` forward passes and its result depends only on the structure of the model
-(weights do not change how NaN propagates). Disk entries are keyed by the in-process key plus the torch
-version and a hash of the probe's own source (so a change of the probe invalidates them).
+A field depends only on the structure of the model (weights change neither the trace nor how NaN
+propagates), and tracing or probing it costs forward passes. Disk entries are keyed by the in-process
+key plus the torch version and a hash of this package's source (tracer, rules and probe alike: a change
+of any invalidates them). An entry records which method produced it.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def _disk_get(key: tuple) -> Optional["ReceptiveField"]:
         return None
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
-        return ReceptiveField(d["boxes"], tuple(d["input_size"]), tuple(d["size"]), tuple(d["stride"]))
+        return ReceptiveField(d["boxes"], tuple(d["input_size"]), tuple(d["size"]), tuple(d["stride"]),
+                              str(d.get("method", "probe")))
     except Exception:  # a corrupt entry is just a miss
         return None
 
@@ -99,7 +101,7 @@ def _disk_put(key: tuple, rf: "ReceptiveField") -> None:
         return
     try:
         atomic_torch_save({"boxes": rf.boxes, "input_size": list(rf.input_size),
-                           "size": list(rf.size), "stride": list(rf.stride)}, path)
+                           "size": list(rf.size), "stride": list(rf.stride), "method": rf.method}, path)
     except OSError:  # a read-only home is no reason to fail
         pass
 

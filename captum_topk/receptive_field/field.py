@@ -12,6 +12,9 @@ from torch import Tensor
 
 SizeSpec = Union[int, Sequence[int]]
 
+METHODS = ("trace", "probe")
+"""How a field can be obtained (:attr:`ReceptiveField.method`)."""
+
 
 @dataclass(frozen=True, eq=False)
 class ReceptiveField:
@@ -30,6 +33,10 @@ class ReceptiveField:
             positions, read from the tops / lefts (and bottoms / rights) of neighbouring
             boxes that are not clipped by the image border; the rounded input / output size
             ratio along an axis where that is not measurable (e.g. a single position).
+        method (str): how the boxes were obtained: ``"trace"`` (interval arithmetic along
+            a ``torch.fx`` or ONNX trace, confirmed by a few NaN probes) or ``"probe"`` (the
+            full NaN probe, one image per input row and column). Both give the same boxes;
+            it is not part of equality.
 
     Example::
 
@@ -46,6 +53,7 @@ class ReceptiveField:
     input_size: Tuple[int, int]
     size: Tuple[int, int]
     stride: Tuple[int, int]
+    method: str = "probe"
 
     def __post_init__(self) -> None:
         boxes = torch.as_tensor(self.boxes).detach().to("cpu", torch.int64)
@@ -60,6 +68,8 @@ class ReceptiveField:
             if len(value) != 2:
                 raise ValueError(f"{field} must be a pair of ints, got {getattr(self, field)!r}.")
             object.__setattr__(self, field, value)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
 
     # -- accessors -----------------------------------------------------------------------
 
@@ -130,13 +140,14 @@ class ReceptiveField:
 
         Returns:
             dict: keys ``boxes`` (nested ``H_out x W_out x 4`` list), ``input_size``,
-            ``size``, ``stride`` (2-lists of int).
+            ``size``, ``stride`` (2-lists of int), ``method`` (str).
         """
         return {
             "boxes": self.boxes.tolist(),
             "input_size": list(self.input_size),
             "size": list(self.size),
             "stride": list(self.stride),
+            "method": self.method,
         }
 
     @classmethod
@@ -150,6 +161,7 @@ class ReceptiveField:
             input_size=tuple(d["input_size"]),
             size=tuple(d["size"]),
             stride=tuple(d["stride"]),
+            method=str(d.get("method", "probe")),
         )
 
     # -- dunder --------------------------------------------------------------------------
@@ -170,7 +182,7 @@ class ReceptiveField:
     def __repr__(self) -> str:
         return (
             f"ReceptiveField(input_size={self.input_size}, output_size={self.output_size}, "
-            f"size={self.size}, stride={self.stride})"
+            f"size={self.size}, stride={self.stride}, method={self.method!r})"
         )
 
 

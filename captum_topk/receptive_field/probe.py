@@ -1,12 +1,26 @@
-r"""Exact receptive fields of any module graph, measured by NaN-propagation probing.
+r"""Exact receptive fields of any module graph: traced and confirmed, or measured by
+NaN-propagation probing.
 
 Zeiler & Fergus style top-k patches need, for every position ``(y, x)`` of a layer's
 ``(N, C, h, w)`` output, the rectangle of input pixels that position depends on. Instead of
-composing kernel / stride / padding formulas per architecture (which breaks on branches,
-concatenations, dilations, ``ceil_mode`` pooling or custom ``forward`` code), the field is
-*measured* on the model itself:
+composing kernel / stride / padding formulas per architecture by hand (which breaks on
+branches, concatenations, dilations, ``ceil_mode`` pooling or custom ``forward`` code), the
+field comes from the model itself, by one of two methods (``method=``):
 
-**NaN-propagation probing.** ``NaN`` survives every operation that structurally reads a
+**Trace, then confirm** (``"trace"``; the default ``"auto"`` tries it first). The model is
+traced with ``torch.fx`` and its graph run once on two images; along it, per-axis
+dependency sets are propagated by the rule of every known operation
+(:mod:`.trace`, :mod:`.intervals`). The prediction is then *confirmed* by a few NaN probes
+(:func:`confirm_predictions`: the clean image and about 14 input rows and 14 columns,
+including the first and last ones): every output position each probe reaches must be
+exactly the predicted one. About 31 single-image forward passes in all, whatever the input
+size. With ``"auto"``, a layer the trace cannot predict (a plain forward function, an
+untraceable ``forward``, an unknown operation, a channels-last output) or whose confirmation
+disagrees is measured by the full probe below, transparently; ``"trace"`` raises
+:class:`~captum_topk.receptive_field.intervals.TraceError` instead. The confirmation runs the
+same checks as the full probe (NaN for a finite input, channels-last outputs).
+
+**NaN-propagation probing** (``"probe"``). ``NaN`` survives every operation that structurally reads a
 value: a convolution (``NaN * 0 == NaN``, so even a zero weight propagates it), additions
 and residual connections, ``torch.cat``, batch norm in eval mode, ReLU / ReLU6 / hardtanh /
 clamp, max- and average-pooling, upsampling, ... For an input of size ``(H, W)`` a batch of
@@ -31,21 +45,25 @@ probe; otherwise the measurement would be meaningless and a ``ValueError`` is ra
 the first probe on a device / dtype, the basic operations are checked to propagate NaN
 (they all do in current PyTorch); a ``RuntimeError`` is raised if they do not.
 
-Cost: ``H + W + 1`` forward passes up to the deepest requested layer (so it grows like
-``H**3`` for square inputs; NaN arithmetic is also somewhat slower on CPU), computed once:
-results are cached in-process (LRU) under a *structural* signature of the model — the
-module names, class qualnames and ``repr`` of the model — plus the layer name, input size,
-``attribute_to_layer_input``, input channels, device type and dtype. Weights do not change
-how NaN propagates, so the cache is shared between differently-initialised or trained copies
-of one architecture. A custom module whose ``repr`` hides a structural option (for instance
+Cost of the full probe: ``H + W + 1`` forward passes up to the deepest requested layer (so
+it grows like ``H**3`` for square inputs; NaN arithmetic is also somewhat slower on CPU).
+Either way the result is computed once: results are cached in-process (LRU) and on disk
+(:mod:`.cache`) under a *structural* signature of the model — the module names, class
+qualnames and ``repr`` of the model — plus the layer name, input size,
+``attribute_to_layer_input``, input channels, device type and dtype. Weights change neither
+the trace nor how NaN propagates, so the cache is shared between differently-initialised or
+trained copies of one architecture. A custom module whose ``repr`` hides a structural option (for instance
 a stride stored in a plain attribute and applied in ``forward``) would share a cache entry
 with differently configured copies: pass ``cache=False`` or call
 :func:`clear_receptive_field_cache` for such models.
 
 Limitations: an operation that *drops* NaN (``torch.where(x > 0, x, 0)``,
 ``torch.nan_to_num``, data-dependent indexing) hides dependencies and makes the measured box
-too small; an operation that *creates* NaN independently of the input is detected by the
-clean image. Outputs must be 4-D ``(N, C, h, w)`` or 2-D ``(N, C)`` (one position, whose
+too small (the tracer does not know such operations: those layers are probed); an operation
+that *creates* NaN independently of the input is detected by the clean image. ``torch.fx``
+patches ``torch.nn.Module.__call__`` process-wide while it traces (tens of milliseconds):
+a forward pass run by *another thread* at that moment would be traced too; use
+``method="probe"`` where other threads run models concurrently. Outputs must be 4-D ``(N, C, h, w)`` or 2-D ``(N, C)`` (one position, whose
 box is normally the whole image).
 
 The ``stride`` of a :class:`ReceptiveField` is measured from neighbouring boxes whose edges are
@@ -56,6 +74,8 @@ which is then an estimate (e.g. 19 instead of 16 for AlexNet ``features.8`` at 9
 
 from __future__ import annotations
 
+import logging
+import random
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -66,8 +86,16 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from tqdm.auto import tqdm
 from ..capture.layouts import ChannelsLastError, looks_channels_last
 from ..capture.hooks import LayerSpec, resolve_layers, run_capture
-from .field import ReceptiveField, SizeSpec, _parse_size
+from .field import METHODS, ReceptiveField, SizeSpec, _parse_size
 from .cache import _CACHE, _CACHE_LOCK, _CACHE_MAXSIZE, _disk_get, _disk_put, _structural_signature
+from .intervals import LayoutUnsupported, TraceError, Unsupported
+from .trace import Prediction, trace_fields
+
+logger = logging.getLogger("captum_topk.receptive_field")
+
+CONFIRM_PER_AXIS = 14
+"""Input rows (and columns) probed to confirm a traced field: the first three, the middle
+two, the last three and random others (fixed per size)."""
 
 
 
@@ -84,10 +112,11 @@ def receptive_field(
     in_channels: int | None = None,
     cache: bool = True,
     progress: bool = True,
+    method: str = "auto",
 ) -> ReceptiveField:
-    r"""Exact receptive field of every output position of ``layer``, by NaN probing.
+    r"""Exact receptive field of every output position of ``layer``.
 
-    See the module docstring for the method. The model is run in eval mode (each module's
+    See the module docstring for the methods. The model is run in eval mode (each module's
     ``training`` flag is restored afterwards) under ``torch.no_grad``, on the device and in
     the dtype of its first parameter; no hook is left behind, even when the forward raises.
 
@@ -104,14 +133,23 @@ def receptive_field(
             ``nn.Conv2d`` in ``model.modules()``, else 3.
         cache (bool, optional): reuse / store the result in the in-process cache keyed by
             the model's structural signature. Default: True
+        progress (bool, optional): a progress bar while the full probe runs. Default: True
+        method (str, optional): ``"auto"`` (trace and confirm, else the full probe),
+            ``"trace"`` (trace and confirm, or raise) or ``"probe"`` (the full NaN probe).
+            Both give the same boxes; :attr:`ReceptiveField.method` says which one produced
+            a field. ``"auto"`` takes a cached field whatever produced it, an explicit
+            method only one it produced (else it measures, and caches the result).
+            Default: ``"auto"``
 
     Returns:
         ReceptiveField: ``boxes`` of shape ``(H_out, W_out, 4)`` (``(1, 1, 4)`` for a 2-D
-        ``(N, C)`` output), ``size``, ``stride``, ``input_size``.
+        ``(N, C)`` output), ``size``, ``stride``, ``input_size``, ``method``.
 
     Raises:
         ValueError: unknown layer (with the closest names), a 3-D / 5-D / ... output, or an
             output that already contains NaN for a finite input.
+        ChannelsLastError: the output looks channels-last ``(N, H, W, C)``.
+        TraceError: ``method="trace"`` and the field could not be traced or confirmed.
         RuntimeError: this PyTorch build does not propagate NaN through basic operations.
 
     Example::
@@ -123,6 +161,8 @@ def receptive_field(
         ((16, 16), (43, 43), (4, 4))
         >>> rf.box(0, 0)
         (0, 0, 22, 22)
+        >>> rf.method
+        'trace'
     """
     pairs = resolve_layers(model, layer)
     if len(pairs) != 1:
@@ -131,7 +171,7 @@ def receptive_field(
         iter(
             _receptive_fields(
                 model, pairs, input_size, attribute_to_layer_input, batch_size, in_channels, cache,
-                progress,
+                progress, method,
             ).values()
         )
     )
@@ -147,19 +187,20 @@ def receptive_fields(
     in_channels: int | None = None,
     cache: bool = True,
     progress: bool = True,
+    method: str = "auto",
     channels_last: Sequence[LayerSpec] = (),
 ) -> Dict[str, ReceptiveField]:
-    r"""Receptive fields of several layers from one probe.
+    r"""Receptive fields of several layers from one trace (or one probe).
 
-    All layers are hooked at once and the probe forward stops after the deepest of them, so
-    asking for several layers costs about as much as asking for the deepest one. Layers
-    already in the cache are not probed again.
+    All layers are traced, confirmed or probed at once and every forward stops after the
+    deepest of them, so asking for several layers costs about as much as asking for the
+    deepest one. Layers already in the cache are not measured again.
 
     Args:
         model (nn.Module or Callable): the network or its forward function.
         layers (str, nn.Module or list of them): dotted names or modules.
         input_size (int or tuple of int): ``H`` or ``(H, W)`` of the model input.
-        attribute_to_layer_input, batch_size, in_channels, cache: as in
+        attribute_to_layer_input, batch_size, in_channels, cache, progress, method: as in
             :func:`receptive_field`.
         channels_last (sequence of str or nn.Module): layers among ``layers`` whose 4-D
             output is ``(N, H, W, C)`` (ConvNeXt / Swin internals): their positions are read on
@@ -179,7 +220,7 @@ def receptive_fields(
     last = {id(m) for _, m in resolve_layers(model, list(channels_last))} if channels_last else set()
     return _receptive_fields(
         model, pairs, input_size, attribute_to_layer_input, batch_size, in_channels, cache, progress,
-        frozenset(n for n, m in pairs if id(m) in last),
+        method, frozenset(n for n, m in pairs if id(m) in last),
     )
 
 
@@ -192,8 +233,11 @@ def _receptive_fields(
     in_channels: int | None,
     cache: bool,
     progress: bool = True,
+    method: str = "auto",
     channels_last: frozenset = frozenset(),
 ) -> Dict[str, ReceptiveField]:
+    if method not in ("auto", *METHODS):
+        raise ValueError(f"method must be 'auto', 'trace' or 'probe', got {method!r}.")
     if not callable(model):
         raise TypeError(f"model must be an nn.Module or a callable, got {type(model).__name__}.")
     # The module owning the forward: model itself, or the owner of a bound method. A plain
@@ -229,14 +273,14 @@ def _receptive_fields(
                 if hit is not None:
                     with _CACHE_LOCK:
                         _CACHE[key] = hit
-            if hit is not None:
+            if hit is not None and method in ("auto", hit.method):  # an explicit method is honoured
                 results[name] = hit
 
     todo = [(n, m) for n, m in pairs if n not in results]
     if todo:
         _check_nan_propagation(device, dtype)
         fresh = _probe(model, scope, todo, size, channels, attribute_to_layer_input,
-                       int(batch_size), device, dtype, progress, channels_last)
+                       int(batch_size), device, dtype, progress, method, channels_last)
         for name, rf in fresh.items():
             results[name] = rf
             if name in keys:
@@ -249,7 +293,7 @@ def _receptive_fields(
     # Copies, so that a caller mutating ``boxes`` cannot corrupt the cache.
     return {
         name: ReceptiveField(results[name].boxes.clone(), results[name].input_size,
-                             results[name].size, results[name].stride)
+                             results[name].size, results[name].stride, results[name].method)
         for name, _ in pairs
     }
 
@@ -349,40 +393,46 @@ def probe_batches(
     batch_size: int,
     device: Optional[torch.device] = None,
     dtype: Optional[torch.dtype] = None,
+    rows: Optional[Sequence[int]] = None,
+    cols: Optional[Sequence[int]] = None,
 ) -> Iterator[Tensor]:
     r"""The probe images, in chunks of at most ``batch_size``: first the clean image, then
-    ``H`` images with one row set to NaN, then ``W`` with one column set to NaN (``1 + H + W``
-    in all), all on the same fixed background (uniform in [0.25, 0.75], seed 0).
+    one image per input row of ``rows`` set to NaN, then one per column of ``cols`` (by
+    default every row and column: ``1 + H + W`` images), all on the same fixed background
+    (uniform in [0.25, 0.75], seed 0).
 
     Args:
         size (tuple): ``(H, W)`` of the input.
         channels (int): input channels.
         batch_size (int): images per chunk (the last one may be smaller).
         device, dtype: of the yielded tensors (default: CPU, float32).
+        rows, cols (sequence of int, optional): the input rows / columns to probe.
 
     Returns:
         Iterator of ``(n, channels, H, W)`` tensors.
     """
     H, W = size
-    total = 1 + H + W
+    rows = list(range(H)) if rows is None else [int(r) for r in rows]
+    cols = list(range(W)) if cols is None else [int(c) for c in cols]
+    # probe index -> (row, -1) or (-1, col); the clean image is (-1, -1)
+    plan = torch.tensor([(-1, -1)] + [(r, -1) for r in rows] + [(-1, c) for c in cols], dtype=torch.int64)
     gen = torch.Generator().manual_seed(0)
     background = (0.25 + 0.5 * torch.rand(channels, H, W, generator=gen)).to(
         device or torch.device("cpu"), dtype or torch.float32
     )
     step = max(1, int(batch_size))
-    for start in range(0, total, step):
-        idx = torch.arange(start, min(total, start + step))
-        n = len(idx)
+    for start in range(0, len(plan), step):
+        part = plan[start : start + step]
+        n = len(part)
         batch = background.expand(n, channels, H, W).clone()
         k = torch.arange(n)
-        rows = (idx >= 1) & (idx <= H)
-        cols = idx > H
-        batch[k[rows], :, idx[rows] - 1, :] = float("nan")
-        batch[k[cols], :, :, idx[cols] - 1 - H] = float("nan")
+        is_row, is_col = part[:, 0] >= 0, part[:, 1] >= 0
+        batch[k[is_row], :, part[is_row, 0], :] = float("nan")
+        batch[k[is_col], :, :, part[is_col, 1]] = float("nan")
         yield batch
 
 
-def fields_from_probe(
+def probe_masks(
     forward: Callable[[Tensor], Sequence[Tensor]],
     names: Sequence[str],
     size: Tuple[int, int],
@@ -391,10 +441,18 @@ def fields_from_probe(
     device: Optional[torch.device] = None,
     dtype: Optional[torch.dtype] = None,
     bar: Optional[Any] = None,
-) -> Dict[str, ReceptiveField]:
-    r"""Runs :func:`probe_batches` through ``forward`` and turns the NaN it produces into one
-    :class:`ReceptiveField` per output. The engine-independent half of the probe: the
-    PyTorch path (hooks) and the ONNX Runtime path share it.
+    rows: Optional[Sequence[int]] = None,
+    cols: Optional[Sequence[int]] = None,
+) -> Dict[str, Tuple[Tensor, Tensor]]:
+    r"""Runs :func:`probe_batches` through ``forward`` and says which output positions each
+    probed row and column reaches. The engine-independent half of the probe: the PyTorch
+    path (hooks) and the ONNX Runtime path share it, for the full probe and for the
+    confirmation of a traced field.
+
+    The clean image must reach nothing (else ``ValueError``: the layer outputs NaN for a
+    finite input). Rows ``0`` and ``H - 1`` and column ``0`` are always probed: their images
+    tell a channels-last ``(N, H, W, C)`` output (:func:`looks_channels_last`), refused with
+    :class:`ChannelsLastError`.
 
     Args:
         forward (callable): ``(n, channels, H, W)`` tensor -> one output per name, each
@@ -402,17 +460,22 @@ def fields_from_probe(
         names (sequence of str): output names, in ``forward``'s order (for messages and keys).
         size, channels, batch_size, device, dtype: as :func:`probe_batches`.
         bar (tqdm, optional): advanced by the number of images of each chunk.
+        rows, cols (sequence of int, optional): the input rows / columns to probe (default all).
 
     Returns:
-        dict name -> :class:`ReceptiveField`.
+        dict name -> ``(row_hits, col_hits)``: ``(len(rows), h, w)`` and ``(len(cols), h, w)``
+        bool (``h = w = 1`` for a 2-D output), rows and columns in increasing order.
     """
     H, W = size
+    rows = list(range(H)) if rows is None else sorted(set(int(r) for r in rows) | {0, H - 1})
+    cols = list(range(W)) if cols is None else sorted(set(int(c) for c in cols) | {0})
     hit: List[List[Tensor]] = [[] for _ in names]
-    layout: List[Dict[int, Tensor]] = [{} for _ in names]  # probe index -> (D1,) NaN, 4-D outputs
-    wanted = {1: 0, H: 1, H + 1: 2}  # top row, bottom row, left column
+    layout: List[Dict[int, Tensor]] = [{} for _ in names]  # slot -> (D1,) NaN, 4-D outputs
+    wanted = {1 + rows.index(0): 0, 1 + rows.index(H - 1): 1, 1 + len(rows) + cols.index(0): 2}
     first = True
     start = 0
-    for batch in probe_batches(size, channels, batch_size, device, dtype):
+    outs: Sequence[Tensor] = []
+    for batch in probe_batches(size, channels, batch_size, device, dtype, rows, cols):
         n = batch.shape[0]
         outs = forward(batch)
         for i, (name, out) in enumerate(zip(names, outs)):
@@ -433,18 +496,178 @@ def fields_from_probe(
         start += n
         if bar is not None:
             bar.update(n)
-    last = [(name, o.shape) for name, rows, o in zip(names, layout, outs)
-            if len(rows) == 3 and looks_channels_last(torch.stack([rows[0], rows[1], rows[2]]))]
+    last = [(name, o.shape) for name, slots, o in zip(names, layout, outs)
+            if len(slots) == 3 and looks_channels_last(torch.stack([slots[0], slots[1], slots[2]]))]
     if last:
         raise ChannelsLastError([name for name, _ in last], last[0][1])
     out = {}
     for name, chunks in zip(names, hit):
         mask = torch.cat(chunks, dim=0)
-        out[name] = _field_from_masks(mask[1 : 1 + H], mask[1 + H :], size)
+        out[name] = (mask[1 : 1 + len(rows)], mask[1 + len(rows) :])
+    return out
+
+
+def fields_from_probe(
+    forward: Callable[[Tensor], Sequence[Tensor]],
+    names: Sequence[str],
+    size: Tuple[int, int],
+    channels: int,
+    batch_size: int,
+    device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
+    bar: Optional[Any] = None,
+) -> Dict[str, ReceptiveField]:
+    r"""The full probe: :func:`probe_masks` for every input row and column, turned into one
+    :class:`ReceptiveField` per output (``method="probe"``).
+
+    Args:
+        forward (callable): ``(n, channels, H, W)`` tensor -> one output per name, each
+            ``(n, C, h, w)`` or ``(n, C)``.
+        names (sequence of str): output names, in ``forward``'s order (for messages and keys).
+        size, channels, batch_size, device, dtype: as :func:`probe_batches`.
+        bar (tqdm, optional): advanced by the number of images of each chunk.
+
+    Returns:
+        dict name -> :class:`ReceptiveField`.
+    """
+    masks = probe_masks(forward, names, size, channels, batch_size, device, dtype, bar)
+    return {name: _field_from_masks(r, c, size) for name, (r, c) in masks.items()}
+
+
+def confirmation_indices(n: int, count: int = CONFIRM_PER_AXIS) -> List[int]:
+    r"""The input rows (or columns) of a length-``n`` axis probed to confirm a traced field:
+    ``0, 1, 2``, the middle two, the last three, and random others up to ``count`` (seeded by
+    ``n``: the same for every call)."""
+    fixed = {0, 1, 2, n // 2 - 1, n // 2, n - 3, n - 2, n - 1}
+    chosen = {i for i in fixed if 0 <= i < n}
+    rng = random.Random(n)
+    while len(chosen) < min(n, count):
+        chosen.add(rng.randrange(n))
+    return sorted(chosen)
+
+
+def confirm_predictions(
+    forward: Callable[[Tensor], Sequence[Tensor]],
+    names: Sequence[str],
+    predictions: Dict[str, Optional[Prediction]],
+    size: Tuple[int, int],
+    channels: int,
+    batch_size: int,
+    device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
+    bar: Optional[Any] = None,
+) -> Dict[str, Union[ReceptiveField, str]]:
+    r"""Check traced dependency sets against a few NaN probes and turn the ones that agree
+    into fields.
+
+    The probes are those of :func:`probe_masks` (same images, same checks: NaN for a finite
+    input raises ``ValueError``, a channels-last output :class:`ChannelsLastError`) for the
+    rows and columns of :func:`confirmation_indices`. A prediction ``(rows, cols)`` says
+    that the probe of input row ``i`` reaches output ``(y, x)`` iff ``rows[y, i]`` and
+    ``cols[x]`` is not empty (likewise for columns); every probed row and column must reach
+    exactly the predicted positions, on the predicted output grid.
+
+    Args:
+        forward (callable): as in :func:`probe_masks`, one output per name.
+        names (sequence of str): the outputs of ``forward``.
+        predictions (dict): name -> ``(rows, cols)``, ``(h, H)`` and ``(w, W)`` bool, or
+            None (only checked, e.g. a channels-last candidate).
+        size, channels, batch_size, device, dtype, bar: as in :func:`probe_masks`.
+
+    Returns:
+        dict name -> :class:`ReceptiveField` (``method="trace"``) or the reason it was not
+        confirmed (str).
+    """
+    H, W = size
+    sel_r, sel_c = confirmation_indices(H), confirmation_indices(W)
+    masks = probe_masks(forward, names, size, channels, batch_size, device, dtype, bar, sel_r, sel_c)
+    sel_r = sorted(set(sel_r) | {0, H - 1})
+    sel_c = sorted(set(sel_c) | {0})
+    out: Dict[str, Union[ReceptiveField, str]] = {}
+    for name in names:
+        pred = predictions.get(name)
+        if pred is None:
+            out[name] = "not predicted"
+            continue
+        rows, cols = pred
+        got_r, got_c = masks[name]
+        grid = (rows.shape[0], cols.shape[0])
+        if tuple(got_r.shape[1:]) != grid:
+            out[name] = f"predicted a {grid[0]}x{grid[1]} output, the model gives {tuple(got_r.shape[1:])}"
+            continue
+        exp_r = rows[:, sel_r].T[:, :, None] & cols.any(1)[None, None, :]
+        exp_c = cols[:, sel_c].T[:, None, :] & rows.any(1)[None, :, None]
+        bad_r = [i for i, a, b in zip(sel_r, exp_r, got_r) if not torch.equal(a, b)]
+        bad_c = [j for j, a, b in zip(sel_c, exp_c, got_c) if not torch.equal(a, b)]
+        if bad_r or bad_c:
+            out[name] = (f"the NaN probe disagrees with the trace for input rows {bad_r[:5]} / "
+                         f"columns {bad_c[:5]}")
+            continue
+        out[name] = field_from_sets(rows, cols, size)
     return out
 
 
 def _probe(
+    model: Any,
+    scope: nn.Module,
+    pairs: List[Tuple[str, nn.Module]],
+    size: Tuple[int, int],
+    channels: int,
+    attribute_to_layer_input: bool,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = True,
+    method: str = "auto",
+    channels_last: frozenset = frozenset(),
+) -> Dict[str, ReceptiveField]:
+    """Measure the fields of ``pairs``: trace and confirm, then the full probe for the rest
+    (``channels_last`` layers are read as their ``(N, C, H, W)`` permutation)."""
+    fields: Dict[str, ReceptiveField] = {}
+    reasons: Dict[str, str] = {}
+    if method != "probe":
+        with _eval_mode(scope, catch_all=True), torch.no_grad():
+            predicted = trace_fields(model, pairs, size, channels, attribute_to_layer_input, device, dtype,
+                                     channels_last)
+            checked = [(n, m) for n, m in pairs
+                       if not isinstance(predicted[n], Unsupported) or isinstance(predicted[n], LayoutUnsupported)]
+            confirmed: Dict[str, Union[ReceptiveField, str]] = {}
+            if checked:
+                modules = [m for _, m in checked]
+                nhwc = [n in channels_last for n, _ in checked]
+
+                def forward(batch: Tensor) -> Sequence[Tensor]:
+                    outs = run_capture(model, modules, batch,
+                                       attribute_to_layer_input=attribute_to_layer_input, stop_early=True)
+                    return _as_nchw(outs, nhwc)
+
+                confirmed = confirm_predictions(
+                    forward, [n for n, _ in checked],
+                    {n: p for n, p in predicted.items() if not isinstance(p, Unsupported)},
+                    size, channels, batch_size, device, dtype)
+        for name, _ in pairs:
+            got = confirmed.get(name)
+            if isinstance(got, ReceptiveField):
+                fields[name] = got
+            else:
+                why = predicted[name]
+                reasons[name] = str(why) if isinstance(why, Unsupported) else str(got)
+        for name, why in reasons.items():
+            logger.info("receptive field of %r: full NaN probe (%s)", name, why)
+        if method == "trace" and reasons:
+            raise TraceError(reasons)
+    rest = [(n, m) for n, m in pairs if n not in fields]
+    if rest:
+        fields.update(_full_probe(model, scope, rest, size, channels, attribute_to_layer_input,
+                                  batch_size, device, dtype, progress, channels_last))
+    return {n: fields[n] for n, _ in pairs}
+
+
+def _as_nchw(outs: Sequence[Tensor], channels_last: Sequence[bool]) -> List[Tensor]:
+    return [o.permute(0, 3, 1, 2) if nhwc and o.dim() == 4 else o for o, nhwc in zip(outs, channels_last)]
+
+
+def _full_probe(
     model: Any,
     scope: nn.Module,
     pairs: List[Tuple[str, nn.Module]],
@@ -466,7 +689,7 @@ def _probe(
             model, modules, batch,
             attribute_to_layer_input=attribute_to_layer_input, stop_early=True,
         )
-        return [o.permute(0, 3, 1, 2) if nhwc and o.dim() == 4 else o for o, nhwc in zip(outs, last)]
+        return _as_nchw(outs, last)
 
     with tqdm(total=total, desc="receptive-field probe (cached per architecture and input size)",
               unit="img", disable=not progress or total < 4 * batch_size, leave=False) as bar:
@@ -498,18 +721,39 @@ def _nan_positions(name: str, out: Tensor, n: int) -> Tensor:
     return nan.any(dim=1)
 
 
-def _span(mask: Tensor, n: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """First index, last index + 1 and any-flag along dim 0 of a ``(n, h, w)`` bool mask."""
+def _span(mask: Tensor, n: int, dim: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+    """First index, last index + 1 and any-flag along ``dim`` of a bool mask of length ``n`` there."""
     as_int = mask.to(torch.int32)
-    first = as_int.argmax(dim=0)  # argmax returns the first maximal index
-    last = n - as_int.flip(0).argmax(dim=0)
-    return first, last, mask.any(dim=0)
+    first = as_int.argmax(dim=dim)  # argmax returns the first maximal index
+    last = n - as_int.flip(dim).argmax(dim=dim)
+    return first, last, mask.any(dim=dim)
 
 
 def _field_from_masks(row_mask: Tensor, col_mask: Tensor, size: Tuple[int, int]) -> ReceptiveField:
+    """The full probe's hits (``(H, h, w)``, ``(W, h, w)``) -> field."""
     H, W = size
     top, bottom, any_r = _span(row_mask, H)
     left, right, any_c = _span(col_mask, W)
+    return _field_from_spans(top, bottom, any_r, left, right, any_c, size, "probe")
+
+
+def field_from_sets(rows: Tensor, cols: Tensor, size: Tuple[int, int]) -> ReceptiveField:
+    r"""The field of dependency sets ``rows`` ``(h, H)`` and ``cols`` ``(w, W)`` (bool): the
+    box of ``(y, x)`` is the hull of ``rows[y]`` x ``cols[x]``, empty when either is; exactly
+    what the full probe would measure (``method="trace"``)."""
+    H, W = size
+    top, bottom, any_r = _span(rows, H, dim=1)
+    left, right, any_c = _span(cols, W, dim=1)
+    h, w = rows.shape[0], cols.shape[0]
+    grid = lambda t: t[:, None].expand(h, w)  # noqa: E731
+    gridc = lambda t: t[None, :].expand(h, w)  # noqa: E731
+    return _field_from_spans(grid(top), grid(bottom), grid(any_r), gridc(left), gridc(right),
+                             gridc(any_c), size, "trace")
+
+
+def _field_from_spans(top: Tensor, bottom: Tensor, any_r: Tensor, left: Tensor, right: Tensor,
+                      any_c: Tensor, size: Tuple[int, int], method: str) -> ReceptiveField:
+    H, W = size
     boxes = torch.stack([top, left, bottom, right], dim=-1).to(torch.int64)
     valid = any_r & any_c
     boxes[~valid] = 0
@@ -521,7 +765,7 @@ def _field_from_masks(row_mask: Tensor, col_mask: Tensor, size: Tuple[int, int])
         _stride(boxes[..., 0], boxes[..., 2], valid, H, h, dim=0),
         _stride(boxes[..., 1], boxes[..., 3], valid, W, w, dim=1),
     )
-    return ReceptiveField(boxes=boxes, input_size=size, size=rf_size, stride=stride)
+    return ReceptiveField(boxes=boxes, input_size=size, size=rf_size, stride=stride, method=method)
 
 
 def _stride(lo: Tensor, hi: Tensor, valid: Tensor, n_in: int, n_out: int, dim: int) -> int:
