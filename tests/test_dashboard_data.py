@@ -4,6 +4,7 @@ each checked against an independent computation."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 
 import numpy as np
@@ -242,20 +243,25 @@ def test_job_reuse_progress_and_hostile_inputs(world, tmp_path):
     assert calls[-1] == ("done", 7, 7)
     assert json.loads((folder / "run.json").read_text())["n_total"] == 7
 
-    (roots.checkpoints / "corrupt.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a PyTorch checkpoint or is corrupt"):
-        dd.mine_job(dd.JobSpec(model="resnet18", checkpoint="corrupt.pt", layers=("layer1",)), roots)
-    torch.save(torch.nn.Linear(2, 2).state_dict(), roots.checkpoints / "wrong.pt")
-    with pytest.raises(ValueError, match="does not fit"):
-        dd.mine_job(dd.JobSpec(model="resnet18", checkpoint="wrong.pt", layers=("layer1",)), roots)
-    with pytest.raises(dd.UnsafePathError):
-        dd.mine_job(dd.JobSpec(model="resnet18", checkpoint="../../../etc/passwd", layers=("layer1",)), roots)
-    (roots.data / "junk").mkdir()
-    (roots.data / "junk" / "x.jpg").write_bytes(b"no image")
-    with pytest.warns(UserWarning):
-        with pytest.raises(ValueError, match="No readable image"):
-            dd.mine_job(dd.JobSpec(model="resnet18", checkpoint="r18-random.pt", layers=("layer1",),
-                                   data="junk", input_size=64), roots)
+    try:  # files added to the shared world are removed again: other modules list this root
+        (roots.checkpoints / "corrupt.pt").write_bytes(b"not a checkpoint at all")
+        with pytest.raises(ValueError, match="not a PyTorch checkpoint or is corrupt"):
+            dd.mine_job(dd.JobSpec(model="resnet18", checkpoint="corrupt.pt", layers=("layer1",)), roots)
+        torch.save(torch.nn.Linear(2, 2).state_dict(), roots.checkpoints / "wrong.pt")
+        with pytest.raises(ValueError, match="does not fit"):
+            dd.mine_job(dd.JobSpec(model="resnet18", checkpoint="wrong.pt", layers=("layer1",)), roots)
+        with pytest.raises(dd.UnsafePathError):
+            dd.mine_job(dd.JobSpec(model="resnet18", checkpoint="../../../etc/passwd", layers=("layer1",)), roots)
+        (roots.data / "junk").mkdir()
+        (roots.data / "junk" / "x.jpg").write_bytes(b"no image")
+        with pytest.warns(UserWarning):
+            with pytest.raises(ValueError, match="No readable image"):
+                dd.mine_job(dd.JobSpec(model="resnet18", checkpoint="r18-random.pt", layers=("layer1",),
+                                       data="junk", input_size=64), roots)
+    finally:
+        for name in ("corrupt.pt", "wrong.pt"):
+            (roots.checkpoints / name).unlink(missing_ok=True)
+        shutil.rmtree(roots.data / "junk", ignore_errors=True)
 
 
 def test_a_replaced_checkpoint_makes_its_runs_stale(tmp_path):
