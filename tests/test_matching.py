@@ -157,11 +157,10 @@ def test_assignment_is_the_best_one_to_one_matching_brute_force():
         np.testing.assert_array_equal(m.best, r.argmax(1))
         np.testing.assert_allclose(m.best_correlation, r.max(1))
         poor = m.poorly_matched(2)
-        if ca > cb:  # the unmatched units come first
-            assert poor[0]["match"] == -1 and poor[0]["correlation"] is None
-        else:
-            worst = int(np.argmin(m.correlation))
-            assert poor[0]["unit"] == worst and poor[0]["correlation"] == pytest.approx(m.correlation[worst])
+        worst = int(np.nanargmin(m.correlation))
+        assert poor[0]["unit"] == worst and poor[0]["correlation"] == pytest.approx(m.correlation[worst])
+        assert poor[0]["correlation"] <= poor[1]["correlation"] and poor[0]["match"] >= 0
+        assert m.unmatched() == np.flatnonzero(~matched).tolist()
 
 
 def _net(width=6, seed=0):
@@ -320,7 +319,8 @@ def test_compare_models_across_architectures_end_to_end(tmp_path):
     assert sim["invariances"]["orthogonal"] is True
     match = report["matching"][0]
     assert match["layer_a"] == "1" and match["layer_b"] == "stem"
-    assert match["poorly_matched"][0]["match"] == -1  # the unmatched unit is listed first
+    assert len(match["unmatched"]) == 1 and match["assignment"][match["unmatched"][0]] == -1
+    assert match["poorly_matched"][0]["correlation"] == pytest.approx(np.nanmin(m.correlation))
     assert match["mean_correlation"] == pytest.approx(m.mean_correlation)
     with pytest.raises(ValueError, match="must be compared"):
         compare_models(a, b, imgs, ["1"], ["stem"], match=["3:stem"], progress=False)
@@ -340,6 +340,7 @@ def _have(*names):
     return all(n in list_models() for n in names)
 
 
+@pytest.mark.slow  # two real models (~5 s)
 @pytest.mark.skipif(not _have("mobilenet_v2-imagenet", "efficientnet_lite0-imagenet"),
                     reason="needs the packaged MobileNetV2 and EfficientNet-Lite0 weights")
 def test_cli_compare_two_architectures_with_other_normalisations(tmp_path, capsys):
@@ -363,3 +364,19 @@ def test_cli_compare_two_architectures_with_other_normalisations(tmp_path, capsy
     assert (out / f"matched_{slug('features.4')}__{slug('_blocks.3')}.png").exists()
     printed = capsys.readouterr().out
     assert "matched features.4 -> _blocks.3: mean r" in printed and "svcca:" in printed
+
+
+def test_chance_level_pairs_each_image_with_another():
+    a = _net(width=8)
+    b = copy.deepcopy(a)
+    imgs = _images(12)
+    m = match_units(a, b, imgs, "2", "2", batch_size=6, chance=True, progress=False)
+    assert m.mean_correlation == pytest.approx(1.0)
+    with torch.no_grad():  # the twin: within each batch of 6, image i against image i - 3 of B
+        xa = a[:3](imgs).double().numpy()
+        xb = np.concatenate([np.roll(a[:3](imgs[s:s + 6]).double().numpy(), 3, axis=0) for s in (0, 6)])
+    ref = UnitMatching.from_correlation(_corr_brute(_samples(xa), _samples(xb)))
+    assert m.chance_correlation == pytest.approx(ref.mean_correlation, abs=1e-9)
+    assert m.chance_best_correlation == pytest.approx(ref.mean_best_correlation, abs=1e-9)
+    assert m.chance_correlation < 0.5
+    assert math.isnan(match_units(a, b, imgs, "2", "2", progress=False).chance_correlation)

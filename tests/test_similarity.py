@@ -15,6 +15,7 @@ from captum_topk.compare.similarity import (
     SVCCA,
     LinearCKA,
     Procrustes,
+    _permutations,
     chance_baseline,
     get_measure,
     similarity,
@@ -217,21 +218,21 @@ def test_similarity_matrices_equal_pairwise_similarity():
     reps_b = [reps_a[0] @ rng.standard_normal((3, 4)), torch.from_numpy(rng.standard_normal((30, 2, 2, 2)))]
     mats = similarity_matrices(reps_a, reps_b, ["cka", SVCCA(keep=1.0), "pwcca"], permutations=4,
                                seed=2, progress=False)
-    assert set(mats) == {"cka", "svcca", "pwcca"}
+    objs = {"cka": LinearCKA(), "svcca (100% var)": SVCCA(keep=1.0), "pwcca": PWCCA()}
+    assert set(mats) == set(objs)
     for name, m in mats.items():
-        assert m.value.shape == (2, 2)
+        assert m.value.shape == (2, 2) and m.settings == repr(objs[name])
         for i, xa in enumerate(reps_a):
             for j, xb in enumerate(reps_b):
-                one = similarity(xa, xb, get_measure(name) if name != "svcca" else SVCCA(keep=1.0),
-                                 permutations=4, seed=2)
+                one = similarity(xa, xb, objs[name], permutations=4, seed=2)
                 assert m.value[i, j] == pytest.approx(one.value, rel=1e-10)
                 assert m.chance_mean[i, j] == pytest.approx(one.chance_mean, rel=1e-10)
                 assert m.chance_high[i, j] == pytest.approx(one.chance_high, rel=1e-10)
     # B's first layer is an injective linear map of A's first: CCA without truncation sees the
     # same representation, CKA (not invariant to non-orthogonal maps) does not
-    assert mats["svcca"].value[0, 0] == pytest.approx(1.0, abs=1e-9)
+    assert mats["svcca (100% var)"].value[0, 0] == pytest.approx(1.0, abs=1e-9)
     assert mats["cka"].value[0, 0] < 0.99
-    js = mats["svcca"].to_json()
+    js = mats["svcca (100% var)"].to_json()
     assert js["permutations"] == 4 and len(js["chance_p95"]) == 2
 
 
@@ -251,3 +252,25 @@ def test_errors_say_what_is_wrong():
     const = np.ones((10, 3))
     assert np.isnan(SVCCA().fit_score(const, rng.standard_normal((10, 2))))
     assert np.isnan(Procrustes().fit_score(const, rng.standard_normal((10, 2))))
+
+
+def test_group_shuffles_keep_the_photo_structure_of_augmented_views():
+    rng = np.random.default_rng(16)
+    photos, views = 20, 5
+    groups = np.repeat(np.arange(photos), views)
+    # two representations that share nothing but "which photo": each a different random
+    # code of the photo, plus view-level noise
+    x = rng.standard_normal((photos, 12))[groups] + 0.1 * rng.standard_normal((100, 12))
+    y = rng.standard_normal((photos, 12))[groups] + 0.1 * rng.standard_normal((100, 12))
+    rows = similarity(x, y, SVCCA(), permutations=10, seed=0)
+    grouped = similarity(x, y, SVCCA(), permutations=10, seed=0, groups=groups)
+    assert rows.above_chance  # shuffling single views: looks like shared structure...
+    assert not grouped.above_chance  # ...shuffling photos: only the shared photo identity
+    assert grouped.chance_mean > rows.chance_mean + 0.3
+    # each grouped shuffle maps whole photos onto photos, views in order
+    for p in _permutations(100, 3, 0, groups):
+        blocks = p.reshape(photos, views)
+        assert (np.diff(blocks, axis=1) == 1).all() and (blocks[:, 0] % views == 0).all()
+        assert sorted(blocks[:, 0] // views) == list(range(photos))
+    with pytest.raises(ValueError, match="same size"):
+        chance_baseline(LinearCKA(), x[:99], y[:99], groups=groups[:99])

@@ -94,10 +94,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for la, lb, v, ch in best:
             print(f"  {la:>16} -> {lb:<16} {v:.3f} / {ch:.3f}")
     for (la, lb), mt in cmp.matchings.items():
-        worst = ", ".join(f"{w['unit']} ({'unmatched' if w['correlation'] is None else format(w['correlation'], '.2f')})"
-                          for w in mt.poorly_matched(5))
-        print(f"matched {la} -> {lb}: mean r {mt.mean_correlation:.3f} one-to-one, "
-              f"{mt.mean_best_correlation:.3f} best match; poorly matched units of A: {worst}")
+        worst = ", ".join(f"{w['unit']} ({w['correlation']:.2f})" for w in mt.poorly_matched(5))
+        chance = "" if mt.chance_correlation != mt.chance_correlation else f" (mispaired images {mt.chance_correlation:.3f})"
+        left = f"; {len(mt.unmatched())} units of A without a partner" if mt.unmatched() else ""
+        print(f"matched {la} -> {lb}: mean r {mt.mean_correlation:.3f} one-to-one{chance}, "
+              f"{mt.mean_best_correlation:.3f} best match; poorly matched units of A: {worst}{left}")
     for p in written:
         print(p)
     return 0

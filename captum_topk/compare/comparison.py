@@ -61,9 +61,8 @@ from ..core.accumulators.cka import MinibatchCKA
 from ..core.miner import LayerTopKPatches
 from ..core.result import TopKResult
 from ..core.accumulators.moments import ChannelMoments
-from ..core.accumulators.crosscorr import CrossCorrelation
 from .inputs import count_images, eval_mode, image_batches
-from .matching import LayerPair, UnitMatching, _pairs, match_layers, matching_from
+from .matching import LayerPair, PairAccumulator, UnitMatching, _pairs, fold_pair, match_layers
 from .similarity import SimilarityMatrix, SimilarityMeasure, similarity_matrices
 
 
@@ -308,6 +307,8 @@ def compare_models(
     match: MatchSpec = None,
     match_top: int = 3,
     match_positions: str = "resampled",
+    match_chance: bool = True,
+    groups: Optional[Sequence[Any]] = None,
 ) -> Comparison:
     r"""Compare two models layer by layer and, for a shared architecture, channel by channel;
     for any two architectures, with more similarity measures and matched units.
@@ -345,6 +346,11 @@ def compare_models(
             matrix (a second pass, forward stopped after the deepest of those layers).
         match_top (int): pairs chosen by ``"auto"``.
         match_positions (str): ``"resampled"`` or ``"pooled"`` (see :func:`match_units`).
+        match_chance (bool): also the matched correlation with mispaired images (the chance
+            level of the matching, :mod:`captum_topk.compare.matching`).
+        groups (sequence, optional): a label per compared image (in pass order), e.g. the photo
+            of each augmented view: the chance baselines of the similarity measures shuffle
+            whole groups (see "Augmented views" in :mod:`captum_topk.compare.similarity`).
 
     Returns:
         Comparison
@@ -384,7 +390,7 @@ def compare_models(
     shared = [n for n, ma in zip(layers_a, mods_a)
               if n in layers_b and same_module(ma, mods_b[layers_b.index(n)])]
     moments: Dict[str, ChannelMoments] = {}
-    crosses: Dict[LayerPair, CrossCorrelation] = {}
+    crosses: Dict[LayerPair, PairAccumulator] = {}
     pooled_a: List[List[Tensor]] = [[] for _ in layers_a]
     pooled_b: List[List[Tensor]] = [[] for _ in layers_b]
     bar = tqdm(total=count_images(data, max_images), unit="img", desc="compare", disable=not progress)
@@ -419,10 +425,8 @@ def compare_models(
                         continue
                     moments.setdefault(name, ChannelMoments(a.shape[1])).update(a, b)
                 for la, lb in explicit:
-                    a, b = acts_a[layers_a.index(la)], acts_b[layers_b.index(lb)]
-                    if (la, lb) not in crosses:
-                        crosses[(la, lb)] = CrossCorrelation(a.shape[1], b.shape[1], match_positions)
-                    crosses[(la, lb)].update(a, b)
+                    fold_pair(crosses, (la, lb), acts_a[layers_a.index(la)], acts_b[layers_b.index(lb)],
+                              match_positions, match_chance)
                 seen += n
                 bar.update(n)
     finally:
@@ -452,15 +456,16 @@ def compare_models(
     similarity: Dict[str, SimilarityMatrix] = {}
     if measures:
         similarity = similarity_matrices([torch.cat(r) for r in pooled_a], [torch.cat(r) for r in pooled_b],
-                                         measures, permutations=permutations, seed=seed, progress=progress)
-    matchings: Dict[LayerPair, UnitMatching] = {
-        pair: matching_from(acc, *pair) for pair, acc in crosses.items()}
+                                         measures, permutations=permutations, seed=seed,
+                                         groups=None if groups is None else list(groups)[:seen],
+                                         progress=progress)
+    matchings: Dict[LayerPair, UnitMatching] = {pair: acc.matching(*pair) for pair, acc in crosses.items()}
     if match == "auto":
         pairs = auto_pairs(cka_matrix, layers_a, layers_b, match_top)
         if pairs:
             matchings = match_layers(model_a, model_b, data, pairs, positions=match_positions,
                                      batch_size=batch_size, max_images=max_images,
-                                     input_map_b=input_map_b, progress=progress)
+                                     input_map_b=input_map_b, chance=match_chance, progress=progress)
     return Comparison(layers_a=layers_a, layers_b=layers_b, cka=cka_matrix,
                       channels=channels, topk_a=res_a, topk_b=res_b, n_images=seen,
                       representation=representation, names=tuple(names),

@@ -17,6 +17,13 @@ The correlation matrix comes from one streamed pass (:class:`CrossCorrelation`):
 goes once through each model, the forward stopped right after the layer, the hooks removed in
 ``finally``; memory ``O(C_a * C_b)`` whatever the number of images. The signed correlation is
 maximised: a unit that is the negative of another (rare after a ReLU) is not a match.
+
+**Chance level** (``chance=True``): the best of many correlations is biased upwards, more so
+with few samples and many units. In the same pass a second accumulator pairs each image of A
+with another image of B (B's batch rolled by half its size) and is matched the same way:
+:attr:`UnitMatching.chance_correlation` is the mean matched correlation when the images do
+not correspond. (A batch must hold more than one photo when the data are augmented views of
+photos, consecutive in the batch; batches of one image are left out of the chance level.)
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from ..capture.hooks import resolve_layers, run_capture
 from ..core.accumulators.crosscorr import CrossCorrelation, POSITIONS
 from .inputs import count_images, eval_mode, image_batches
 
-__all__ = ["UnitMatching", "match_units", "match_layers", "KEEP_MATRIX_MAX"]
+__all__ = ["UnitMatching", "match_units", "match_layers", "PairAccumulator", "KEEP_MATRIX_MAX"]
 
 #: With ``keep_matrix=None`` the full ``C_a x C_b`` matrix is kept when it has at most this many
 #: entries (2**20: 8 MiB of float64, e.g. 1024 x 1024 channels).
@@ -67,6 +74,8 @@ class UnitMatching:
         positions (str): ``"resampled"`` or ``"pooled"``.
         dead_a, dead_b (numpy.ndarray): indices of units constant over the data (their
             correlations are 0).
+        chance_correlation, chance_best_correlation (float): :attr:`mean_correlation` and
+            :attr:`mean_best_correlation` with mispaired images (NaN unless ``chance=True``).
     """
 
     layer_a: str
@@ -81,6 +90,8 @@ class UnitMatching:
     positions: str
     dead_a: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     dead_b: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    chance_correlation: float = float("nan")
+    chance_best_correlation: float = float("nan")
 
     @classmethod
     def from_correlation(cls, matrix: Any, layer_a: str = "a", layer_b: str = "b",
@@ -130,15 +141,20 @@ class UnitMatching:
         return np.lexsort((np.arange(key.size), -key))
 
     def poorly_matched(self, n: int = 10) -> List[Dict[str, Any]]:
-        r"""The ``n`` units of A with the lowest matched correlation, worst first (unmatched
-        units first of all), each a JSON-able dict: ``unit``, ``match`` (-1: none),
-        ``correlation`` (None: unmatched), ``best``, ``best_correlation``, ``dead``."""
-        key = np.where(np.isnan(self.correlation), -np.inf, self.correlation)
-        worst = np.lexsort((np.arange(key.size), key))[:n]
+        r"""The ``n`` matched units of A with the lowest matched correlation, worst first, as
+        JSON-able dicts: ``unit``, ``match``, ``correlation``, ``best`` (the most correlated
+        unit of B, not one-to-one), ``best_correlation``, ``dead`` (constant over the data).
+        Units left without a partner (``C_a > C_b``) are in :meth:`unmatched`."""
+        worst = [u for u in self.order()[::-1] if self.assignment[u] >= 0]
+        worst.sort(key=lambda u: (float(self.correlation[u]), int(u)))
         dead = set(self.dead_a.tolist())
-        return [{"unit": int(u), "match": int(self.assignment[u]), "correlation": _num(self.correlation[u]),
+        return [{"unit": int(u), "match": int(self.assignment[u]), "correlation": float(self.correlation[u]),
                  "best": int(self.best[u]), "best_correlation": float(self.best_correlation[u]),
-                 "dead": int(u) in dead} for u in worst]
+                 "dead": int(u) in dead} for u in worst[:n]]
+
+    def unmatched(self) -> List[int]:
+        r"""Units of A without a one-to-one partner (when ``C_a > C_b``), in order."""
+        return np.flatnonzero(self.assignment < 0).tolist()
 
     def pairs(self, n: Optional[int] = None) -> List[Tuple[int, int, float]]:
         r"""``(unit of A, unit of B, correlation)`` of the matched pairs, best first."""
@@ -154,11 +170,14 @@ class UnitMatching:
                           "Pearson correlation; best: argmax over B per unit of A",
                 "mean_correlation": _num(self.mean_correlation),
                 "mean_best_correlation": _num(self.mean_best_correlation),
+                "chance": {"mean_correlation": _num(self.chance_correlation),
+                           "mean_best_correlation": _num(self.chance_best_correlation),
+                           "how": "the same matching with each image of A paired with another image of B"},
                 "assignment": self.assignment.tolist(),
                 "correlation": [_num(v) for v in self.correlation],
                 "best": self.best.tolist(), "best_correlation": [float(v) for v in self.best_correlation],
                 "dead_a": self.dead_a.tolist(), "dead_b": self.dead_b.tolist(),
-                "poorly_matched": self.poorly_matched(poorly)}
+                "poorly_matched": self.poorly_matched(poorly), "unmatched": self.unmatched()}
 
 
 def _pairs(pairs: Sequence[Any]) -> List[LayerPair]:
@@ -176,6 +195,35 @@ def _pairs(pairs: Sequence[Any]) -> List[LayerPair]:
     return out
 
 
+class PairAccumulator:
+    r"""The cross-correlation of one layer pair, and optionally its mispaired twin (chance)."""
+
+    def __init__(self, channels_a: int, channels_b: int, positions: str, chance: bool) -> None:
+        self.real = CrossCorrelation(channels_a, channels_b, positions)
+        self.chance = CrossCorrelation(channels_a, channels_b, positions) if chance else None
+
+    def update(self, a: Tensor, b: Tensor) -> None:
+        self.real.update(a, b)
+        n = a.shape[0]
+        if self.chance is not None and n > 1:
+            self.chance.update(a, b.roll(n // 2, dims=0))
+
+    def matching(self, layer_a: str, layer_b: str, keep_matrix: Optional[bool] = None) -> UnitMatching:
+        m = matching_from(self.real, layer_a, layer_b, keep_matrix=keep_matrix)
+        if self.chance is not None and self.chance.samples >= 2:
+            c = UnitMatching.from_correlation(self.chance.compute(), keep_matrix=False)
+            m.chance_correlation, m.chance_best_correlation = c.mean_correlation, c.mean_best_correlation
+        return m
+
+
+def fold_pair(accs: Dict[LayerPair, PairAccumulator], pair: LayerPair, a: Tensor, b: Tensor,
+              positions: str, chance: bool) -> None:
+    r"""Feed one batch of a layer pair's activations, creating its accumulator on first use."""
+    if pair not in accs:
+        accs[pair] = PairAccumulator(a.shape[1], b.shape[1], positions, chance)
+    accs[pair].update(a, b)
+
+
 def match_layers(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -187,6 +235,7 @@ def match_layers(
     max_images: Optional[int] = None,
     input_map_b: Optional[Callable[[Tensor], Tensor]] = None,
     keep_matrix: Optional[bool] = None,
+    chance: bool = False,
     progress: bool = True,
 ) -> Dict[LayerPair, UnitMatching]:
     r"""Match the units of several layer pairs in one streamed pass (see :func:`match_units`).
@@ -206,7 +255,7 @@ def match_layers(
     ia = {n: i for i, (n, _) in enumerate(named_a)}
     ib = {n: i for i, (n, _) in enumerate(named_b)}
     mods_a, mods_b = [m for _, m in named_a], [m for _, m in named_b]
-    accs: Dict[LayerPair, CrossCorrelation] = {}
+    accs: Dict[LayerPair, PairAccumulator] = {}
     bar = tqdm(total=count_images(data, max_images), unit="img", desc="match units", disable=not progress)
     try:
         with eval_mode(model_a, model_b):
@@ -215,16 +264,13 @@ def match_layers(
                 images_b = input_map_b(batch.images) if input_map_b is not None else batch.images
                 acts_b = run_capture(model_b, mods_b, images_b)
                 for la, lb in pairs:
-                    a, b = acts_a[ia[la]], acts_b[ib[lb]]
-                    if (la, lb) not in accs:
-                        accs[(la, lb)] = CrossCorrelation(a.shape[1], b.shape[1], positions)
-                    accs[(la, lb)].update(a, b)
+                    fold_pair(accs, (la, lb), acts_a[ia[la]], acts_b[ib[lb]], positions, chance)
                 bar.update(batch.images.shape[0])
     finally:
         bar.close()
     if not accs:
         raise ValueError("The data yielded no image: nothing to match.")
-    return {pair: matching_from(acc, *pair, keep_matrix=keep_matrix) for pair, acc in accs.items()}
+    return {pair: acc.matching(*pair, keep_matrix=keep_matrix) for pair, acc in accs.items()}
 
 
 def matching_from(acc: CrossCorrelation, layer_a: str, layer_b: str,
@@ -249,6 +295,7 @@ def match_units(
     max_images: Optional[int] = None,
     input_map_b: Optional[Callable[[Tensor], Tensor]] = None,
     keep_matrix: Optional[bool] = None,
+    chance: bool = False,
     progress: bool = True,
 ) -> UnitMatching:
     r"""Match each unit (channel) of ``layer_a`` in model A to a unit of ``layer_b`` in model B.
@@ -273,6 +320,8 @@ def match_units(
             :func:`~captum_topk.compare.inputs.normalisation_map`); default identity.
         keep_matrix (bool, optional): keep the full matrix on the result; default: when it
             has at most :data:`KEEP_MATRIX_MAX` entries.
+        chance (bool): also the chance level with mispaired images (see the module doc;
+            twice the accumulation work).
         progress (bool): tqdm bar.
 
     Returns:
@@ -290,5 +339,5 @@ def match_units(
     """
     out = match_layers(model_a, model_b, data, [(layer_a, layer_b)], positions=positions,
                        batch_size=batch_size, max_images=max_images, input_map_b=input_map_b,
-                       keep_matrix=keep_matrix, progress=progress)
+                       keep_matrix=keep_matrix, chance=chance, progress=progress)
     return next(iter(out.values()))

@@ -200,8 +200,10 @@ def _text_width(text: str) -> int:
     return _text_size(text)[0]
 
 
-def _sheet(blocks: List[Any], ncols: int = 2) -> Any:
-    from PIL import Image
+def _sheet(blocks: List[Any], ncols: int = 2, title: Optional[str] = None) -> Any:
+    from PIL import Image, ImageDraw
+
+    from ..viz.plot import _font, label_height
 
     if not blocks:
         return Image.new("RGB", (10, 10), (255, 255, 255))
@@ -209,10 +211,14 @@ def _sheet(blocks: List[Any], ncols: int = 2) -> Any:
     bw = max(b.width for b in blocks)
     bh = max(b.height for b in blocks)
     nrows = -(-len(blocks) // ncols)
-    sheet = Image.new("RGB", (ncols * (bw + 10) + 10, nrows * (bh + 10) + 10), (230, 230, 230))
+    top = label_height() + 6 if title else 0
+    width = max(ncols * (bw + 10) + 10, _text_width(title) + 20 if title else 0)
+    sheet = Image.new("RGB", (width, top + nrows * (bh + 10) + 10), (230, 230, 230))
+    if title:
+        ImageDraw.Draw(sheet).text((10, 5), title, fill=(0, 0, 0), font=_font())
     for j, b in enumerate(blocks):
         rr, cc = divmod(j, ncols)
-        sheet.paste(b, (10 + cc * (bw + 10), 10 + rr * (bh + 10)))
+        sheet.paste(b, (10 + cc * (bw + 10), top + 10 + rr * (bh + 10)))
     return sheet
 
 
@@ -304,4 +310,7 @@ def matched_units_figure(comparison: Comparison, pair: Sequence[str], images_sou
         right = _unit_grid(comparison.topk_b, lb, v, images_source, mean, std, patch_px,
                            f"{comparison.names[1]} ch {v}")
         blocks.append(_pair_block(title, left, right))
-    return _sheet(blocks)
+    chance = "" if np.isnan(m.chance_correlation) else f" (mispaired images: {m.chance_correlation:.2f})"
+    head = (f"{la} -> {lb}: {len(ranked)} units matched one-to-one, mean r {m.mean_correlation:.2f}{chance}; "
+            f"{m.positions} positions, {m.samples} samples")
+    return _sheet(blocks, title=head)

@@ -43,6 +43,13 @@ with the image pairing destroyed (rows of ``Y`` permuted, a local seeded generat
 permutations, reported as their mean and 95th percentile. A similarity is only evidence of
 shared structure where it clearly exceeds its chance level; ``max_dims`` caps the CCA
 dimensions (e.g. ``n // 10``) when too few images are available.
+
+**Augmented views.** Several views of one photo (flips, crops) are not independent images:
+their pooled activations cluster by photo in every layer, and a measure that fits a linear map
+(CCA above all) can match "which photo" between any two layers that tell the photos apart.
+Shuffling single rows breaks that shared cluster structure too, so it under-estimates chance.
+``groups=`` (a photo label per row, equal-sized groups) shuffles whole photos instead: the
+baseline then keeps the cluster structure and asks whether the layers share more than it.
 """
 
 from __future__ import annotations
@@ -170,6 +177,11 @@ class SimilarityMeasure:
         r"""The measure's distance on the same images (``fit`` + ``score``, then converted)."""
         return self._to_distance(self.fit_score(X, Y))
 
+    @property
+    def label(self) -> str:
+        r"""Short name with the non-default settings (the key in :func:`similarity_matrices`)."""
+        return self.name
+
     def prepare(self, x: np.ndarray) -> Any:
         r"""Per-representation work shared by all pairings (used by permutation baselines)."""
         return _prepare(x)
@@ -296,6 +308,12 @@ class _CCA(SimilarityMeasure):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(keep={self.keep}, max_dims={self.max_dims})"
+
+    @property
+    def label(self) -> str:
+        extra = ([] if self.keep == 0.99 else [f"{100 * self.keep:g}% var"]) + (
+            [] if self.max_dims is None else [f"<={self.max_dims} dims"])
+        return f"{self.name} ({', '.join(extra)})" if extra else self.name
 
     def prepare(self, x: np.ndarray) -> _Prepared:
         p = _prepare(x)
@@ -440,13 +458,34 @@ def get_measure(measure: Union[str, SimilarityMeasure]) -> SimilarityMeasure:
     return MEASURES[measure]()
 
 
-def _permutations(n: int, permutations: int, seed: int) -> List[np.ndarray]:
+def _permutations(n: int, permutations: int, seed: int, groups: Optional[Sequence[Any]] = None) -> List[np.ndarray]:
+    r"""Row permutations from ``numpy.random.default_rng(seed)``; with ``groups``, permutations
+    that move whole groups onto each other (rows within a group keep their order)."""
     rng = np.random.default_rng(seed)
-    return [rng.permutation(n) for _ in range(permutations)]
+    if groups is None:
+        return [rng.permutation(n) for _ in range(permutations)]
+    labels = np.asarray(list(groups))
+    if labels.shape != (n,):
+        raise ValueError(f"groups needs one label per image ({n}), got {labels.shape[0]}.")
+    uniq = list(dict.fromkeys(labels.tolist()))
+    members = [np.flatnonzero(labels == g) for g in uniq]
+    sizes = {m.size for m in members}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"groups must all have the same size (e.g. the same number of augmented views per "
+            f"photo), got sizes {sorted(sizes)}.")
+    out = []
+    for _ in range(permutations):
+        perm = np.empty(n, dtype=np.int64)
+        for src, dst in zip(members, rng.permutation(len(members))):
+            perm[src] = members[dst]
+        out.append(perm)
+    return out
 
 
 def chance_baseline(measure: Union[str, SimilarityMeasure], X: ArrayLike, Y: ArrayLike,
-                    permutations: int = 20, seed: int = 0) -> np.ndarray:
+                    permutations: int = 20, seed: int = 0,
+                    groups: Optional[Sequence[Any]] = None) -> np.ndarray:
     r"""The measure with the image pairing shuffled: ``fit_score(X, Y[perm])`` per permutation.
 
     What the measure gives for two representations with these marginal statistics (sizes,
@@ -459,6 +498,9 @@ def chance_baseline(measure: Union[str, SimilarityMeasure], X: ArrayLike, Y: Arr
         X (array): ``(n, d_x)``; Y (array): ``(n, d_y)``.
         permutations (int): how many shuffles.
         seed (int): seed of the local generator.
+        groups (sequence, optional): a group label per image (e.g. the photo of each augmented
+            view, equal-sized groups): shuffle whole groups instead of single rows (see
+            "Augmented views" in the module doc).
 
     Returns:
         numpy.ndarray: ``(permutations,)`` similarities.
@@ -467,7 +509,7 @@ def chance_baseline(measure: Union[str, SimilarityMeasure], X: ArrayLike, Y: Arr
     x, y = _pair(X, Y)
     px, py = m.prepare(x), m.prepare(y)
     return np.asarray([m._score_prepared(px, py.permuted(p))
-                       for p in _permutations(x.shape[0], permutations, seed)])
+                       for p in _permutations(x.shape[0], permutations, seed, groups)])
 
 
 @dataclass
@@ -514,7 +556,8 @@ def _summary(values: np.ndarray, quantile: float) -> Tuple[float, float]:
 
 
 def similarity(X: ArrayLike, Y: ArrayLike, measure: Union[str, SimilarityMeasure] = "cka",
-               permutations: int = 20, seed: int = 0, quantile: float = 0.95) -> SimilarityScore:
+               permutations: int = 20, seed: int = 0, quantile: float = 0.95,
+               groups: Optional[Sequence[Any]] = None) -> SimilarityScore:
     r"""One similarity of two representations with its chance baseline.
 
     Args:
@@ -524,6 +567,7 @@ def similarity(X: ArrayLike, Y: ArrayLike, measure: Union[str, SimilarityMeasure
         permutations (int): shuffles for the baseline (0: none, chance NaN).
         seed (int): seed of the local generator of the shuffles.
         quantile (float): the upper chance level reported (default 95th percentile).
+        groups (sequence, optional): shuffle whole groups of rows (see :func:`chance_baseline`).
 
     Returns:
         SimilarityScore
@@ -538,7 +582,7 @@ def similarity(X: ArrayLike, Y: ArrayLike, measure: Union[str, SimilarityMeasure
     px, py = m.prepare(x), m.prepare(y)
     value = m._score_prepared(px, py)
     chance = np.asarray([m._score_prepared(px, py.permuted(p))
-                         for p in _permutations(x.shape[0], permutations, seed)], dtype=np.float64)
+                         for p in _permutations(x.shape[0], permutations, seed, groups)], dtype=np.float64)
     mean, high = _summary(chance, quantile)
     return SimilarityScore(m.name, value, mean, high, chance, quantile)
 
@@ -575,6 +619,7 @@ class SimilarityMatrix:
 def similarity_matrices(reps_a: Sequence[ArrayLike], reps_b: Sequence[ArrayLike],
                         measures: Sequence[Union[str, SimilarityMeasure]] = ("cka", "procrustes", "svcca", "pwcca"),
                         permutations: int = 10, seed: int = 0, quantile: float = 0.95,
+                        groups: Optional[Sequence[Any]] = None,
                         progress: bool = True) -> Dict[str, SimilarityMatrix]:
     r"""Every measure for every pair of representations, with chance baselines.
 
@@ -585,12 +630,13 @@ def similarity_matrices(reps_a: Sequence[ArrayLike], reps_b: Sequence[ArrayLike]
         reps_a (sequence of array): ``P`` representations ``(n, d)`` of model A's layers.
         reps_b (sequence of array): ``Q`` representations of model B's layers, same images.
         measures (sequence): names or :class:`SimilarityMeasure` objects.
-        permutations (int): shuffled pairings per cell; seed (int); quantile (float): see
-            :func:`similarity`.
+        permutations (int): shuffled pairings per cell; seed (int); quantile (float); groups
+            (sequence, optional): see :func:`similarity`.
         progress (bool): tqdm bar over the cells.
 
     Returns:
-        dict: measure name -> :class:`SimilarityMatrix`.
+        dict: measure label (``"cka"``, ``"svcca"``, ``"svcca (<=10 dims)"``, ...) ->
+        :class:`SimilarityMatrix`.
     """
     xs = [_as_matrix(r, f"reps_a[{i}]") for i, r in enumerate(reps_a)]
     ys = [_as_matrix(r, f"reps_b[{j}]") for j, r in enumerate(reps_b)]
@@ -598,7 +644,7 @@ def similarity_matrices(reps_a: Sequence[ArrayLike], reps_b: Sequence[ArrayLike]
     if len(ns) != 1:
         raise ValueError(f"Every representation must hold the same images, got row counts {sorted(ns)}.")
     (n,) = ns
-    perms = _permutations(n, permutations, seed)
+    perms = _permutations(n, permutations, seed, groups)
     out: Dict[str, SimilarityMatrix] = {}
     objs = [get_measure(m) for m in measures]
     bar = tqdm(total=len(objs) * len(xs) * len(ys), desc="similarity", unit="pair", disable=not progress)
@@ -613,7 +659,7 @@ def similarity_matrices(reps_a: Sequence[ArrayLike], reps_b: Sequence[ArrayLike]
                     ch = np.asarray([m._score_prepared(px, py.permuted(p)) for p in perms])
                     cmean[i, j], chigh[i, j] = _summary(ch, quantile)
                     bar.update(1)
-            key = m.name if m.name not in out else repr(m)
+            key = m.label if m.label not in out else repr(m)
             out[key] = SimilarityMatrix(m.name, repr(m), value, cmean, chigh, permutations,
                                            quantile, dict(m.invariances))
     finally:
