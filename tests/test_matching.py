@@ -380,3 +380,20 @@ def test_chance_level_pairs_each_image_with_another():
     assert m.chance_best_correlation == pytest.approx(ref.mean_best_correlation, abs=1e-9)
     assert m.chance_correlation < 0.5
     assert math.isnan(match_units(a, b, imgs, "2", "2", progress=False).chance_correlation)
+
+
+def test_compare_models_chance_groups_are_passed_to_the_baselines():
+    from captum_topk.compare import similarity
+
+    a, b = _net(), _OtherNet().eval()
+    imgs = _images(16)
+    groups = np.repeat(np.arange(8), 2)  # e.g. two augmented views per photo
+    cmp = compare_models(a, b, imgs, ["3"], ["right"], k=2, batch_size=8, progress=False,
+                         measures=["cka"], permutations=4, groups=groups)
+    with torch.no_grad():
+        pa, pb = a[:4](imgs).mean((2, 3)), b.right(b.stem(imgs)).mean((2, 3))
+    ref = similarity(pa, pb, "cka", permutations=4, seed=0, groups=groups)
+    m = cmp.similarity["cka"]
+    assert m.value[0, 0] == pytest.approx(ref.value, rel=1e-6)
+    assert m.chance_mean[0, 0] == pytest.approx(ref.chance_mean, rel=1e-6)
+    assert m.chance_high[0, 0] == pytest.approx(ref.chance_high, rel=1e-6)
