@@ -261,6 +261,30 @@ def test_cka_matrix_matches_brute_force_minibatch_on_gap():
                 assert cmp.cka[i, j] == pytest.approx(ref, rel=1e-9)
 
 
+def test_weight_change_tells_apart_what_the_cosine_distance_rounds_to_zero():
+    a, b = _net(), _net()
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():  # a gentle fine-tuning: every filter of conv "3" moves by 0.1 % to 3 %
+        w = b[3].weight
+        steps = torch.linspace(0.001, 0.03, 8)
+        for c in range(8):
+            noise = torch.randn(w[c].shape, generator=g)
+            if c != 5:
+                w[c] += steps[c] * w[c].norm() * noise / noise.norm()
+        w[5] *= 1.5  # rescaled: cosine distance 0, weight change 50 %
+    cmp = compare_models(a, b, _images(12), ["3"], k=3, batch_size=6, progress=False)
+    ch = cmp.channels["3"]
+    wa, wb = a[3].weight.detach().double().flatten(1), b[3].weight.detach().double().flatten(1)
+    ref = ((wb - wa).norm(dim=1) / wa.norm(dim=1)).numpy()
+    np.testing.assert_allclose(ch.weight_change, ref, rtol=1e-12)
+    assert ch.weight_change[5] == pytest.approx(0.5, rel=1e-6) and ch.drift[5] < 1e-12
+    assert ch.drift.max() < 1e-3  # the cosine distance: quadratic, ~0 for every channel
+    others = [c for c in range(8) if c != 5]
+    assert np.all(np.diff(ch.weight_change[others]) > 0)  # ...the relative change orders them
+    row = next(r for r in ch.rows() if r["channel"] == 5)
+    assert row["weight_change"] == pytest.approx(0.5, rel=1e-6)
+
+
 def test_channel_weights_rule():
     net = _net()
     name, w = channel_weights(net, "4", 8)  # a ReLU: the closest conv before it with 8 outputs

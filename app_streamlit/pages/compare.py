@@ -132,8 +132,11 @@ if cmp is not None:
         for row in rows[:n_show]:
             c = int(row["channel"])
             fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+            sci = lambda v: "n/a" if v is None else f"{v:.1e}"  # noqa: E731  (~1e-4 after fine-tuning)
+            pct = lambda v: "n/a" if v is None else f"{100 * v:.2f} %"  # noqa: E731
             st.markdown(f"**#{row['rank'] + 1}: channel {c}** — score {fmt(row['score'])}, correlation "
-                        f"{fmt(row['correlation'])}, top-k overlap {fmt(row['jaccard'])}, filter drift {fmt(row['drift'])}")
+                        f"{fmt(row['correlation'])}, top-k overlap {fmt(row['jaccard'])}, filter cosine distance "
+                        f"{sci(row['drift'])}, weight change {pct(row.get('weight_change'))}")
             cols = st.columns(2)
             for col, run, tag in ((cols[0], run_a, "before (A)"), (cols[1], run_b, "after (B)")):
                 path, mtime = common.run_key(run)

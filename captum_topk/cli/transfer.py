@@ -50,6 +50,20 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _match_arg(values: Any) -> Any:
+    if values is None:
+        return None
+    if values == ["auto"]:
+        return "auto"
+    if values == ["none"]:
+        return []
+    for v in values:
+        if v.count(":") != 1 or not all(v.split(":")):
+            raise SystemExit(f"--match takes LAYER_A:LAYER_B pairs (e.g. features.7:features.7), "
+                             f"'auto' or 'none'; got {v!r}")
+    return values
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..compare.run import compare_run
 
@@ -60,12 +74,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
         max_images=args.max_images, input_size=args.input_size, resize_size=args.resize_size,
         representation=args.representation, top=args.top, out=args.out,
         progress=not args.no_progress,
+        measures=None if args.measures is None else [m for m in args.measures if m != "none"],
+        permutations=args.permutations, cca_dims=args.cca_dims, match=_match_arg(args.match),
+        match_top=args.match_top, match_positions=args.match_positions,
     )
     print(f"compared {cmp.names[0]} and {cmp.names[1]} on {cmp.n_images} images")
     for r in cmp.most_changed(5):
+        change = r.get("weight_change")
         print(f"  {r['layer']} ch {r['channel']}: score {r['score']:.3f} "
               f"(r {r['correlation']:.2f}, top-{args.k} overlap {r['jaccard']:.2f}, "
-              f"drift {r['drift'] if r['drift'] is not None else float('nan'):.4f})")
+              f"filter cosine distance {r['drift'] if r['drift'] is not None else float('nan'):.2e}, "
+              f"weight change {'n/a' if change is None else f'{100 * change:.2f}%'})")
+    for name, m in cmp.similarity.items():
+        best = [(la, cmp.layers_b[int(m.value[i].argmax())], float(m.value[i].max()),
+                 float(m.chance_high[i, int(m.value[i].argmax())]))
+                for i, la in enumerate(cmp.layers_a) if (m.value[i] == m.value[i]).any()]
+        print(f"{name}: most similar layer of {cmp.names[1]} for each layer of {cmp.names[0]} "
+              f"(value / chance p95)")
+        for la, lb, v, ch in best:
+            print(f"  {la:>16} -> {lb:<16} {v:.3f} / {ch:.3f}")
+    for (la, lb), mt in cmp.matchings.items():
+        worst = ", ".join(f"{w['unit']} ({w['correlation']:.2f})" for w in mt.poorly_matched(5))
+        chance = "" if mt.chance_correlation != mt.chance_correlation else f" (mispaired images {mt.chance_correlation:.3f})"
+        left = f"; {len(mt.unmatched())} units of A without a partner" if mt.unmatched() else ""
+        print(f"matched {la} -> {lb}: mean r {mt.mean_correlation:.3f} one-to-one{chance}, "
+              f"{mt.mean_best_correlation:.3f} best match; poorly matched units of A: {worst}{left}")
     for p in written:
         print(p)
     return 0
@@ -105,7 +138,8 @@ def add_transfer_commands(sub: Any) -> None:
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_finetune)
 
-    sp = sub.add_parser("compare", help="CKA + per-channel changes between two models (e.g. pretrained vs fine-tuned)")
+    sp = sub.add_parser("compare", help="CKA + per-channel changes between two models (e.g. pretrained vs "
+                                        "fine-tuned); similarity measures and matched units across architectures")
     sp.add_argument("a", nargs="?", default=DEFAULT_MODEL, help=f"model A (default {DEFAULT_MODEL})")
     sp.add_argument("b", nargs="?", default=None, help="model B (default: same as A, with --checkpoint-b)")
     sp.add_argument("--checkpoint-a", default=None, help="weights of A (weights_only)")
@@ -121,7 +155,22 @@ def add_transfer_commands(sub: Any) -> None:
     sp.add_argument("--resize-size", type=int, default=None)
     sp.add_argument("--representation", choices=["gap", "flatten"], default="gap",
                     help="CKA on global-average-pooled (default) or flattened feature maps")
-    sp.add_argument("--top", type=int, default=4, help="most-changed channels drawn with their patches")
+    sp.add_argument("--top", type=int, default=4,
+                    help="most-changed channels (or best-matched units per pair) drawn with their patches")
+    sp.add_argument("--measures", nargs="+", default=None,
+                    choices=["cka", "procrustes", "svcca", "pwcca", "none"],
+                    help="similarity measures on pooled activations, with chance baselines (default: all "
+                         "four when A and B are different architectures, none otherwise)")
+    sp.add_argument("--permutations", type=int, default=10, help="shuffles per cell for the chance baselines")
+    sp.add_argument("--cca-dims", type=int, default=None,
+                    help="at most this many SVD directions per side for SVCCA / PWCCA (few images: ~n/10)")
+    sp.add_argument("--match", nargs="+", default=None, metavar="A_LAYER:B_LAYER",
+                    help="layer pairs whose units are matched by correlation, e.g. features.7:features.7, "
+                         "or 'auto' (the pairs of highest CKA; default for different architectures) or 'none'")
+    sp.add_argument("--match-top", type=int, default=3, help="pairs chosen by --match auto")
+    sp.add_argument("--match-positions", choices=["resampled", "pooled"], default="resampled",
+                    help="correlate units over images x positions on the coarser grid (default) or over "
+                         "pooled activations")
     sp.add_argument("--out", required=True, help="report folder")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_compare)

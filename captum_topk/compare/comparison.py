@@ -10,7 +10,8 @@ accumulated from that forward (memory independent of the dataset size):
   image: comparable across layers of different resolution, cheap); or ``"flatten"``, the
   whole map ``(C * H * W,)`` (also sensitive to *where* things are; the Gram matrices stay
   ``n x n`` per batch, but each costs ``n^2 * C * H * W``).
-* **Per channel**, for layers with the same name and channel count in both models (same
+* **Per channel**, for layers with the same name in both models that are the same module
+  (same class and parameter shapes, :func:`same_module`) with outputs of the same shape (same
   architecture, e.g. pretrained vs fine-tuned):
 
   - ``correlation``: Pearson correlation between the channel's activations in A and in B
@@ -22,31 +23,48 @@ accumulated from that forward (memory independent of the dataset size):
   - ``drift``: cosine distance ``1 - cos(w_A[c], w_B[c])`` between the channel's filter in A
     and in B: row ``c`` of the weight of the last ``Conv2d`` / ``Linear`` inside the layer with
     ``C`` outputs (for a MobileNetV2 block, its 1x1 projection; for a ReLU, the closest such
-    layer before it). NaN when there is none.
+    layer before it). NaN when there is none. It is *quadratic* in a small change
+    (``1 - cos θ ≈ θ² / 2``: a 1 % change orthogonal to the filter gives 5e-5) and blind to
+    rescaling, so after a gentle fine-tuning it is ~1e-4 everywhere;
+  - ``weight_change``: the relative change ``||w_B[c] - w_A[c]|| / ||w_A[c]||`` of the same
+    filter (linear in the change, sees rescaling too: 0.01 = the filter moved by 1 % of its
+    norm); reported beside the score, not part of it.
   - ``score`` (the ranking, highest = changed most first, ties to the lower channel):
     ``((1 - correlation) / 2 + (1 - jaccard) + drift / 2) / 3``, the mean of three changes
     each scaled to ``[0, 1]``: how differently the channel fires, which images drive it
     most, and how far its filter turned. Unchanged channels score 0.
+
+**Different architectures** (or the same one trained from another seed): channel ``i`` of A
+is not channel ``i`` of B, so the per-channel terms do not apply. Instead:
+
+* ``measures=``: more layer x layer similarity matrices besides the streaming CKA
+  (:mod:`captum_topk.compare.similarity`: full-data linear CKA, orthogonal Procrustes, SVCCA,
+  PWCCA), each with a **chance baseline** (the image pairing shuffled). They need the
+  representation matrices: the pass gathers the global-average-pooled activations of every
+  compared layer, ``n_images x C`` float32 per layer (500 images x 1,280 channels: 2.4 MiB),
+  whatever ``representation`` the streaming CKA uses.
+* ``match=``: for chosen layer pairs (or ``"auto"``: the pairs of highest CKA) the units of
+  A are matched to units of B by correlation (:mod:`captum_topk.compare.matching`, Li et al.
+  2016); the report shows both top-k grids side by side.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from ..capture.hooks import resolve_layers
 from ..core.accumulators.cka import MinibatchCKA
-from ..capture.batch import split_batch
 from ..core.miner import LayerTopKPatches
 from ..core.sources.torch import TorchSource
 from ..core.result import TopKResult
 from ..core.accumulators.moments import ChannelMoments
-
-
-
+from .inputs import count_images, eval_mode, image_batches
+from .matching import LayerPair, PairAccumulator, UnitMatching, _pairs, fold_pair, match_layers
+from .similarity import SimilarityMatrix, SimilarityMeasure, similarity_matrices
 
 
 def channel_weights(model: nn.Module, layer: str, channels: int) -> Tuple[Optional[str], Optional[Tensor]]:
@@ -85,6 +103,13 @@ def _cosine_distance(wa: Tensor, wb: Tensor) -> Tensor:
     return (1.0 - cos).clamp(0.0, 2.0)
 
 
+def _relative_change(wa: Tensor, wb: Tensor) -> Tensor:
+    na = wa.norm(dim=1)
+    diff = (wb - wa).norm(dim=1)
+    rel = diff / na.clamp_min(1e-300)
+    return torch.where(na == 0, torch.where(diff == 0, torch.zeros_like(rel), torch.full_like(rel, float("nan"))), rel)
+
+
 def change_score(correlation: Tensor, jaccard: Tensor, drift: Tensor) -> Tensor:
     r"""The ranking score ``((1 - r) / 2 + (1 - J) + d / 2) / 3`` (NaN terms count as 0).
 
@@ -118,6 +143,8 @@ class ChannelChanges:
         correlation, jaccard, drift, score (numpy.ndarray): ``(C,)`` each (see the module doc).
         order (numpy.ndarray): channels by decreasing ``score`` (ties: lower channel first).
         weight_module (str or None): the module whose filters gave ``drift``.
+        weight_change (numpy.ndarray or None): ``(C,)`` relative filter change
+            ``||w_B - w_A|| / ||w_A||`` (NaN without filters).
     """
 
     layer: str
@@ -127,6 +154,7 @@ class ChannelChanges:
     score: np.ndarray
     order: np.ndarray
     weight_module: Optional[str] = None
+    weight_change: Optional[np.ndarray] = None
 
     def rows(self, n: Optional[int] = None) -> List[Dict[str, Any]]:
         r"""The ``n`` most changed channels (all by default) as JSON-able dicts, ranked."""
@@ -134,7 +162,8 @@ class ChannelChanges:
         for rank, c in enumerate(self.order[:n].tolist()):
             out.append({"rank": rank, "channel": int(c), "score": _num(self.score[c]),
                         "correlation": _num(self.correlation[c]),
-                        "jaccard": _num(self.jaccard[c]), "drift": _num(self.drift[c])})
+                        "jaccard": _num(self.jaccard[c]), "drift": _num(self.drift[c]),
+                        "weight_change": _num(self.weight_change[c]) if self.weight_change is not None else None})
         return out
 
 
@@ -155,6 +184,9 @@ class Comparison:
         n_images (int): images compared.
         representation (str): ``"gap"`` or ``"flatten"``.
         names (tuple of str): labels of A and B.
+        similarity (dict): measure name -> :class:`~captum_topk.compare.similarity.SimilarityMatrix`
+            (``(len(layers_a), len(layers_b))`` values and chance baselines on pooled activations).
+        matchings (dict): ``(layer_a, layer_b)`` -> :class:`~captum_topk.compare.matching.UnitMatching`.
     """
 
     layers_a: List[str]
@@ -167,6 +199,13 @@ class Comparison:
     representation: str = "gap"
     names: Tuple[str, str] = ("A", "B")
     extra: Dict[str, Any] = field(default_factory=dict)
+    similarity: Dict[str, SimilarityMatrix] = field(default_factory=dict)
+    matchings: Dict[LayerPair, UnitMatching] = field(default_factory=dict)
+
+    @property
+    def same_architecture(self) -> bool:
+        r"""Whether some layer could be compared channel by channel (same name and width)."""
+        return bool(self.channels)
 
     def most_changed(self, n: int = 10) -> List[Dict[str, Any]]:
         r"""The ``n`` highest-scoring channels over all layers, each dict with its ``layer``."""
@@ -189,6 +228,11 @@ class Comparison:
             "channels": {name: {"weight_module": ch.weight_module, "ranked": ch.rows()}
                          for name, ch in self.channels.items()},
             "most_changed": self.most_changed(20),
+            "similarity": {
+                "representation": "global-average-pooled activations, one row per image",
+                "chance": "the same measure with the rows of B shuffled (image pairing destroyed)",
+                "measures": {name: m.to_json() for name, m in self.similarity.items()}},
+            "matching": [m.to_json() for m in self.matchings.values()],
             **self.extra,
         }
 
@@ -199,16 +243,42 @@ def _represent(acts: Tensor, representation: str) -> Tensor:
     return acts.reshape(acts.shape[0], -1)
 
 
-def _batches(data: Any, batch_size: int) -> Iterable[Any]:
-    from torch.utils.data import Dataset
+def same_module(a: nn.Module, b: nn.Module) -> bool:
+    r"""Whether two modules are the same architecture: same class, same parameter names and
+    shapes (so that channel ``i`` of one can be compared with channel ``i`` of the other)."""
+    if type(a) is not type(b):
+        return False
+    pa = [(n, tuple(p.shape)) for n, p in a.named_parameters()]
+    pb = [(n, tuple(p.shape)) for n, p in b.named_parameters()]
+    return pa == pb
 
-    if isinstance(data, Tensor):
-        return [data[i : i + batch_size] for i in range(0, data.shape[0], batch_size)]
-    if isinstance(data, Dataset):
-        from ..data.loader import make_loader
 
-        return make_loader(data, batch_size=batch_size)
-    return data
+MatchSpec = Union[None, str, Sequence[Any]]
+
+
+def auto_pairs(cka: np.ndarray, layers_a: Sequence[str], layers_b: Sequence[str], top: int = 3) -> List[LayerPair]:
+    r"""The ``top`` layer pairs of highest CKA, each layer of A and of B used at most once.
+
+    Greedy: the cell of highest CKA, then the highest among the rows and columns not used
+    yet, and so on (ties: lower layer of A, then of B).
+
+    Returns:
+        list of (str, str): ``(layer_a, layer_b)``, highest CKA first.
+    """
+    cells = sorted(((float(cka[i, j]), i, j) for i in range(len(layers_a)) for j in range(len(layers_b))
+                    if np.isfinite(cka[i, j])), key=lambda t: (-t[0], t[1], t[2]))
+    out: List[LayerPair] = []
+    used_a: set = set()
+    used_b: set = set()
+    for _, i, j in cells:
+        if len(out) >= top:
+            break
+        if i in used_a or j in used_b:
+            continue
+        out.append((layers_a[i], layers_b[j]))
+        used_a.add(i)
+        used_b.add(j)
+    return out
 
 
 def compare_models(
@@ -224,8 +294,18 @@ def compare_models(
     input_map_b: Optional[Callable[[Tensor], Tensor]] = None,
     names: Tuple[str, str] = ("A", "B"),
     progress: bool = True,
+    *,
+    measures: Sequence[Union[str, SimilarityMeasure]] = (),
+    permutations: int = 10,
+    seed: int = 0,
+    match: MatchSpec = None,
+    match_top: int = 3,
+    match_positions: str = "resampled",
+    match_chance: bool = True,
+    groups: Optional[Sequence[Any]] = None,
 ) -> Comparison:
-    r"""Compare two models layer by layer (CKA) and, for a shared architecture, channel by channel.
+    r"""Compare two models layer by layer and, for a shared architecture, channel by channel;
+    for any two architectures, with more similarity measures and matched units.
 
     Args:
         model_a, model_b (nn.Module): the two models (put in eval mode for the pass; their
@@ -236,29 +316,51 @@ def compare_models(
         layers_a (sequence of str): layers of A.
         layers_b (sequence of str, optional): layers of B; default ``layers_a`` (same
             architecture). Per-channel changes are computed for the names in both lists
-            whose outputs have the same number of channels.
-        k (int): top-k images per channel for the overlap.
+            that are the same module (:func:`same_module`: class and parameter shapes) with
+            outputs of the same shape.
+        k (int): top-k images per channel (overlap and the matched-unit figures).
         batch_size (int): CKA minibatch size (>= 4; a final smaller batch of < 4 images
             is left out of CKA only).
-        representation (str): ``"gap"`` or ``"flatten"`` (see the module doc).
+        representation (str): ``"gap"`` or ``"flatten"`` for the streaming CKA (see the
+            module doc).
         max_images (int, optional): compare only the first images.
         input_map_b (Callable, optional): maps a batch of A's inputs to B's (e.g. another
-            normalisation); default identity.
+            normalisation, :func:`~captum_topk.compare.inputs.normalisation_map`); default identity.
         names (tuple of str): labels of A and B in the report.
-        progress (bool): tqdm bar.
+        progress (bool): tqdm bars.
+        measures (sequence): similarity measures over pooled activations, names
+            (``"cka"``, ``"procrustes"``, ``"svcca"``, ``"pwcca"``) or configured
+            :class:`~captum_topk.compare.similarity.SimilarityMeasure` objects; default none
+            (only the streaming CKA). Gathers ``n_images x C`` floats per layer.
+        permutations (int): shuffled pairings per cell for the chance baselines.
+        seed (int): seed of the shuffles (a local generator).
+        match: layer pairs whose units are matched: ``[("features.7", "features.7"), ...]`` or
+            ``["features.7:features.7"]`` (layers among the compared ones; accumulated in the
+            same pass), or ``"auto"``: the ``match_top`` pairs of :func:`auto_pairs` on the CKA
+            matrix (a second pass, forward stopped after the deepest of those layers).
+        match_top (int): pairs chosen by ``"auto"``.
+        match_positions (str): ``"resampled"`` or ``"pooled"`` (see :func:`match_units`).
+        match_chance (bool): also the matched correlation with mispaired images (the chance
+            level of the matching, :mod:`captum_topk.compare.matching`).
+        groups (sequence, optional): a label per compared image (in pass order), e.g. the photo
+            of each augmented view: the chance baselines of the similarity measures shuffle
+            whole groups (see "Augmented views" in :mod:`captum_topk.compare.similarity`).
 
     Returns:
         Comparison
 
     Raises:
-        ValueError: unknown layers, a bad ``representation``, or no image.
+        ValueError: unknown layers, a bad ``representation``, a matched layer that is not
+            compared, or no image.
 
     Example::
 
-        >>> base, info = load_model("mobilenet_v2-imagenet")
-        >>> tuned, _ = load_model("mobilenet_v2-imagenet", checkpoint="ft.pt")
-        >>> cmp = compare_models(base, tuned, dataset, ["features.4", "features.14"])
-        >>> cmp.cka.shape, cmp.most_changed(3)[0]["channel"]
+        >>> a, info = load_model("mobilenet_v2-imagenet")
+        >>> b, _ = load_model("squeezenet1_1-imagenet")
+        >>> cmp = compare_models(a, b, demo_images(transform=info.transform),
+        ...                      ["features.4", "features.7"], ["features.4", "features.7"],
+        ...                      measures=["cka", "procrustes"], match=["features.7:features.7"])
+        >>> cmp.similarity["procrustes"].value, cmp.matchings[("features.7", "features.7")].mean_correlation
     """
     if representation not in ("gap", "flatten"):
         raise ValueError(f"representation must be 'gap' or 'flatten', got {representation!r}.")
@@ -266,57 +368,66 @@ def compare_models(
         raise ValueError(f"batch_size must be >= 4 for the unbiased HSIC, got {batch_size}.")
     layers_a = [n for n, _ in resolve_layers(model_a, list(layers_a))]
     layers_b = [n for n, _ in resolve_layers(model_b, list(layers_b or layers_a))]
-    # One forward per model and batch feeds the top-k, CKA and the moments: the sources give
-    # every layer's activation (receptive fields measured with the first batch).
+    mods_a = [m for _, m in resolve_layers(model_a, layers_a)]
+    mods_b = [m for _, m in resolve_layers(model_b, layers_b)]
+    explicit: List[LayerPair] = []
+    if match and match != "auto":
+        explicit = list(dict.fromkeys(_pairs([match] if isinstance(match, str) else match)))
+        for la, lb in explicit:
+            if la not in layers_a or lb not in layers_b:
+                raise ValueError(
+                    f"Cannot match {la}:{lb}: both layers must be compared (add {la!r} to layers_a "
+                    f"and {lb!r} to layers_b), or use match_units() for any pair.")
+    # One forward per model and batch feeds the top-k, CKA, the moments and the matchings: the
+    # sources give every layer's activation (receptive fields measured with the first batch).
     source_a = TorchSource(model_a, list(layers_a), progress=progress)
     source_b = TorchSource(model_b, list(layers_b), progress=progress)
     miner_a = LayerTopKPatches.from_source(source_a, k=k)
     miner_b = LayerTopKPatches.from_source(source_b, k=k)
     cka = MinibatchCKA(len(layers_a), len(layers_b))
-    shared = [n for n in layers_a if n in layers_b]
+    shared = [n for n, ma in zip(layers_a, mods_a)
+              if n in layers_b and same_module(ma, mods_b[layers_b.index(n)])]
     moments: Dict[str, ChannelMoments] = {}
-    modes = (model_a.training, model_b.training)
-    model_a.eval()
-    model_b.eval()
-    total = len(data) if isinstance(data, Tensor) or hasattr(data, "__getitem__") else None
-    if total is not None and max_images is not None:
-        total = min(total, max_images)
-    bar = tqdm(total=total, unit="img", desc="compare", disable=not progress)
+    crosses: Dict[LayerPair, PairAccumulator] = {}
+    pooled_a: List[List[Tensor]] = [[] for _ in layers_a]
+    pooled_b: List[List[Tensor]] = [[] for _ in layers_b]
+    bar = tqdm(total=count_images(data, max_images), unit="img", desc="compare", disable=not progress)
     seen = 0
     try:
-        with torch.no_grad():
-            for batch in _batches(data, batch_size):
-                images, labels, ids, _ = split_batch(batch)
-                if max_images is not None:
-                    keep = max_images - seen
-                    if keep <= 0:
-                        break
-                    images = images[:keep]
-                    labels = labels[:keep] if labels is not None else None
-                    ids = ids[:keep] if ids is not None else None
+        with eval_mode(model_a, model_b):
+            for images, labels, ids, start in image_batches(data, batch_size, max_images):
                 n = images.shape[0]
-                idx = torch.arange(seen, seen + n)
-                labels, ids = labels or [-1] * n, ids or [str(i) for i in idx.tolist()]
+                idx = torch.arange(start, start + n)
                 images_b = input_map_b(images) if input_map_b is not None else images
                 by_name_a, by_name_b = source_a(images), source_b(images_b)
                 miner_a.accumulate(by_name_a, source_a.layer_infos(images), idx, labels, ids)
                 miner_b.accumulate(by_name_b, source_b.layer_infos(images_b), idx, labels, ids)
                 acts_a = [by_name_a[name] for name in layers_a]
                 acts_b = [by_name_b[name] for name in layers_b]
-                cka.update([_represent(a, representation) for a in acts_a],
-                           [_represent(b, representation) for b in acts_b])
+                gap_a = [_represent(a, "gap") for a in acts_a]
+                gap_b = [_represent(b, "gap") for b in acts_b]
+                if representation == "gap":
+                    cka.update(gap_a, gap_b)
+                else:
+                    cka.update([_represent(a, representation) for a in acts_a],
+                               [_represent(b, representation) for b in acts_b])
+                if measures:
+                    for store, gaps in ((pooled_a, gap_a), (pooled_b, gap_b)):
+                        for lst, g in zip(store, gaps):
+                            lst.append(g.detach().float().cpu())
                 for name in shared:
                     a = acts_a[layers_a.index(name)]
                     b = acts_b[layers_b.index(name)]
                     if a.shape != b.shape:
                         continue
                     moments.setdefault(name, ChannelMoments(a.shape[1])).update(a, b)
+                for la, lb in explicit:
+                    fold_pair(crosses, (la, lb), acts_a[layers_a.index(la)], acts_b[layers_b.index(lb)],
+                              match_positions, match_chance)
                 seen += n
                 bar.update(n)
     finally:
         bar.close()
-        model_a.train(modes[0])
-        model_b.train(modes[1])
     if seen == 0:
         raise ValueError("The data yielded no image: nothing to compare.")
     res_a, res_b = miner_a.compute(), miner_b.compute()
@@ -328,16 +439,32 @@ def compare_models(
         src_a, wa = channel_weights(model_a, name, c)
         src_b, wb = channel_weights(model_b, name, c)
         if wa is not None and wb is not None and wa.shape == wb.shape:
-            drift = _cosine_distance(wa, wb)
+            drift, change = _cosine_distance(wa, wb), _relative_change(wa, wb)
         else:
             drift = torch.full((c,), float("nan"), dtype=torch.float64)
+            change = drift.clone()
         score = change_score(corr, jac, drift)
         order = sorted(range(c), key=lambda j: (-float(score[j]), j))
         channels[name] = ChannelChanges(
             layer=name, correlation=corr.numpy(), jaccard=jac.numpy(), drift=drift.numpy(),
             score=score.numpy(), order=np.asarray(order, dtype=np.int64),
-            weight_module=src_a if src_a == src_b else None)
-    return Comparison(layers_a=layers_a, layers_b=layers_b, cka=cka.compute().numpy(),
+            weight_module=src_a if src_a == src_b else None, weight_change=change.numpy())
+    cka_matrix = cka.compute().numpy()
+    similarity: Dict[str, SimilarityMatrix] = {}
+    if measures:
+        similarity = similarity_matrices([torch.cat(r) for r in pooled_a], [torch.cat(r) for r in pooled_b],
+                                         measures, permutations=permutations, seed=seed,
+                                         groups=None if groups is None else list(groups)[:seen],
+                                         progress=progress)
+    matchings: Dict[LayerPair, UnitMatching] = {pair: acc.matching(*pair) for pair, acc in crosses.items()}
+    if match == "auto":
+        pairs = auto_pairs(cka_matrix, layers_a, layers_b, match_top)
+        if pairs:
+            matchings = match_layers(model_a, model_b, data, pairs, positions=match_positions,
+                                     batch_size=batch_size, max_images=max_images,
+                                     input_map_b=input_map_b, chance=match_chance, progress=progress)
+    return Comparison(layers_a=layers_a, layers_b=layers_b, cka=cka_matrix,
                       channels=channels, topk_a=res_a, topk_b=res_b, n_images=seen,
                       representation=representation, names=tuple(names),
-                      extra={"cka_images": cka.examples, "cka_skipped_images": cka.skipped})
+                      extra={"cka_images": cka.examples, "cka_skipped_images": cka.skipped},
+                      similarity=similarity, matchings=matchings)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
-import torch
-from .comparison import Comparison, compare_models
-from .report import save_report
-from ..utils.files import PathLike
 
+from torch import nn
+
+from ..utils.files import PathLike
+from .comparison import Comparison, MatchSpec, compare_models, same_module
+from .inputs import normalisation_map
+from .report import save_report
+from .similarity import MEASURES, SVCCA, PWCCA, SimilarityMeasure
 
 
 def _checkpoint_meta(name: str, checkpoint: Optional[str]) -> Dict[str, Any]:
@@ -26,6 +29,33 @@ def _label(name: str, checkpoint: Optional[str]) -> str:
     if checkpoint:
         return Path(checkpoint).stem
     return Path(name).stem if os.path.isfile(name) else name
+
+
+def comparable_blocks(model: nn.Module) -> List[str]:
+    r"""The blocks of :func:`~captum_topk.models.anatomy.model_blocks`, a container that is
+    never called itself (``nn.ModuleList`` / ``nn.ModuleDict``, e.g. EfficientNet's ``_blocks``)
+    replaced by its children: every name is a module whose output can be hooked."""
+    from ..models.anatomy import model_blocks
+
+    named = dict(model.named_modules())
+    out: List[str] = []
+    for name in model_blocks(model):
+        mod = named[name]
+        if isinstance(mod, (nn.ModuleList, nn.ModuleDict)):
+            out.extend(f"{name}.{child}" for child, _ in mod.named_children())
+        else:
+            out.append(name)
+    return out
+
+
+def _measure_objects(measures: Sequence[str], cca_dims: Optional[int]) -> List[SimilarityMeasure]:
+    out: List[SimilarityMeasure] = []
+    for name in measures:
+        if name not in MEASURES:
+            raise ValueError(f"Unknown similarity measure {name!r}; choose from {', '.join(MEASURES)}.")
+        cls = MEASURES[name]
+        out.append(cls(max_dims=cca_dims) if cls in (SVCCA, PWCCA) else cls())
+    return out
 
 
 def compare_run(
@@ -45,6 +75,12 @@ def compare_run(
     top: int = 4,
     out: PathLike = "results/compare",
     progress: bool = True,
+    measures: Optional[Sequence[str]] = None,
+    permutations: int = 10,
+    cca_dims: Optional[int] = None,
+    match: MatchSpec = None,
+    match_top: int = 3,
+    match_positions: str = "resampled",
 ) -> Tuple[Comparison, List[Path]]:
     r"""Load two models and a dataset, compare them, write the report (``captum-topk compare``).
 
@@ -57,12 +93,20 @@ def compare_run(
         data (str, optional): ``"elpv"``, ``"demo"`` / None (packaged photos), an ImageNet
             val folder or any image folder.
         layers (list of str, optional): layers of A (default: all of
-            :func:`captum_topk.transfer.model_blocks`); ``layers_b`` those of B (default:
-            the same names).
+            :func:`comparable_blocks`); ``layers_b`` those of B (default: the same names
+            when B has them all, else B's own blocks).
         input_size (int, optional), resize_size (int, optional): the common preprocessing;
             default: the ``input_size`` / ``resize_size`` recorded in B's (else A's)
             checkpoint, else A's own.
         out (str): report folder (see :func:`save_report`).
+        measures (list of str, optional): similarity measures with chance baselines
+            (``cka``, ``procrustes``, ``svcca``, ``pwcca``); default: all four when the layer
+            names of A and B differ (different architectures), none otherwise (the
+            per-channel ranking applies). ``[]`` for none.
+        cca_dims (int, optional): at most this many SVD directions per side for SVCCA / PWCCA
+            (see "Small samples" in :mod:`captum_topk.compare.similarity`).
+        match: layer pairs whose units are matched (``["features.7:features.7"]``) or
+            ``"auto"``; default ``"auto"`` when the layer names differ, else none.
         others: see :func:`compare_models`.
 
     Returns:
@@ -71,7 +115,6 @@ def compare_run(
     from ..models.registry import load_model
     from ..models.info import make_transform
     from ..runs.datasets import open_dataset
-    from ..models.anatomy import model_blocks
 
     model_b = model_b or model_a
     if model_b == model_a and checkpoint_b == checkpoint_a:
@@ -93,23 +136,32 @@ def compare_run(
         dataset, descriptor = elpv_dataset(transform), {"kind": "elpv"}
     else:
         dataset, descriptor = open_dataset(data, transform)
-    input_map = None
-    if tuple(info_a.mean) != tuple(info_b.mean) or tuple(info_a.std) != tuple(info_b.std):
-        ma, sa = torch.tensor(info_a.mean).view(1, 3, 1, 1), torch.tensor(info_a.std).view(1, 3, 1, 1)
-        mb, sb = torch.tensor(info_b.mean).view(1, 3, 1, 1), torch.tensor(info_b.std).view(1, 3, 1, 1)
-        input_map = lambda x: ((x * sa + ma) - mb) / sb  # noqa: E731  (A's input -> B's)
-    layers = list(layers) if layers else model_blocks(net_a)
+    input_map = normalisation_map(info_a.mean, info_a.std, info_b.mean, info_b.std)
+    layers = list(layers) if layers else comparable_blocks(net_a)
     if layers_b is None:
         own_b = {n for n, _ in net_b.named_modules()}
-        layers_b = layers if all(n in own_b for n in layers) else model_blocks(net_b)
+        layers_b = layers if all(n in own_b for n in layers) else comparable_blocks(net_b)
+    layers_b = list(layers_b)
+    mods_a, mods_b = dict(net_a.named_modules()), dict(net_b.named_modules())
+    different = layers_b != layers or not all(same_module(mods_a[n], mods_b[n]) for n in layers
+                                              if n in mods_a and n in mods_b)
+    if measures is None:
+        measures = list(MEASURES) if different else []
+    if match is None and different:
+        match = "auto"
     names = (_label(model_a, checkpoint_a), _label(model_b, checkpoint_b))
     cmp = compare_models(net_a, net_b, dataset, layers, layers_b, k=k, batch_size=batch_size,
                          representation=representation, max_images=max_images,
-                         input_map_b=input_map, names=names, progress=progress)
+                         input_map_b=input_map, names=names, progress=progress,
+                         measures=_measure_objects(measures, cca_dims), permutations=permutations,
+                         match=match, match_top=match_top, match_positions=match_positions)
     settings = {"model_a": model_a, "checkpoint_a": checkpoint_a, "model_b": model_b,
                 "checkpoint_b": checkpoint_b, "data": descriptor, "input_size": size,
                 "resize_size": resize, "k": k, "batch_size": batch_size,
                 "max_images": max_images, "mean": list(info_a.mean), "std": list(info_a.std),
+                "measures": list(measures), "permutations": permutations, "cca_dims": cca_dims,
+                "match": match if isinstance(match, (str, type(None))) else [list(p) if not isinstance(p, str) else p for p in match],
+                "match_top": match_top, "match_positions": match_positions,
                 "categories_b": info_b.categories if info_b.num_classes <= 100 else None}
     written = save_report(cmp, out, images_source=dataset, mean=info_a.mean, std=info_a.std,
                           top=top, settings=settings)

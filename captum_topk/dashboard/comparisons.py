@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from ..core.result import TopKResult
 from ..models.registry import DEFAULT_MODEL
@@ -107,18 +105,13 @@ def compare_runs(run_a: Run, run_b: Run, max_images: int = 500,
         ``score_formula``.
     """
     from ..compare.comparison import compare_models
+    from ..compare.inputs import normalisation_map
 
     why = compare_status(run_a, run_b)
     if why:
         raise ValueError(why)
-    input_map = None
     ia, ib = run_a.info, run_b.info
-    if tuple(ia.mean) != tuple(ib.mean) or tuple(ia.std) != tuple(ib.std):
-        ma, sa = torch.tensor(ia.mean).view(1, 3, 1, 1), torch.tensor(ia.std).view(1, 3, 1, 1)
-        mb, sb = torch.tensor(ib.mean).view(1, 3, 1, 1), torch.tensor(ib.std).view(1, 3, 1, 1)
-
-        def input_map(x: Tensor) -> Tensor:  # A's normalisation -> B's
-            return ((x * sa + ma) - mb) / sb
+    input_map = normalisation_map(ia.mean, ia.std, ib.mean, ib.std)  # A's normalisation -> B's
 
     n = min(len(run_a.dataset), max_images)
     data = run_a.dataset.subset(range(n)) if n < len(run_a.dataset) else run_a.dataset

@@ -3,8 +3,9 @@ paired channel moments (:mod:`.moments`) and minibatch CKA (:mod:`.cka`)."""
 
 from .base import Accumulator, AccumulatorCollection
 from .cka import MinibatchCKA, linear_cka
+from .crosscorr import CrossCorrelation
 from .moments import ChannelMoments
 from .stats import ChannelStats, default_edges
 from .topk import LayerState, TopKState
 
-__all__ = ["Accumulator", "AccumulatorCollection", "TopKState", "LayerState", "ChannelStats", "default_edges", "ChannelMoments", "MinibatchCKA", "linear_cka"]
+__all__ = ["Accumulator", "AccumulatorCollection", "TopKState", "LayerState", "ChannelStats", "default_edges", "ChannelMoments", "MinibatchCKA", "linear_cka", "CrossCorrelation"]
