@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from captum_topk.core.accumulators import (AccumulatorCollection, ChannelMoments, ChannelStats,
-                                           MinibatchCKA, TopKState)
+                                           CrossCorrelation, MinibatchCKA, TopKState)
 
 
 def _batches(seed=0, n=6, b=5, c=4, hw=3):
@@ -33,6 +33,7 @@ FACTORIES = {
     "stats": (lambda: ChannelStats(4, torch.linspace(-3, 3, 13)), "single"),
     "moments": (lambda: ChannelMoments(4), "paired"),
     "cka": (lambda: MinibatchCKA(1, 2), "cka"),
+    "crosscorr": (lambda: CrossCorrelation(4, 4), "paired"),
 }
 
 

@@ -319,12 +319,17 @@ def test_damaged_runs_are_listed_with_their_problem(world):
 def test_like_run_and_finetuned_checkpoint(world):
     roots, run = world
     assert dd.find_finetuned(roots) is None
-    for name in ("m-finetuned-epoch01.pt", "m-linear-probe.pt", "m-finetuned.pt"):
-        (roots.checkpoints / name).write_bytes(b"x")
-    assert dd.find_finetuned(roots) == "m-finetuned.pt"
-    spec = dd.like_run(run, "m-finetuned.pt", roots)
-    assert (spec.model, spec.checkpoint, spec.layers, spec.data, spec.k, spec.input_size) == (
-        "resnet18", "m-finetuned.pt", ("layer1", "layer2"), "shapes", 4, 64)
+    names = ("m-finetuned-epoch01.pt", "m-linear-probe.pt", "m-finetuned.pt")
+    try:
+        for name in names:
+            (roots.checkpoints / name).write_bytes(b"x")
+        assert dd.find_finetuned(roots) == "m-finetuned.pt"
+        spec = dd.like_run(run, "m-finetuned.pt", roots)
+        assert (spec.model, spec.checkpoint, spec.layers, spec.data, spec.k, spec.input_size) == (
+            "resnet18", "m-finetuned.pt", ("layer1", "layer2"), "shapes", 4, 64)
+    finally:  # the shared world's checkpoints root is listed by the other modules
+        for name in names:
+            (roots.checkpoints / name).unlink(missing_ok=True)
 
 
 @pytest.mark.skipif(dd.onnx_available() is not None, reason="ONNX Runtime backend not installed")

@@ -122,8 +122,10 @@ if cmp is not None:
         st.info("No layer has the same name and width in both models: channels cannot be matched.")
     else:
         r1, r2 = st.columns([2, 1])
-        if st.session_state.get("cmp_rank_layer") not in ranked_layers:
+        if (st.session_state.get("cmp_rank_layer") not in ranked_layers
+                or st.session_state.get("cmp_rank_pair") != (name_a, name_b)):  # a new pair: its deepest layer
             st.session_state["cmp_rank_layer"] = ranked_layers[-1]
+            st.session_state["cmp_rank_pair"] = (name_a, name_b)
         rlayer = r1.selectbox("Layer ranked", ranked_layers, key="cmp_rank_layer")
         rows = cmp["channels"][rlayer]
         n_show = int(r2.number_input("Channels shown", 1, min(12, len(rows)), min(4, len(rows)), key="cmp_nrank"))
