@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .transfer import add_transfer_commands  # finetune, compare
 
     add_transfer_commands(sub)
+    from .visualize import add_visualize_command  # visualize (feature visualization)
+    add_visualize_command(sub)
     return p
 
 
