@@ -16,8 +16,10 @@ For channels of three layers, every figure measured in this one run:
   normalised per channel (divided by the channel's largest absolute response): does each
   channel respond most to its own image (row argmax on the diagonal), and by what margin.
 
-The machine's load average is printed before and after: on a shared CPU the timings scale
-with it. ``--threads`` sets ``torch.set_num_threads`` (default: torch's choice).
+The machine's load average is printed before and after: on a shared CPU the wall-clock
+timings scale with it, so the CPU seconds this process used are printed too (with one thread,
+that is the wall time an idle machine would take). ``--threads`` sets
+``torch.set_num_threads`` (default: torch's choice).
 
 Usage::
 
@@ -85,6 +87,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--neuron", action="store_true",
+                    help="also optimise objective='neuron' and compare it with the mined top-1 value "
+                         "(one position against one position)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,8 +110,10 @@ def main() -> None:
     summary = []
     for layer in args.layers:
         chans = spread_channels(mined.num_channels(layer), args.channels)
+        cpu0 = time.process_time()
         vis = visualize(model, layer, chans, info=info, size=args.size, steps=args.steps,
                         seed=args.seed, progress=False)
+        cpu_per_channel = (time.process_time() - cpu0) / len(chans)
         per_channel = vis.seconds / len(chans)
         # (a) the channel mean on every photo, at 224 px and at --size px
         on_photos = responses(model, layer, photos, chans, info=info)            # (c, 44)
@@ -116,6 +123,7 @@ def main() -> None:
         ref224 = on_photos[rows, top1]
         ref_small = on_small[rows, top1]
         ref = torch.maximum(ref224, ref_small)
+        top1_value = torch.tensor([mined.records(layer, c)[0].value for c in chans])  # best position
         best_photo = on_photos.max(dim=1).values
         own = vis.values
         # (b) the lowest value over shifted / rescaled copies of each visualization
@@ -131,12 +139,13 @@ def main() -> None:
         margin = norm.diagonal() - off
 
         print(f"== {layer}: channels {chans}")
-        print(f"   speed: {vis.seconds:.1f} s for {len(chans)} channels = {per_channel:.2f} s/channel")
-        print("   channel  vis  | top-1 photo @224  @%d | best photo @224 | worst shifted/rescaled vis | diag margin"
-              % args.size)
+        print(f"   speed: {vis.seconds:.1f} s for {len(chans)} channels = {per_channel:.2f} s/channel wall, "
+              f"{cpu_per_channel:.2f} CPU-s/channel (this process, all threads)")
+        print("   channel  vis  | top-1 photo @224  @%d | best photo @224 | top-1 best position | "
+              "worst shifted/rescaled vis | diag margin" % args.size)
         for j, c in enumerate(chans):
             print(f"   {c:7d} {own[j]:6.2f} | {ref224[j]:15.2f} {ref_small[j]:5.2f} | {best_photo[j]:15.2f} | "
-                  f"{worst[j]:26.2f} | {margin[j]:+.2f}")
+                  f"{top1_value[j]:19.2f} | {worst[j]:26.2f} | {margin[j]:+.2f}")
         a = (own > ref).float().mean().item()
         b = (worst > ref).float().mean().item()
         c_ok = diag_ok.float().mean().item()
@@ -144,16 +153,23 @@ def main() -> None:
         ratio_best = (own / best_photo.clamp(min=1e-6)).median().item()
         print(f"   (a) vis > top-1 photo (both sizes): {a:.0%} of channels; median vis / top-1 = {ratio:.2f}x; "
               f"median vis / best photo = {ratio_best:.2f}x")
+        print(f"   (a') vis channel mean > the top-1's single best position: {(own > top1_value).float().mean().item():.0%}")
+        if args.neuron:
+            nvis = visualize(model, layer, chans, info=info, size=args.size, steps=args.steps,
+                             seed=args.seed, objective="neuron", progress=False)
+            print(f"   (a'') objective='neuron': the optimised centre position > the top-1's best position: "
+                  f"{(nvis.values > top1_value).float().mean().item():.0%}; median ratio "
+                  f"{(nvis.values / top1_value.clamp(min=1e-6)).median().item():.2f}x")
         print(f"   (b) worst shifted/rescaled vis > top-1 photo: {b:.0%}; median worst / top-1 = "
               f"{(worst / ref.clamp(min=1e-6)).median().item():.2f}x")
         print(f"   (c) own image is the channel's strongest: {c_ok:.0%}; mean normalised margin "
               f"{margin.mean().item():+.2f}\n")
-        summary.append((layer, per_channel, a, ratio, b, c_ok))
+        summary.append((layer, per_channel, cpu_per_channel, a, ratio, b, c_ok))
 
     print(f"load average after: {load_average()}")
-    print("\nlayer        s/channel  (a) vis>top1  median ratio  (b) robust  (c) diagonal")
-    for layer, spc, a, ratio, b, c_ok in summary:
-        print(f"{layer:12s} {spc:9.2f}  {a:12.0%}  {ratio:11.2f}x  {b:10.0%}  {c_ok:12.0%}")
+    print("\nlayer        s/channel  CPU-s/channel  (a) vis>top1  median ratio  (b) robust  (c) diagonal")
+    for layer, spc, cpu, a, ratio, b, c_ok in summary:
+        print(f"{layer:12s} {spc:9.2f}  {cpu:13.2f}  {a:12.0%}  {ratio:11.2f}x  {b:10.0%}  {c_ok:12.0%}")
 
 
 if __name__ == "__main__":
