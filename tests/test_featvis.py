@@ -9,6 +9,7 @@ photos that LayerTopKPatches mines.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 
@@ -280,12 +281,14 @@ def test_linear_colour_channels_saturate_towards_their_optimum():
     assert vis.values[0] > 1.2 and vis.values[1] > 0.75  # optima 1.5 and 1.0
     # Decorrelated colours get there more slowly (green vs magenta is ImageNet's weakest colour
     # direction, gain 0.14) but head the same way.
+    short = {**kw, "steps": 32}
     dec = visualize(model, "0", [0, 1], **kw).images.mean(dim=(2, 3))
     assert dec[0, 0] > dec[0, 1] + 0.3 and dec[0, 2] > dec[0, 1] + 0.3, dec
     assert dec[1, 1] > dec[1, 0] + 0.3 and dec[1, 1] > dec[1, 2] + 0.3, dec
     # The negative objective of channel 0 seeks channel 1's colour (the ReLU is after "0").
-    neg = visualize(model, "0", [0], objective="-channel", decorrelate=False, **kw)
-    assert (neg.images - target[1]).abs().median() < 0.05 and neg.values[0] > 0.75
+    neg = visualize(model, "0", [0], objective="-channel", decorrelate=False, **short)
+    colour = neg.images.mean(dim=(2, 3))[0]
+    assert colour[1] > colour[0] + 0.5 and colour[1] > colour[2] + 0.5 and neg.values[0] > 0.5, colour
 
 
 def test_two_dimensional_layer_output():
@@ -322,9 +325,9 @@ def test_same_seed_same_images_and_global_rng_untouched():
 
 def test_a_channel_does_not_depend_on_its_batch_companions():
     model = tiny_net()
-    many = visualize(model, "2", [0, 3, 5], **IDENTITY, size=24, steps=12, progress=False)
-    one = visualize(model, "2", [5], **IDENTITY, size=24, steps=12, progress=False)
-    split = visualize(model, "2", [0, 3, 5], **IDENTITY, size=24, steps=12, batch_size=1, progress=False)
+    many = visualize(model, "2", [0, 3, 5], **IDENTITY, size=24, steps=8, progress=False)
+    one = visualize(model, "2", [5], **IDENTITY, size=24, steps=8, progress=False)
+    split = visualize(model, "2", [0, 3, 5], **IDENTITY, size=24, steps=8, batch_size=1, progress=False)
     torch.testing.assert_close(many.of(5), one.images, atol=1e-4, rtol=0)
     torch.testing.assert_close(many.images, split.images, atol=1e-4, rtol=0)
 
@@ -486,6 +489,29 @@ def test_fold_batchnorm_is_the_same_function_on_a_copy():
     conv, bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
     shared = nn.Sequential(nn.Sequential(conv, bn), conv)  # conv used twice: not folded
     assert fold_batchnorm(shared.eval()) == (shared, 0)
+
+
+class ViewRoundTrip(nn.Module):
+    """x.view(n, c*h*w) needs NCHW-contiguous memory: fails on a channels-last tensor."""
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        return x.view(n, c * h * w).view(n, c, h, w)
+
+
+def test_folded_copy_falls_back_to_contiguous_memory_when_a_view_needs_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), ViewRoundTrip(), nn.Conv2d(4, 5, 1)).eval()
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 2)
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    channels_last[1] = nn.Identity()  # as in the folded copy
+    with pytest.raises(RuntimeError, match="view"):
+        channels_last(torch.zeros(2, 3, 8, 8))  # what the fallback is for
+    folded = visualize(model, "3", [0, 4], **IDENTITY, size=16, steps=6, progress=False)
+    plain = visualize(model, "3", [0, 4], **IDENTITY, size=16, steps=6, fold_bn=False, progress=False)
+    torch.testing.assert_close(folded.images, plain.images, atol=1e-3, rtol=0)
+    assert_no_hooks(model)
 
 
 # ------------------------------------------------------------------ cache, sheet, CLI

@@ -21,15 +21,21 @@ Example::
     >>> vis.images.shape        # (2, 3, 64, 64) RGB in [0, 1]
 """
 
+from .cache import cached_channels, cached_visualize, model_digest
 from .objectives import Objective, channel, diversity, neuron
 from .param import FourierImage, color_sqrt, imagenet_color_covariance, spectrum_scale
 from .render import FeatureVisualization, responses, visualize
+from .sheet import sheet
 from .transforms import Compose, Jitter, Pad, Rotate, Scale, default_transforms
 
 __all__ = [
     "visualize",
     "FeatureVisualization",
     "responses",
+    "cached_visualize",
+    "cached_channels",
+    "model_digest",
+    "sheet",
     "Objective",
     "channel",
     "neuron",

@@ -162,6 +162,21 @@ def _layer_forward(model: nn.Module, store: Dict[int, Any], module: nn.Module, x
     return out
 
 
+def _try_channels_last(copy: nn.Module, module: nn.Module, size: int, dev: torch.device,
+                       layout: Optional[Layout]) -> bool:
+    r"""Convert our folded copy to channels-last memory (on a CPU ~15 % faster per step for
+    MobileNetV2: 1x1 convolutions become plain matrix products), unless its forward up to the
+    layer then fails (a ``.view`` that needs contiguous memory): then convert it back."""
+    copy.to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad(), capture_hooks([module], stop_early=True) as store:
+            _layer_forward(copy, store, module, torch.zeros(2, 3, size, size, device=dev), layout)
+        return True
+    except RuntimeError:
+        copy.to(memory_format=torch.contiguous_format)
+        return False
+
+
 def _stats(values: Optional[Sequence[float]], default: Sequence[float], name: str) -> Tuple[float, ...]:
     out = tuple(float(v) for v in (default if values is None else values))
     if len(out) != 3:
@@ -334,8 +349,9 @@ def visualize(
         decorrelate (bool): optimise in decorrelated ImageNet colour space. Default True.
         fold_bn (bool): optimise through a copy of the model with eval BatchNorm folded into
             the convolutions (:func:`~captum_topk.featvis.fold.fold_batchnorm`; ~30 % faster
-            on a CPU). The same function up to float rounding; ``.values`` are always measured
-            on ``model`` itself. Default True.
+            on a CPU, where the copy also gets channels-last weights when its forward allows:
+            ~15 % more). The same function up to float rounding; ``.values`` are always
+            measured on ``model`` itself. Default True.
         progress (bool): a tqdm bar over the steps.
         device (str or torch.device, optional): where to optimise; default the model's
             device. The model must already be there.
@@ -394,13 +410,14 @@ def visualize(
     chunks = [chans[i : i + per_chunk] for i in range(0, len(chans), per_chunk)]
     images: List[Tensor] = []
     values: List[Tensor] = []
+    t0 = time.perf_counter()
     work, work_module = model, module
     if fold_bn:
         work, n_folded = fold_batchnorm(model, keep={name})
         if n_folded:
             work_module = dict(work.named_modules())[name]
-
-    t0 = time.perf_counter()
+            if dev.type == "cpu":
+                _try_channels_last(work, work_module, size, dev, layout)
     with frozen_eval(model), frozen_eval(work):
         # A grey image first: checks the layer's layout and the channel range before any work.
         with torch.no_grad(), capture_hooks([module], stop_early=True) as store:
