@@ -235,9 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .dashboard import add_dashboard_command
     from .transfer import add_transfer_commands  # finetune, compare
+    from .visualize import add_visualize_command
 
     add_transfer_commands(sub)
     add_dashboard_command(sub)
+    add_visualize_command(sub)
     return p
 
 
