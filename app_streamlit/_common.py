@@ -56,6 +56,11 @@ def overlays(path: str, mtime: float, layer: str, channel: int, which: str, n: i
     return dd.channel_overlays(open_run(path, mtime), layer, channel, which, n)
 
 
+@st.cache_data(show_spinner=False, max_entries=128)
+def visualizations(path: str, mtime: float, layer: str, channels: Tuple[int, ...], compute: bool):
+    return dd.channel_visualizations(open_run(path, mtime), layer, list(channels), compute=compute)
+
+
 @st.cache_data(show_spinner=False, max_entries=512)
 def histogram(path: str, mtime: float, layer: str, channel: int) -> Optional[Dict[str, Any]]:
     return dd.channel_histogram(open_run(path, mtime), layer, channel)

@@ -1,6 +1,6 @@
 """captum-topk dashboard: ``streamlit run app_streamlit/main.py``.
 
-Pages (st.navigation): Top-k patches (default), Filters, Compare, Embeddings, Data and jobs.
+Pages (st.navigation): Top-k patches (default), Microscope, Filters, Compare, Embeddings, Data and jobs.
 The sidebar picks the run every page shows. All computation is in captum_topk.dashboard;
 see docs/dashboard.md.
 """
@@ -26,6 +26,7 @@ if _address not in ("127.0.0.1", "localhost", "::1"):
 
 pages = [
     st.Page("pages/topk.py", title="Top-k patches", icon=":material/grid_view:", default=True),
+    st.Page("pages/microscope.py", title="Microscope", icon=":material/biotech:"),
     st.Page("pages/filters.py", title="Filters", icon=":material/tune:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),

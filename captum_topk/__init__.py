@@ -46,7 +46,13 @@ _LAZY = {
     "Roots": ("dashboard.roots", "Roots"),
     "JobSpec": ("dashboard.spec", "JobSpec"),
     "mine_job": ("dashboard.jobs", "mine_job"),
-    "open_run": ("dashboard.runs", "open_run"),
+    "LayerInfo": ("core.sources.base", "LayerInfo"),
+    "TorchSource": ("core.sources.torch", "TorchSource"),
+    "open_run": ("runs.folder", "open_run"),
+    "visualize": ("featvis.render", "visualize"),
+    "match_units": ("compare.matching", "match_units"),
+    "RunSpec": ("runs.spec", "RunSpec"),
+    "mine_run": ("runs.mine", "mine_run"),
 }
 
 __all__ = [

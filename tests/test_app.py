@@ -359,3 +359,27 @@ def test_tampered_run_folders_give_an_error_box(world, case, message):
         _ok(at)  # the app lives on
     finally:
         shutil.rmtree(folder)
+
+
+def test_microscope_and_feature_visualizations(world, monkeypatch):
+    import captum_topk.runs.visualize as runs_vis
+
+    monkeypatch.setitem(runs_vis.VIS_SETTINGS, "steps", 4)  # the page's settings, shortened for the test
+    monkeypatch.setitem(runs_vis.VIS_SETTINGS, "size", 32)
+    at = _app()
+    at.session_state["topk_projection"] = "none"
+    at.run()
+    at.switch_page("pages/microscope.py").run()
+    _ok(at)
+    assert at.title[0].value == "Microscope"
+    assert sum("not visualized yet" in i.value for i in at.info) == 8
+    at.button(key="micro_compute").click().run()
+    _ok(at)
+    assert not any("not visualized yet" in i.value for i in at.info)
+    run = dd.open_run(world.runs / TINY_SPEC.run_name(), world)
+    assert runs_vis.visualized_channels(run, "layer1", range(8)) == list(range(8))  # cached in the run folder
+    # the Top-k page shows the cached visualization of a channel without recomputing it
+    at.switch_page("pages/topk.py").run()
+    _ok(at)
+    assert "Feature visualization" in [s.value for s in at.subheader]
+    assert not [b for b in at.button if b.key == "topk_vis"]  # channel 0 is cached: no button

@@ -641,3 +641,22 @@ def test_mobilenet_visualizations_beat_the_dataset_top1(mobilenet_top1, layer):
         assert torch.all(r > ref), (layer, r, ref)
     R = responses(model, layer, vis.images, chans, info=info)
     assert torch.equal(R.argmax(dim=1), torch.arange(len(chans))), R
+
+
+def test_token_and_channels_last_layers_through_the_miners_layouts():
+    import torchvision
+
+    from captum_topk.featvis import layer_layout
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                               hidden_dim=16, mlp_dim=32).eval()
+    layer = "encoder.layers.encoder_layer_1"
+    module, to_mined, key = layer_layout(vit, layer, 32)
+    assert module is vit.encoder.layers.encoder_layer_1 and key == "NLC:1:4x4"
+    raw = torch.randn(2, 17, 16)
+    assert torch.equal(to_mined(raw)[:, 3, 1, 2], raw[:, 1 + 1 * 4 + 2, 3])  # token (1, 2), channel 3
+    vis = visualize(vit, layer, [0, 3], size=32, steps=4, layout="auto", progress=False)  # 32 px fixed input
+    assert vis.images.shape == (2, 3, 32, 32)
+    head = visualize(vit, layer + "[prefix]", [2], size=32, steps=4, layout="auto", progress=False)
+    assert head.images.shape == (1, 3, 32, 32)

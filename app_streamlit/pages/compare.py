@@ -91,6 +91,18 @@ else:
                 if same_data and tag == "B":
                     shared = dd.shared_images(run_a.result, run_b.result, layer, channel, which)
                     st.caption(f"{shared} of run A's {which}-{run_a.result.k} images are also among run B's.")
+            if run.model is not None:
+                with common.friendly(f"Cannot show run {tag}'s feature visualization"):
+                    vis = common.visualizations(path, mtime, layer, (channel,), False)
+                    if channel in vis:
+                        st.image(vis[channel], width=180, caption=f"Run {tag}: an image optimised for channel {channel}")
+    if all(r.model is not None for r in (run_a, run_b)) and st.button(
+            f"Visualize channel {channel} in both models (optimisation, about 10 s)", key="cmp_vis"):
+        with st.spinner("Optimising an image for the channel in each model..."):
+            for run in (run_a, run_b):
+                dd.channel_visualizations(common.open_run(*common.run_key(run)), layer, [channel])
+        common.visualizations.clear()
+        st.rerun()
 
 # ---------------------------------------------------------------- CKA and ranking (captum_topk.compare)
 st.subheader("Layer similarity (linear CKA)")

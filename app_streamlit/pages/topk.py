@@ -106,6 +106,21 @@ with right:
                    f"(resized and centre-cropped to {run.info.input_size[0]}x{run.info.input_size[1]}).")
 
 if run.model is not None:
+    st.subheader("Feature visualization")
+    with common.friendly("Cannot show the feature visualization"):
+        vis = common.visualizations(path, mtime, layer, (channel,), False)
+        if channel not in vis and st.button(f"Optimise an image for channel {channel} (about 5 s)", key="topk_vis"):
+            with st.spinner("Optimising an image for the channel (256 Adam steps)..."):
+                vis = dd.channel_visualizations(common.open_run(path, mtime), layer, [channel])
+            common.visualizations.clear()
+        if channel in vis:
+            v1, v2 = st.columns([1, 3])
+            v1.image(vis[channel], width="stretch")
+            v2.caption("A sample *from the model*: an image optimised to drive this channel (Fourier "
+                       "parametrization with 1/f scaling, decorrelated colours, random pad / jitter / scale / "
+                       "rotation at every step, Adam), beside the *parts of real images* above. The Microscope "
+                       "page shows a whole layer this way.")
+
     st.subheader("Activation maps")
     with common.friendly("Cannot draw the activation maps"):
         maps = common.overlays(path, mtime, layer, channel, which, result.k)

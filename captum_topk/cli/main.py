@@ -96,6 +96,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     written = render_run(run, layers=args.layer, channels=args.channels, which=args.which,
                          out_dir=args.out_dir, max_channels=args.max_channels,
                          patch_px=args.patch_px)
+    if args.vis:
+        from ..runs.visualize import render_visualizations
+
+        written += render_visualizations(run, layers=args.layer, channels=args.channels, out_dir=args.out_dir,
+                                         max_channels=min(args.max_channels, 8), progress=True)
     if args.overlay:
         written += render_overlays(run, layers=args.layer, channels=args.channels, which=args.which,
                                    out_dir=args.out_dir, max_channels=min(args.max_channels, 8))
@@ -216,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-dir", default=None, help="default: the run folder")
     sp.add_argument("--projection", choices=["deconvolution", "guided_backprop"], default=None,
                     help="also write <layer>_<which><k>_<method>.png: patch | projection side by side")
+    sp.add_argument("--vis", action="store_true",
+                    help="also write <layer>_vis.png: each channel's feature visualization (an image optimised "
+                         "for it, cached in the run folder) beside its top-k patches")
     sp.add_argument("--overlay", action="store_true",
                     help="also write <layer>_<which><k>_overlay.png: each record's whole image with the "
                          "channel's activation map (thresholded at its top 0.5 %% when stats were gathered)")

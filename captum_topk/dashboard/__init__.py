@@ -46,7 +46,7 @@ from ..runs.lock import RunLockedError
 from ..models.registry import DEFAULT_LAYERS
 from .queue import MAX_PENDING, Job, JobQueue, JobRefused, job_queue
 from .spec import DEFAULT_SPEC, JOB_FORMAT, LIMITS, JobSpec
-from .views import channel_classes, channel_histogram, channel_overlays, channel_patches, channel_projections, conv_layers, filter_view, record_image, sheet, top1_grid
+from .views import channel_classes, channel_histogram, channel_overlays, channel_patches, channel_visualizations, channel_projections, conv_layers, filter_view, record_image, sheet, top1_grid
 from ..models.registry import DEFAULT_MODEL
 
 __all__ = [
@@ -86,6 +86,7 @@ __all__ = [
     "suggest_layers",
     "channel_patches",
     "channel_overlays",
+    "channel_visualizations",
     "channel_projections",
     "channel_histogram",
     "channel_classes",

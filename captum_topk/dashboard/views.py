@@ -17,6 +17,7 @@ from ..runs.folder import Run
 
 __all__ = [
     "channel_patches",
+    "channel_visualizations",
     "channel_overlays",
     "channel_projections",
     "channel_histogram",
@@ -44,6 +45,39 @@ def channel_patches(run: Run, layer: str, channel: int, which: str = "top",
     pad = torch.isnan(crops).any(dim=1).numpy()  # NaN fill marks padding: show it black
     tiles[pad] = 0
     return tiles, recs
+
+
+def channel_visualizations(run: Run, layer: str, channels: Sequence[int], compute: bool = True,
+                           progress: Any = None) -> Dict[int, np.ndarray]:
+    r"""Each channel's feature visualization (an image optimised for it: a sample from the model,
+    beside the parts of real images of its top-k), as ``(size, size, 3)`` uint8, cached in the
+    run folder.
+
+    Args:
+        run (Run), layer (str), channels (sequence of int): what to visualize.
+        compute (bool): compute the missing ones (about 5 s per channel on a 2-core CPU); False:
+            only those already cached.
+        progress (callable, optional): ``progress(done, total)`` over the channels computed.
+    Returns:
+        dict: channel -> image (missing channels absent when ``compute`` is False).
+    Raises:
+        ValueError: a run of a user's ONNX file (no PyTorch model to optimise through).
+    """
+    from ..runs.visualize import run_visualizations, visualized_channels
+
+    if run.model is None:
+        raise ValueError("Feature visualization needs the PyTorch model; this run is of an ONNX file.")
+    ready = visualized_channels(run, layer, channels)
+    todo = [c for c in channels if c not in ready] if compute else []
+    for i, c in enumerate(todo):  # one at a time: the page shows progress, a cancelled page loses one
+        run_visualizations(run, layer, [c])
+        if progress is not None:
+            progress(i + 1, len(todo))
+    have = [c for c in channels if c in ready or c in todo]
+    if not have:
+        return {}
+    vis = run_visualizations(run, layer, have)
+    return {c: to_display(vis.of(c)[:1])[0] for c in have}
 
 
 def channel_overlays(run: Run, layer: str, channel: int, which: str = "top",

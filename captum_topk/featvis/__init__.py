@@ -22,6 +22,7 @@ Example::
 """
 
 from .cache import cached_channels, cached_visualize, model_digest
+from .layouts import layer_layout
 from .objectives import Objective, channel, diversity, neuron
 from .param import FourierImage, color_sqrt, imagenet_color_covariance, spectrum_scale
 from .render import FeatureVisualization, responses, visualize
@@ -35,6 +36,7 @@ __all__ = [
     "cached_visualize",
     "cached_channels",
     "model_digest",
+    "layer_layout",
     "sheet",
     "Objective",
     "channel",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -66,6 +66,8 @@ def _key_settings(name: str, weights_digest: str, settings: Dict[str, Any]) -> D
     if not isinstance(objective, str):
         raise TypeError("cached_visualize needs a named objective ('channel', 'neuron', '-channel', "
                         "'-neuron'): a callable cannot be keyed. Call visualize() directly for it.")
+    if isinstance(settings.get("layout"), str):  # the miner's layouts: their name is the key
+        settings = {**settings, "layout_key": settings["layout"]}
     if settings.get("layout") is not None and not settings.get("layout_key"):
         raise TypeError("layout= is a function that cannot be keyed: also pass layout_key='a name "
                         "for it' (e.g. 'nhwc').")

@@ -32,7 +32,8 @@ from ..models.info import IMAGENET_MEAN, IMAGENET_STD, ModelInfo
 from .fold import fold_batchnorm
 from .objectives import Objective, diversity as diversity_objective, from_name
 from .param import FourierImage
-from .transforms import Transform, default_transforms
+from .layouts import fixed_input_size
+from .transforms import Compose, Resize, Transform, default_transforms
 
 __all__ = ["FeatureVisualization", "visualize", "render", "responses", "image_seed", "frozen_eval"]
 
@@ -135,6 +136,19 @@ def _default_layout(acts: Tensor) -> Tensor:
         "layout=lambda t: t.transpose(1, 2) for tokens (N, L, C) -> (N, C, L) (then one more "
         "dimension: .unsqueeze(-1))."
     )
+
+
+def _resolve(model: nn.Module, layer: LayerSpec, size: int,
+             layout: Optional[Union[str, Layout]]) -> Tuple[str, nn.Module, Optional[Layout]]:
+    r"""``(name, module, layout function)``; a layout given by name is the miner's
+    (:func:`~captum_topk.featvis.layouts.layer_layout`)."""
+    if isinstance(layout, str):
+        from .layouts import layer_layout
+
+        module, fn, _ = layer_layout(model, layer, size, layout)
+        return resolve_layers(model, module)[0][0], module, fn
+    name, module = resolve_layers(model, layer)[0]
+    return name, module, layout
 
 
 def _layer_forward(model: nn.Module, store: Dict[int, Any], module: nn.Module, x: Tensor,
@@ -241,7 +255,7 @@ def responses(
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
     objective: ObjectiveSpec = "channel",
-    layout: Optional[Layout] = None,
+    layout: Optional[Union[str, Layout]] = None,
     batch_size: int = 32,
 ) -> Tensor:
     r"""Every channel's objective on every image: the response matrix ``R[c, i]``.
@@ -259,7 +273,7 @@ def responses(
     Returns:
         Tensor: ``(len(channels), n)`` float32 on the CPU.
     """
-    name, module = resolve_layers(model, layer)[0]
+    name, module, layout = _resolve(model, layer, int(images.shape[-1]), layout)
     m, s = _normalisation(info, mean, std)
     device = _model_device(model)
     mt = torch.tensor(m, device=device).view(1, 3, 1, 1)
@@ -307,7 +321,7 @@ def visualize(
     batch_size: Optional[int] = None,
     samples: int = 1,
     diversity: float = 0.0,
-    layout: Optional[Layout] = None,
+    layout: Optional[Union[str, Layout]] = None,
     transforms: Optional[Transform] = None,
     decorrelate: bool = True,
     fold_bn: bool = True,
@@ -340,9 +354,12 @@ def visualize(
         samples (int): images per channel. Default 1.
         diversity (float): weight of the :func:`~captum_topk.featvis.objectives.diversity`
             term among a channel's samples (only with ``samples > 1``). Default 0.
-        layout (Callable, optional): maps the layer's raw output to ``(N, C, H, W)`` or
-            ``(N, C)`` (e.g. ``lambda t: t.permute(0, 3, 1, 2)`` for channels-last). Default:
-            4-D outputs are ``(N, C, H, W)``, 2-D ``(N, C)``, anything else an error.
+        layout (str or Callable, optional): how the layer's raw output is read:
+            ``"auto"``, ``"NCHW"``, ``"NHWC"``, ``"NLC"`` or ``"NC"`` as the miner reads it
+            (:func:`~captum_topk.featvis.layouts.layer_layout`: channels-last maps, ViT tokens
+            on their patch grid; ``"<layer>[prefix]"`` for a token layer's prefix tokens), or a
+            function mapping it to ``(N, C, H, W)`` / ``(N, C)``. Default None: 4-D outputs are
+            ``(N, C, H, W)``, 2-D ``(N, C)``, anything else an error.
         transforms (Transform, optional): the robustness transforms; default
             :func:`~captum_topk.featvis.transforms.default_transforms` (pad, jitter, scale,
             rotate). Pass ``Compose([])`` for none.
@@ -393,13 +410,16 @@ def visualize(
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}.")
     size, steps, samples = int(size), int(steps), int(samples)
-    name, module = resolve_layers(model, layer)[0]
+    name, module, layout = _resolve(model, layer, size, layout)
     m, s = _normalisation(info, mean, std)
     model_dev = _model_device(model)
     dev = torch.device(device) if device is not None else model_dev
     if dev.type != model_dev.type or (dev.index is not None and dev.index != model_dev.index):
         raise ValueError(f"The model is on {model_dev} but device={dev}: move it first (model.to({str(dev)!r})).")
     transforms = default_transforms() if transforms is None else transforms
+    fixed = fixed_input_size(model)
+    if fixed is not None:  # a ViT takes one input size: the transformed images are brought back to it
+        transforms = Compose([transforms, Resize(fixed)])
     obj_name = objective if isinstance(objective, str) else getattr(objective, "__name__", "custom")
     mt = torch.tensor(m, device=dev).view(1, 3, 1, 1)
     st = torch.tensor(s, device=dev).view(1, 3, 1, 1)

@@ -251,6 +251,30 @@ class Compose(Transform):
         return f"Compose([{', '.join(map(repr, self.transforms))}])"
 
 
+class Resize(Transform):
+    r"""Resize every image to ``size`` x ``size`` (bilinear, antialiased): the last transform for
+    models that take one input size only (torchvision / timm Vision Transformers), after the
+    pad and jitter that change it.
+
+    Args:
+        size (int): the model's input side.
+    """
+
+    def __init__(self, size: int) -> None:
+        if int(size) < 1:
+            raise ValueError(f"size must be >= 1, got {size}.")
+        self.size = int(size)
+
+    def __call__(self, images: Tensor, generators: Generators) -> Tensor:
+        if tuple(images.shape[-2:]) == (self.size, self.size):
+            return images
+        return F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                             antialias=True)
+
+    def __repr__(self) -> str:
+        return f"Resize({self.size})"
+
+
 def default_transforms() -> Compose:
     r"""Lucid's standard set: pad 12 px (grey), jitter 8 px, scale 0.9-1.1, rotate ±10°,
     jitter 4 px. A 128 px image reaches the model at 140 px.
