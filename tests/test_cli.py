@@ -194,3 +194,16 @@ def test_backend_auto_falls_back_to_pytorch_and_says_why(tmp_path, data, checkpo
         assert main(_mine_args(data, checkpoint, tmp_path / "run", "--max-images", "4", "--input-size", "64")) == 0
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["backend"] == "torch" and "aten::magic" in info["backend_reason"]
+
+
+def test_show_vis_writes_visualizations_beside_the_patches(tmp_path, data, checkpoint, monkeypatch):
+    import captum_topk.runs.visualize as runs_vis
+
+    monkeypatch.setitem(runs_vis.VIS_SETTINGS, "steps", 4)
+    monkeypatch.setitem(runs_vis.VIS_SETTINGS, "size", 32)
+    out = tmp_path / "run"
+    assert main(_mine_args(data, checkpoint, out, "--max-images", "8", "--backend", "torch")) == 0
+    assert main(["show", str(out), "--layer", "layer1", "--channels", "0", "3", "--vis"]) == 0
+    assert (out / "layer1_vis.png").is_file()
+    cached = sorted(p.name for p in (out / "featvis").rglob("*.pt"))
+    assert len(cached) == 2  # one file per channel, keyed by the weights' digest and the settings
