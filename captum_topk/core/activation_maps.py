@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .records import ImageSource, _fetch_image
+from .records import ImageSource, record_image
 from .sources.base import ActivationSource
 from .sources.layouts import PREFIX_SUFFIX
 from .sources.torch import TorchSource
@@ -73,7 +73,7 @@ def activation_maps(
     records = result.records(layer, channel, which)[:n]
     if not records:
         return torch.empty(0)
-    images = torch.stack([_fetch_image(images_source, r.index, transform) for r in records])
+    images = torch.stack([record_image(images_source, r, transform) for r in records])
     acts = _source_for(result, layer, model)(images)[layer]
     maps = acts[:, channel].float().cpu()
     return maps if maps.dim() == 3 else maps.reshape(-1, 1, 1)

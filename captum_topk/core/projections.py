@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from ..capture.hooks import resolve_layers
 from .sources.layouts import PREFIX_SUFFIX
 from ..utils.modules import device_dtype, root_module
-from .records import ImageSource, PatchRecord, _fetch_image
+from .records import ImageSource, PatchRecord, record_image
 
 __all__ = [
     "Neuron",
@@ -474,15 +474,7 @@ def projections(
         name = type(attributor).__name__
         extra = [t for t in relu_types if not issubclass(t, nn.ReLU)] if rule is not None else []
         hooked_root = root if root is not None else getattr(attributor, "forward_func", None)
-        images = []
-        for r in recs:
-            image = _fetch_image(images_source, r.index, transform)
-            if tuple(image.shape[-2:]) != tuple(r.input_size):
-                raise ValueError(
-                    f"Image {r.index} is {tuple(image.shape[-2:])} but was mined at "
-                    f"{tuple(r.input_size)}: pass the source with the transform used for mining."
-                )
-            images.append(image)
+        images = [record_image(images_source, r, transform) for r in recs]
         # One backward pass for all the records of one input size: each image's own neuron is
         # selected by a callable selector (images do not interact in eval mode), unless the
         # method or the extra forward arguments need the per-record loop.

@@ -67,3 +67,24 @@ def _fetch_image(source: ImageSource, index: int, transform: Optional[Callable])
             "pass the same dataset (with its transform) that was mined, or transform=..."
         )
     return item
+
+
+def record_image(images_source: ImageSource, record: PatchRecord, transform: Optional[Callable] = None) -> Tensor:
+    r"""The model input a record was mined on, checked against the size it was mined at.
+
+    Args:
+        images_source: the images as the model saw them (a tensor, a dataset, a callable).
+        record (PatchRecord): a mined record.
+        transform (Callable, optional): applied to PIL items.
+    Returns:
+        Tensor: ``(C, H, W)``.
+    Raises:
+        ValueError: the image is not the size the record was mined at (another transform).
+    """
+    image = _fetch_image(images_source, record.index, transform)
+    if tuple(image.shape[-2:]) != tuple(record.input_size):
+        raise ValueError(
+            f"Image {record.index} is {tuple(image.shape[-2:])} but was mined at "
+            f"{tuple(record.input_size)}: pass the source with the transform used for mining."
+        )
+    return image

@@ -14,7 +14,7 @@ from .accumulators.topk import TopKState
 from ..utils.files import atomic_torch_save
 from ..receptive_field.field import ReceptiveField
 from .accumulators.stats import ChannelStats, label_histogram
-from .records import Box, ImageSource, PatchRecord, _fetch_image
+from .records import Box, ImageSource, PatchRecord, record_image
 
 FORMAT = "captum-topk/2"
 #: Largest k and channel count a result file may declare (a damaged or hostile file is refused).
@@ -159,12 +159,7 @@ class TopKResult:
         recs = self.records(layer, channel, which)[:n]
         crops = []
         for r in recs:
-            image = _fetch_image(images_source, r.index, transform)
-            if tuple(image.shape[-2:]) != tuple(r.input_size):
-                raise ValueError(
-                    f"Image {r.index} is {tuple(image.shape[-2:])} but was mined at "
-                    f"{tuple(r.input_size)}: pass the source with the transform used for mining."
-                )
+            image = record_image(images_source, r, transform)
             if self._state(layer).spatial:
                 rf = self.receptive_fields[layer][tuple(r.input_size)]
                 crops.append(rf.padded_crop(image, r.y, r.x, fill=fill))

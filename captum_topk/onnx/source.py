@@ -15,9 +15,7 @@ import onnx  # the real package
 from torch import Tensor
 
 from ..capture.layouts import ChannelsLastError
-from ..capture.tokens import token_footprints, token_layout
-from ..core.sources.base import ActivationSource, LayerInfo
-from ..core.sources.layouts import PREFIX_SUFFIX, canonical, check_shape, layout_of, size_key, whole_image_field
+from ..core.sources.mapped import MappedSource
 from .graph import ModelLike, load_onnx, resolve_tensors
 from .runtime import OnnxForward, model_digest, onnx_receptive_fields
 from .sidecar import Sidecar, load_sidecar
@@ -25,7 +23,7 @@ from .sidecar import Sidecar, load_sidecar
 __all__ = ["OnnxSource"]
 
 
-class OnnxSource(ActivationSource):
+class OnnxSource(MappedSource):
     r"""Activations of tensors of an ONNX model, computed by ONNX Runtime.
 
     Args:
@@ -93,18 +91,11 @@ class OnnxSource(ActivationSource):
         self.rf_batch_size = int(rf_batch_size)
         self.progress = progress
         self._digest: Optional[str] = None
-        self._infos: Dict[Tuple[int, int, int], Dict[str, LayerInfo]] = {}
 
-    def __call__(self, images: Tensor, additional_forward_args: Any = None) -> Dict[str, Tensor]:
+    def _raw(self, images: Tensor, additional_forward_args: Any = None) -> List[Tensor]:
         if additional_forward_args is not None:
             raise ValueError("An ONNX model takes the images only: additional_forward_args is not supported.")
-        outs = self.forward(images)
-        infos = self._infos_for(images, outs)
-        acts: Dict[str, Tensor] = {}
-        for name, out in zip(self.names, outs):
-            check_shape(out, infos[name])
-            acts.update(canonical(out, infos[name], infos.get(name + PREFIX_SUFFIX)))
-        return acts
+        return self.forward(images)
 
     def attribute(self, inputs: Any, additional_forward_args: Any = None,
                   attribute_to_layer_input: bool = False) -> Any:
@@ -118,12 +109,6 @@ class OnnxSource(ActivationSource):
     def check_images(self, images: Tensor) -> None:
         self.forward.check(images)
 
-    def layer_infos(self, images: Tensor) -> Dict[str, LayerInfo]:
-        key = size_key(images)
-        if key not in self._infos:
-            self._infos_for(images[:1], self.forward(images[:1]))
-        return self._infos[key]
-
     def _wanted(self, name: str, out: Tensor) -> str:
         declared = (self.sidecar.layouts.get(name, {}) if self.sidecar is not None else {}).get("layout")
         wanted = self.layout.get(name, "auto") if isinstance(self.layout, dict) else self.layout
@@ -133,36 +118,13 @@ class OnnxSource(ActivationSource):
             return "NHWC"
         return wanted
 
-    def _infos_for(self, images: Tensor, outs: Sequence[Tensor]) -> Dict[str, LayerInfo]:
-        key = size_key(images)
-        if key in self._infos:
-            return self._infos[key]
-        size = (key[0], key[1])
-        layouts = {name: layout_of(name, out, self._wanted(name, out)) for name, out in zip(self.names, outs)}
-        fields = self._fields([n for n in self.names if layouts[n] in ("NCHW", "NHWC", "auto4")], layouts, size)
-        infos: Dict[str, LayerInfo] = {}
-        for name, out in zip(self.names, outs):
-            shape = tuple(int(d) for d in out.shape[1:])
-            layout = layouts[name]
-            if layout == "NC":
-                infos[name] = LayerInfo(name, "NC", shape[0], (1, 1), shape, size, None, "image")
-            elif layout == "NLC":
-                declared = self.sidecar.layouts.get(name, {}) if self.sidecar is not None else {}
-                prefix, grid = token_layout(shape[0], size, None,
-                                            self.prefix_tokens if self.prefix_tokens is not None else declared.get("prefix_tokens"),
-                                            self.token_grid or declared.get("grid"), name)
-                infos[name] = LayerInfo(name, "NLC", shape[1], grid, shape, size, token_footprints(grid, size), "token", prefix)
-                if prefix:
-                    infos[name + PREFIX_SUFFIX] = LayerInfo(name + PREFIX_SUFFIX, "NLC", shape[1], (prefix, 1), shape,
-                                                            size, whole_image_field((prefix, 1), size), "image", prefix)
-            else:
-                layout = "NHWC" if layout == "NHWC" or name in fields.get("__channels_last__", ()) else "NCHW"
-                c, grid = (shape[2], (shape[0], shape[1])) if layout == "NHWC" else (shape[0], (shape[1], shape[2]))
-                infos[name] = LayerInfo(name, layout, c, grid, shape, size, fields[name], "receptive_field")
-        self._infos[key] = infos
-        return infos
+    def _token_options(self, name: str) -> Tuple[Any, Optional[int], Optional[Tuple[int, int]]]:
+        declared = self.sidecar.layouts.get(name, {}) if self.sidecar is not None else {}
+        prefix = self.prefix_tokens if self.prefix_tokens is not None else declared.get("prefix_tokens")
+        return None, prefix, self.token_grid or declared.get("grid")
 
-    def _fields(self, names: Sequence[str], layouts: Dict[str, str], size: Tuple[int, int]) -> Dict[str, Any]:
+    def _fields(self, names: Sequence[str], layouts: Dict[str, str], size: Tuple[int, int],
+                channels: int = 3) -> Dict[str, Any]:
         r"""Receptive fields: the sidecar's for the exported size, else probed through ONNX
         Runtime (``"auto4"`` tensors the probe finds channels-last are probed again as such)."""
         out: Dict[str, Any] = {}

@@ -99,10 +99,10 @@ def record_overlays(
         threshold = value if np.isfinite(value) else None
     mean = mean if mean is not None else result.metadata.get("mean")
     std = std if std is not None else result.metadata.get("std")
-    from ..core.records import _fetch_image
+    from ..core.records import record_image
 
     records = result.records(layer, channel, which)[: maps.shape[0]]
     scale = float(maps.max()) if which == "top" else float(maps.min())
-    return np.stack([overlay(_fetch_image(images_source, r.index, None), m, threshold, mean, std,
+    return np.stack([overlay(record_image(images_source, r), m, threshold, mean, std,
                              scale=scale if which == "top" else None)
                      for r, m in zip(records, maps)])

@@ -2,6 +2,7 @@ r"""Activation sources (:mod:`.base`): the protocol and :class:`LayerInfo`; the 
 hooks source (:mod:`.torch`). The ONNX Runtime source lives in :mod:`captum_topk.onnx.source`."""
 
 from .base import LAYOUTS, ActivationSource, LayerInfo
+from .mapped import MappedSource
 from .torch import TorchSource
 
-__all__ = ["ActivationSource", "LayerInfo", "LAYOUTS", "TorchSource"]
+__all__ = ["ActivationSource", "MappedSource", "LayerInfo", "LAYOUTS", "TorchSource"]

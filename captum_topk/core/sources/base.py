@@ -116,3 +116,4 @@ class ActivationSource(abc.ABC):
     def describe(self) -> Dict[str, Any]:
         r"""JSON-able facts about the source for a result's metadata (backend, model, ...)."""
         return {}
+

@@ -6,24 +6,22 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
 from captum.attr import LayerActivation
 from torch import Tensor, nn
 
 from ...capture.hooks import LayersSpec, resolve_layers, run_capture
 from ...capture.layouts import ChannelsLastError
-from ...capture.tokens import token_footprints, token_layout
 from ...receptive_field.probe import receptive_fields
 from ...utils.modules import device_dtype, first_conv, root_module
-from .base import ActivationSource, LayerInfo
-from .layouts import LAYOUT_CHOICES, PREFIX_SUFFIX, canonical, check_shape, layout_of, size_key, whole_image_field
+from .mapped import MappedSource
+from .layouts import LAYOUT_CHOICES
 
 __all__ = ["TorchSource"]
 
 
 
 
-class TorchSource(ActivationSource):
+class TorchSource(MappedSource):
     r"""Activations of named layers of a PyTorch model, captured by forward hooks.
 
     Hooks are registered for each batch and removed in ``finally``, also when the forward
@@ -86,7 +84,6 @@ class TorchSource(ActivationSource):
         self.probe_batch_size = int(probe_batch_size)
         self.progress = progress
         self.root = root_module(forward_func)
-        self._infos: Dict[Tuple[int, int, int], Dict[str, LayerInfo]] = {}
         self._warned_training = False
 
     @property
@@ -107,15 +104,6 @@ class TorchSource(ActivationSource):
             if hint is not None and "channel" in str(exc):
                 raise ValueError(hint) from exc
             raise
-
-    def __call__(self, images: Tensor, additional_forward_args: Any = None) -> Dict[str, Tensor]:
-        raws = self._raw(images, additional_forward_args)
-        infos = self._infos_for(images, raws)
-        out: Dict[str, Tensor] = {}
-        for name, raw in zip(self.names, raws):
-            check_shape(raw, infos[name])
-            out.update(canonical(raw, infos[name], infos.get(name + PREFIX_SUFFIX)))
-        return out
 
     def attribute(self, inputs: Any, additional_forward_args: Any = None,
                   attribute_to_layer_input: bool = False) -> Any:
@@ -145,44 +133,11 @@ class TorchSource(ActivationSource):
         return None
 
     # ------------------------------------------------------------------ layer infos
-    def layer_infos(self, images: Tensor) -> Dict[str, LayerInfo]:
-        key = size_key(images)
-        if key not in self._infos:
-            with torch.no_grad():
-                self._infos_for(images[:1], self._raw(images[:1]))
-        return self._infos[key]
-
-    def _wanted(self, name: str) -> str:
+    def _wanted(self, name: str, raw: Tensor) -> str:
         return self.layout.get(name, "auto") if isinstance(self.layout, dict) else self.layout
 
-    def _infos_for(self, images: Tensor, raws: Sequence[Tensor]) -> Dict[str, LayerInfo]:
-        key = size_key(images)
-        if key in self._infos:
-            return self._infos[key]
-        size, channels = (key[0], key[1]), key[2]
-        layouts = {name: layout_of(name, raw, self._wanted(name)) for name, raw in zip(self.names, raws)}
-        fields = self._fields([n for n in self.names if layouts[n] in ("NCHW", "NHWC", "auto4")],
-                              layouts, size, channels)
-        infos: Dict[str, LayerInfo] = {}
-        for name, raw in zip(self.names, raws):
-            shape = tuple(int(d) for d in raw.shape[1:])
-            layout = layouts[name]
-            if layout == "NC":
-                infos[name] = LayerInfo(name, "NC", shape[0], (1, 1), shape, size, None, "image")
-            elif layout == "NLC":
-                prefix, grid = token_layout(shape[0], size, self.root, self.prefix_tokens, self.token_grid, name)
-                infos[name] = LayerInfo(name, "NLC", shape[1], grid, shape, size,
-                                        token_footprints(grid, size), "token", prefix)
-                if prefix:
-                    whole = whole_image_field((prefix, 1), size)
-                    infos[name + PREFIX_SUFFIX] = LayerInfo(name + PREFIX_SUFFIX, "NLC", shape[1], (prefix, 1),
-                                                            shape, size, whole, "image", prefix)
-            else:
-                layout = "NHWC" if layout == "NHWC" or name in fields.get("__channels_last__", ()) else "NCHW"
-                c, grid = (shape[2], (shape[0], shape[1])) if layout == "NHWC" else (shape[0], (shape[1], shape[2]))
-                infos[name] = LayerInfo(name, layout, c, grid, shape, size, fields[name], "receptive_field")
-        self._infos[key] = infos
-        return infos
+    def _token_options(self, name: str) -> Tuple[Any, Optional[int], Optional[Tuple[int, int]]]:
+        return self.root, self.prefix_tokens, self.token_grid
 
     def _fields(self, names: Sequence[str], layouts: Dict[str, str], size: Tuple[int, int],
                 channels: int) -> Dict[str, Any]:
