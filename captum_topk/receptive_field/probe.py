@@ -85,6 +85,7 @@ from torch import Tensor, nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 from tqdm.auto import tqdm
 from ..capture.layouts import ChannelsLastError, looks_channels_last
+from ..utils.modules import device_dtype, first_conv
 from ..capture.hooks import LayerSpec, resolve_layers, run_capture
 from .field import METHODS, ReceptiveField, SizeSpec, _parse_size
 from .cache import _CACHE, _CACHE_LOCK, _CACHE_MAXSIZE, _disk_get, _disk_put, _structural_signature
@@ -249,10 +250,12 @@ def _receptive_fields(
     size = _parse_size(input_size)
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    channels = _infer_in_channels(owner) if in_channels is None else int(in_channels)
+    conv = first_conv(owner)
+    channels = int(in_channels) if in_channels is not None else (int(conv[1].in_channels) if conv else 3)
     if channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}.")
-    device, dtype = _device_dtype(scope)
+    device, dtype = device_dtype(scope)
+    device = device or torch.device("cpu")
 
     keys: Dict[str, tuple] = {}
     results: Dict[str, ReceptiveField] = {}
@@ -296,23 +299,6 @@ def _receptive_fields(
                              results[name].size, results[name].stride, results[name].method)
         for name, _ in pairs
     }
-
-
-def _infer_in_channels(model: nn.Module | None) -> int:
-    for m in model.modules() if model is not None else ():
-        if isinstance(m, nn.Conv2d):
-            c = int(getattr(m, "in_channels", 0) or 0)
-            if c > 0:
-                return c
-    return 3
-
-
-def _device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
-    first = next(iter((*model.parameters(), *model.buffers())), None)
-    return (first.device if first is not None else torch.device("cpu")), torch.float32
 
 
 def _check_nan_propagation(device: torch.device, dtype: torch.dtype) -> None:

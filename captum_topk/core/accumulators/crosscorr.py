@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Accumulator
+from .moments import is_constant
 
 __all__ = ["CrossCorrelation", "paired_positions", "POSITIONS"]
 
@@ -210,8 +211,7 @@ class CrossCorrelation(Accumulator):
         return self._constant(self.m2_b, self.mean_b)
 
     def _constant(self, m2: Tensor, mean: Tensor) -> Tensor:
-        # Same rule as ChannelMoments: variance at float64 rounding level of the mean.
-        return m2 <= 1e-24 * (1.0 + mean.abs() ** 2) * max(self.samples, 1)
+        return is_constant(m2, mean, self.samples)  # the rule of ChannelMoments
 
     def state_dict(self) -> Dict[str, Any]:
         r"""Settings and co-moments (tensors, ints and a string: ``weights_only``-safe)."""

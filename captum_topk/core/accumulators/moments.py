@@ -8,14 +8,46 @@ not depend on how the data is batched or sharded and stays accurate for large me
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Any, Callable, Dict, Mapping
 
 import torch
 from torch import Tensor
 
 from .base import Accumulator
 
-__all__ = ["ChannelMoments"]
+__all__ = ["ChannelMoments", "combine_moments", "is_constant"]
+
+
+def combine_moments(n: int, mean_a: Tensor, mean_b: Tensor, m2_a: Tensor, m2_b: Tensor, c_ab: Tensor,
+                    m: int, ma: Tensor, mb: Tensor, m2a: Tensor, m2b: Tensor, cab: Tensor,
+                    cross: Callable[[Tensor, Tensor], Tensor] = torch.mul):
+    r"""Chan, Golub & LeVeque's pairwise combination of the centred moments of ``n`` samples
+    with those of ``m`` others (float64; exact up to rounding whatever the split).
+
+    Args:
+        n, mean_a, mean_b, m2_a, m2_b, c_ab: the moments so far (means, sums of squared
+            deviations, sum of cross deviations).
+        m, ma, mb, m2a, m2b, cab: the other samples' moments.
+        cross (callable): how the two sides' deviations pair: ``torch.mul`` channel by channel
+            (:class:`ChannelMoments`), ``torch.outer`` every channel of A with every channel of B
+            (:class:`~.crosscorr.CrossCorrelation`).
+    Returns:
+        tuple: ``(n + m, mean_a, mean_b, m2_a, m2_b, c_ab)`` combined (new tensors).
+    """
+    tot = n + m
+    if tot == 0:
+        return 0, mean_a, mean_b, m2_a, m2_b, c_ab
+    delta_a, delta_b = ma - mean_a, mb - mean_b
+    w = n * m / tot
+    return (tot, mean_a + delta_a * (m / tot), mean_b + delta_b * (m / tot),
+            m2_a + m2a + delta_a * delta_a * w, m2_b + m2b + delta_b * delta_b * w,
+            c_ab + cab + cross(delta_a, delta_b) * w)
+
+
+def is_constant(m2: Tensor, mean: Tensor, n: int) -> Tensor:
+    r"""Which channels were constant over their ``n`` samples: a sum of squared deviations at
+    float64 rounding level of the mean."""
+    return m2 <= 1e-24 * (1.0 + mean.abs() ** 2) * max(n, 1)
 
 _MOMENTS = ("mean_a", "mean_b", "m2_a", "m2_b", "c_ab")
 
@@ -60,19 +92,8 @@ class ChannelMoments(Accumulator):
         self._combine(m, ma, mb, (da * da).sum(1), (db * db).sum(1), (da * db).sum(1))
 
     def _combine(self, m: int, ma: Tensor, mb: Tensor, m2a: Tensor, m2b: Tensor, cab: Tensor) -> None:
-        """Chan et al.'s pairwise combination with ``m`` more samples of the given moments."""
-        n = self.n
-        tot = n + m
-        if tot == 0:
-            return
-        delta_a, delta_b = ma - self.mean_a, mb - self.mean_b
-        w = n * m / tot
-        self.mean_a = self.mean_a + delta_a * (m / tot)
-        self.mean_b = self.mean_b + delta_b * (m / tot)
-        self.m2_a = self.m2_a + m2a + delta_a * delta_a * w
-        self.m2_b = self.m2_b + m2b + delta_b * delta_b * w
-        self.c_ab = self.c_ab + cab + delta_a * delta_b * w
-        self.n = tot
+        (self.n, self.mean_a, self.mean_b, self.m2_a, self.m2_b, self.c_ab) = combine_moments(
+            self.n, self.mean_a, self.mean_b, self.m2_a, self.m2_b, self.c_ab, m, ma, mb, m2a, m2b, cab)
 
     def merge(self, other: "ChannelMoments") -> "ChannelMoments":
         r"""Fold in the moments of other images (exact up to float64 rounding); returns self."""
@@ -85,8 +106,7 @@ class ChannelMoments(Accumulator):
         when the two constants are equal, else 0; constant in only one model: 0."""
         denom = torch.sqrt(self.m2_a * self.m2_b)
         r = torch.where(denom > 0, self.c_ab / denom.clamp_min(1e-300), torch.zeros_like(denom))
-        const_a = self.m2_a <= 1e-24 * (1 + self.mean_a.abs() ** 2) * max(self.n, 1)
-        const_b = self.m2_b <= 1e-24 * (1 + self.mean_b.abs() ** 2) * max(self.n, 1)
+        const_a, const_b = is_constant(self.m2_a, self.mean_a, self.n), is_constant(self.m2_b, self.mean_b, self.n)
         both = const_a & const_b
         same = torch.isclose(self.mean_a, self.mean_b, rtol=1e-9, atol=1e-12)
         r = torch.where(both, same.double(), r)
