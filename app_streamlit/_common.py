@@ -140,13 +140,36 @@ def progress_callback(bar: Any, what: str):
 
 
 def ensure_some_run(r: dd.Roots) -> None:
-    r"""First start: with no run under the runs root, mine the embedded default here."""
+    r"""First start: with no run under the runs root, mine the embedded default in the background
+    (the job queue) and show its progress; the page fills in when it is done. The page is on
+    screen at once, whatever the first mining costs."""
     if dd.list_runs(r.runs):
         return
-    bar = st.progress(0.0, text="First start: mining the default run...")
-    with friendly("Could not mine the default run"):
-        dd.ensure_default_run(r, progress=progress_callback(bar, "First start (MobileNetV2-ImageNet on the packaged photos)"))
-    bar.empty()
+    queue = dd.job_queue(r)
+    try:
+        job = queue.submit(dd.DEFAULT_SPEC)
+    except dd.JobRefused as exc:
+        st.warning(f"First start: the default run waits for other jobs ({exc}).")
+        st.stop()
+    st.title("captum-topk")
+    st.info("First start: mining the embedded default, MobileNetV2 with torchvision's real ImageNet weights on the "
+            "44 real photos that installed packages ship, in the background. This page fills in when it is done "
+            "(well under a minute; cached in the runs folder afterwards). Meanwhile the Data and jobs page works.",
+            icon=":material/hourglass_top:")
+
+    @st.fragment(run_every=1.0)
+    def first_start() -> None:
+        if job.status == "done":
+            st.rerun(scope="app")
+        elif job.status in ("failed", "cancelled"):
+            st.error(f"Could not mine the default run: {job.error or job.status}", icon=":material/error:")
+        else:
+            what = f"mining {job.done}/{job.total} images" if job.phase == "mining" and job.total else (
+                "loading the model, exporting it for ONNX Runtime, measuring receptive fields...")
+            st.progress(job.fraction, text=f"Default run: {what}")
+
+    first_start()
+    st.stop()
 
 
 def run_picker(r: dd.Roots) -> Optional[dd.RunEntry]:

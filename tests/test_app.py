@@ -383,3 +383,23 @@ def test_microscope_and_feature_visualizations(world, monkeypatch):
     _ok(at)
     assert "Feature visualization" in [s.value for s in at.subheader]
     assert not [b for b in at.button if b.key == "topk_vis"]  # channel 0 is cached: no button
+
+
+def test_first_start_shows_a_page_at_once_and_mines_the_default_in_the_background(tmp_path, monkeypatch):
+    roots = dd.Roots(data=tmp_path / "data", runs=tmp_path / "runs", checkpoints=tmp_path / "ck",
+                     onnx=tmp_path / "onnx")
+    small = dd.JobSpec(layers=("features.3",), max_images=4, input_size=64, backend="torch")
+    monkeypatch.setattr(dd, "DEFAULT_SPEC", small)  # the embedded default, shortened for the test
+    old = set_env({dd.ENV_VARS[k]: str(getattr(roots, k)) for k in dd.ENV_VARS})
+    try:
+        at = _app(run="")
+        at.run()
+        _ok(at)
+        assert at.title[0].value == "captum-topk" and "First start" in at.info[0].value
+        job = next(j for j in dd.job_queue(roots).jobs() if j.spec == small)
+        assert dd.job_queue(roots).wait(job, timeout=TIMEOUT).status == "done"
+        at.run()
+        _ok(at)
+        assert at.title[0].value == "Top-k patches" and at.selectbox(key="run_widget").value == small.run_name()
+    finally:
+        restore_env(old)

@@ -1,6 +1,7 @@
-r"""``captum-topk dashboard``: mine the embedded default run if missing, then serve the Streamlit
-app, private by default (bound to 127.0.0.1; ``--host 0.0.0.0`` exposes it, see the README's
-"Security and robustness")."""
+r"""``captum-topk dashboard``: serve the Streamlit app, private by default (bound to 127.0.0.1;
+``--host 0.0.0.0`` exposes it, see the README's "Security and robustness"). On a first start the
+app mines the embedded default run in the background while its first page is already on screen
+(``--warm`` mines it before serving instead)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     roots = Roots.from_env(args.base)
     for key, var in ENV_VARS.items():  # the app (another process) reads the same roots
         os.environ.setdefault(var, str(getattr(roots, key)))
-    if not args.no_warm:
+    if args.warm:
         t0 = time.monotonic()
         print("preparing the default run (cached after the first time)...", flush=True)
         folder = ensure_default_run(roots)
@@ -56,6 +57,8 @@ def add_dashboard_command(sub: Any) -> None:
                          "every network interface, see the README's 'Security and robustness')")
     sp.add_argument("--port", type=int, default=8501)
     sp.add_argument("--base", default=None, help="folder of the default roots data/ results/ checkpoints/ onnx_models/")
-    sp.add_argument("--no-warm", action="store_true", help="do not mine the default run first")
+    sp.add_argument("--warm", action="store_true",
+                    help="mine the default run before serving (by default the page opens at once and mines it "
+                         "in the background on a first start)")
     sp.add_argument("--dry-run", action="store_true", help="print the streamlit command instead of running it")
     sp.set_defaults(func=cmd_dashboard)
