@@ -7,7 +7,8 @@ joined at ``\\``, ``#`` comments dropped as the shell drops them): ``captum-topk
 ``python -m captum_topk ...`` in this process through ``captum_topk.cli.main``, any other
 ``python ...`` and ``torchrun ...`` as a subprocess (with this checkout first on
 ``PYTHONPATH``), and the plain file commands ``mkdir``, ``cp``, ``ls``, ``cat``, ``echo``. Any
-other command fails the test. Every command must exit with 0. The working directory is a fresh
+other command, and shell syntax (pipes, ``&&``, redirections, ``$VARIABLES``), fails the test:
+one plain command a line. Every command must exit with 0. The working directory is a fresh
 temporary folder shared by the blocks of one file, so files an example writes land there and
 later blocks can use them. A failure names the Markdown file and line.
 
@@ -54,6 +55,7 @@ RUN_LANGS = ("python", "bash", "sh")
 TEXT_LANGS = ("", "text", "json", "toml", "yaml", "ini", "csv", "diff")
 SHELL_TOOLS = ("mkdir", "cp", "ls", "cat", "echo")
 NEVER_RUN = ("make", "streamlit", "pip")
+SHELL_SYNTAX = ("|", "||", "&", "&&", ";", ">", ">>", "<", "2>", "2>&1")
 _MARK = re.compile(r"^<!--\s*test:\s*(?P<mark>.*?)\s*-->\s*$")
 _FENCE = re.compile(r"^```(?P<lang>[\w+-]*)[^`]*$")  # the info string's first word
 
@@ -135,6 +137,8 @@ def _check(path: Path, all_blocks: List[Block]) -> None:
                     f"{path.name}:{line}: `{' '.join(argv)}` must be in a block marked <!-- test: skip REASON -->")
                 known = argv[0] in ("captum-topk", "python", "python3", "torchrun", *SHELL_TOOLS)
                 assert known, f"{path.name}:{line}: unknown command `{argv[0]}` (mark its block skip, with the reason)"
+                shell = [a for a in argv if a in SHELL_SYNTAX or "$" in a or "`" in a]
+                assert not shell, f"{path.name}:{line}: shell syntax {shell} is not run here: one plain command a line"
 
 
 def _subprocess_env() -> Dict[str, str]:
@@ -208,3 +212,39 @@ def test_examples_run_as_written(path, with_slow, tmp_path, monkeypatch, request
                     _run_command(argv, f"{path.name}:{line}")
         print(f"{path.name}:{b.line} ({b.lang}{', ' + b.mark if b.mark else ''}): "
               f"{time.perf_counter() - t0:.1f} s, CPU {_cpu_seconds() - cpu0:.1f} s")
+
+
+# ---------------------------------------------------------------------- the runner's own rules
+@pytest.mark.parametrize("text, expected", [
+    ("<!-- test: slow -->\n\n```python\nx = 1\n```\n", "right before a ``` block"),
+    ("<!-- test: slwo -->\n```python\nx = 1\n```\n", "unknown test mark 'slwo'"),
+    ("<!-- test: skip -->\n```bash\nmake run\n```\n", "must say why"),
+    ("```bash\nmake run\n```\n", "<!-- test: skip REASON -->"),
+    ("<!-- test: slow -->\n```bash\npip install x\n```\n", "<!-- test: skip REASON -->"),
+    ("```console\n$ captum-topk layers\n```\n", "neither run nor known as text"),
+    ("```bash\nrm -rf runs\n```\n", "unknown command `rm`"),
+    ("```bash\ncaptum-topk layers | head\n```\n", "shell syntax ['|']"),
+    ("```python\nx = 1\n", "unclosed"),
+    ("<!-- test: env -->\n```python\nx = 1\n```\n", "env NAME=VALUE"),
+])
+def test_the_runner_refuses_what_it_would_not_run(tmp_path, text, expected):
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Title\n\n" + text)
+    with pytest.raises(AssertionError, match=re.escape(expected)):
+        _check(doc, blocks(doc))
+
+
+def test_the_runner_reads_blocks_commands_and_lines(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("# T\n\n<!-- test: skip starts a server -->\n```bash\nmake run\n```\n\n"
+                   "```bash\n# a comment\ncaptum-topk mine --layers a \\\n    b --out 'x y'   # why\n\n"
+                   "captum-topk show x\n```\n```text\noutput\n```\n<!-- test: env A=1 B=2 -->\n```python\nx = 1\n```\n")
+    bs = blocks(doc)
+    assert [(b.lang, b.mark, b.arg, b.line) for b in bs] == [
+        ("bash", "skip", "starts a server", 4), ("bash", "", "", 8), ("text", "", "", 15), ("python", "env", "A=1 B=2", 19)]
+    assert list(commands(bs[1])) == [(10, ["captum-topk", "mine", "--layers", "a", "b", "--out", "x y"]),
+                                     (13, ["captum-topk", "show", "x"])]
+    _check(doc, bs)  # all allowed
+    with pytest.raises(SyntaxError):
+        doc.write_text("```python\nx = (\n```\n")
+        _check(doc, blocks(doc))
