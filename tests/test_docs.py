@@ -27,10 +27,13 @@ a mark must be one of the three above and sit right before a block; ``make``, ``
 ``pip`` lines must sit in a skipped block (so that the choice is visible in the document); the
 commands of slow blocks are checked too, and their Python is compiled.
 
-The examples use the persistent receptive-field cache, as a reader's runs do
-(``~/.cache/captum_topk``, which ``make run`` warms; ``$CAPTUM_TOPK_DOCS_CACHE_DIR`` overrides
-it, e.g. an empty folder to time a cold run), not the suite's private empty one: the probe
-itself is tested in ``tests/test_receptive_field.py``; here it would only cost minutes.
+The examples run with one intra-op thread (``torch.set_num_threads(1)``, ``OMP_NUM_THREADS=1``
+for subprocesses), like the other tests that time or run real models: on a shared 2-core
+machine two OpenMP threads per process spin against the other jobs and made this file three
+times slower (CPU 288 s against 100 s); the examples' results do not depend on it.
+
+Receptive fields are measured with the suite's private, empty cache (``tests/conftest.py``):
+a cold start is what the examples cost (tracing makes it cheap), not a cache of earlier runs.
 """
 
 from __future__ import annotations
@@ -150,10 +153,13 @@ def _subprocess_env() -> Dict[str, str]:
 def _run_command(argv: List[str], where: str) -> None:
     from captum_topk.cli import main
 
-    if argv[0] == "captum-topk":
-        rc = main(argv[1:])
-    elif argv[:3] in (["python", "-m", "captum_topk"], ["python3", "-m", "captum_topk"]):
-        rc = main(argv[3:])
+    if argv[0] == "captum-topk" or argv[:3] in (["python", "-m", "captum_topk"], ["python3", "-m", "captum_topk"]):
+        saved = dict(os.environ)
+        try:
+            rc = main(argv[1:] if argv[0] == "captum-topk" else argv[3:])
+        finally:  # a command may set variables for the processes it starts: not for later examples
+            os.environ.clear()
+            os.environ.update(saved)
     elif argv[0] in ("python", "python3", "torchrun"):
         head = [sys.executable, "-m", "torch.distributed.run"] if argv[0] == "torchrun" else [sys.executable]
         args = [str(ROOT / a) if a.startswith(("docs/", "benchmarks/")) else a for a in argv[1:]]
@@ -193,8 +199,12 @@ def test_examples_run_as_written(path, with_slow, tmp_path, monkeypatch, request
         pytest.skip(f"{path.name} has <!-- test: slow --> blocks: they run with `pytest -m slow`")
     namespace: dict = {"__name__": "__docs__"}
     monkeypatch.chdir(tmp_path)
-    cache = os.environ.get("CAPTUM_TOPK_DOCS_CACHE_DIR") or str(Path.home() / ".cache" / "captum_topk")
-    monkeypatch.setenv("CAPTUM_TOPK_CACHE_DIR", cache)
+    import torch  # one intra-op thread, here and in subprocesses (see the module docstring)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     for b in all_blocks:
         if b.lang not in RUN_LANGS or b.mark == "skip" or (b.mark == "slow" and not with_slow):
             continue
