@@ -5,7 +5,8 @@ r"""Regenerate the figures of docs/transfer.md: ImageNet MobileNetV2 vs its ELPV
 Needs ``elpv-dataset==1.0.0.post1`` (pip install --no-deps; CC BY-NC-SA 4.0, read from the
 installed package, never copied here). When the fine-tuned checkpoint is missing it is trained
 first with the default settings of ``captum-topk finetune`` (a few minutes on 2 CPU cores).
-The comparison runs on the held-out images of the checkpoint's own split, over every block of
+The comparison runs on the validation images of the checkpoint's own split (whole modules
+the model was not trained on; the test split stays for the accuracy alone), over every block of
 MobileNetV2 (features.0 ... features.18), and writes the full report to
 ``results/transfer_compare/`` and three PNGs to ``docs/images/``:
 
@@ -62,7 +63,7 @@ def main() -> int:
     base, _ = load_model("mobilenet_v2-imagenet")
     tuned, info = load_finetuned(ckpt)
     dataset = elpv_dataset(info.transform, task=str(meta.get("dataset", "elpv/binary")).split("/")[-1])
-    held_out = meta["split"]["val_index"]
+    held_out = meta["split"]["val_index"]  # validation modules: never trained on
     if args.max_images:
         held_out = held_out[: args.max_images]
     images = dataset.subset(held_out)
@@ -70,16 +71,19 @@ def main() -> int:
     t0 = time.monotonic()
     cmp = compare_models(base, tuned, images, model_blocks(base), k=9, batch_size=32,
                          names=("ImageNet", "fine-tuned on ELPV"))
-    print(f"compared on {cmp.n_images} held-out cells in {time.monotonic() - t0:.0f} s")
+    print(f"compared on {cmp.n_images} validation cells in {time.monotonic() - t0:.0f} s")
     save_report(cmp, args.out, images_source=images, mean=info.mean, std=info.std, top=4,
-                settings={"checkpoint": str(ckpt), "images": "held-out split of the checkpoint",
+                settings={"checkpoint": str(ckpt), "images": "validation split of the checkpoint",
                           "input_size": list(info.input_size), "resize_size": info.resize_size})
     out = Path(args.images)
     _save(cka_figure(cmp), out / "transfer_cka.png")
     _save(most_changed_figure(cmp), out / "transfer_most_changed.png")
     _save(changed_patches_figure(cmp, images, info.mean, info.std, top=4), out / "transfer_changed_patches.png")
     summary = {"linear_probe_val": meta["metrics"].get("linear_probe_val"),
+               "linear_probe_test": meta["metrics"].get("linear_probe_test"),
                "finetuned_val": meta["metrics"].get("val"),
+               "finetuned_test": meta["metrics"].get("test"),
+               "selected_epoch": meta.get("epoch"),
                "most_changed": cmp.most_changed(8),
                "cka_diagonal": [float(cmp.cka[i, i]) for i in range(len(cmp.layers_a))]}
     print(json.dumps(summary, indent=1, default=str)[:4000])

@@ -225,7 +225,7 @@ def test_checkpoint_per_epoch_reloads_with_identical_predictions(tmp_path):
 
 
 @needs_mnv2
-def test_cli_finetune_then_compare(tmp_path):
+def test_cli_finetune_then_compare(tmp_path, capsys):
     data = _class_folder(tmp_path / "data", n=16)
     ckpt = tmp_path / "toy-finetuned.pt"
     assert main(["finetune", "--data", str(data), "--input-size", "40", "--epochs", "1",
@@ -235,6 +235,13 @@ def test_cli_finetune_then_compare(tmp_path):
                  "--no-progress"]) == 0
     assert ckpt.exists() and (tmp_path / "toy-finetuned-epoch01.pt").exists()
     assert (tmp_path / "toy-linear-probe.pt").exists()
+    printed = capsys.readouterr().out
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    split = raw["split"]
+    assert (len(split["train_index"]), len(split["val_index"]), len(split["test_index"])) == (8, 4, 4)
+    assert "8 train / 4 validation / 4 test images (split by image)" in printed
+    assert f"fine-tuned:   {100 * raw['metrics']['test']['accuracy']:.1f}%" in printed
+    assert "epoch 1 (chosen by val accuracy)" in printed
     out = tmp_path / "cmp"
     assert main(["compare", "mobilenet_v2-imagenet", "--checkpoint-b", str(ckpt), "--data",
                  str(data), "--layers", "features.2", "features.17", "features.18",

@@ -32,21 +32,31 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         model=args.model, checkpoint=args.checkpoint, data=args.data, task=args.task,
         input_size=args.input_size, resize_size=args.resize_size, unfreeze=args.unfreeze,
         epochs=args.epochs, lr=args.lr, head_lr=args.head_lr, weight_decay=args.weight_decay,
-        batch_size=args.batch_size, val_fraction=args.val_fraction, max_images=args.max_images,
-        flip=not args.no_flip, train_bn=args.train_bn, optimizer=args.optimizer,
-        probe_l2=args.probe_l2, seed=args.seed, workers=args.workers, out=args.out,
-        progress=not args.no_progress,
+        batch_size=args.batch_size, val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction, grouped=not args.no_group, select=args.select,
+        max_images=args.max_images, flip=not args.no_flip, train_bn=args.train_bn,
+        optimizer=args.optimizer, probe_l2=args.probe_l2, seed=args.seed, workers=args.workers,
+        out=args.out, progress=not args.no_progress,
     )
-    n_tr, n_va = len(res.train_index), len(res.val_index)
-    print(f"classes {res.classes}; {n_tr} training / {n_va} held-out images")
-    print(f"linear probe (frozen base):  val accuracy {_pct(res.probe['val'])}  -> {res.probe_checkpoint}")
+    n_tr, n_va, n_te = len(res.train_index), len(res.val_index), len(res.test_index)
+    grouped = "by module" if args.data == "elpv" and not args.no_group else "by image"
+    print(f"classes {res.classes}; {n_tr} train / {n_va} validation / {n_te} test images "
+          f"(split {grouped})")
+    print(f"linear probe (frozen base, L2 {res.probe['l2']:g}): val {_pct(res.probe['val'])}  "
+          f"-> {res.probe_checkpoint}")
     for h in res.history:
-        print(f"fine-tune epoch {h['epoch']}: val accuracy {_pct(h['val'])}  "
-              f"(train loss {h['train']['loss']:.3f}, {h['seconds']:.0f} s)")
-    print(f"final checkpoint: {res.final_checkpoint}")
+        mark = "  <- selected" if h["epoch"] == res.selected_epoch else ""
+        print(f"fine-tune epoch {h['epoch']}: val {_pct(h['val'])}  "
+              f"(train loss {h['train']['loss']:.3f}, {h['seconds']:.0f} s){mark}")
+    print(f"final model: epoch {res.final['epoch']} (chosen by {res.final['selected_by']}) "
+          f"-> {res.final_checkpoint}")
+    if res.final.get("test") is not None:
+        print(f"test (looked at once, after the choice), {n_te} images:")
+        print(f"  linear probe: {_pct(res.probe['test'])}")
+        print(f"  fine-tuned:   {_pct(res.final['test'])}")
     secs = res.seconds
     print(f"time: cache {secs['cache']:.0f} s, probe {secs['probe']:.0f} s, "
-          f"fine-tune {secs['finetune']:.0f} s")
+          f"fine-tune {secs['finetune']:.0f} s, test {secs.get('test', 0):.0f} s")
     return 0
 
 
@@ -122,7 +132,15 @@ def add_transfer_commands(sub: Any) -> None:
     sp.add_argument("--head-lr", type=float, default=1e-4, help="learning rate of the new head")
     sp.add_argument("--weight-decay", type=float, default=1e-4)
     sp.add_argument("--batch-size", type=int, default=32)
-    sp.add_argument("--val-fraction", type=float, default=0.25, help="held-out share per class")
+    sp.add_argument("--val-fraction", type=float, default=0.2,
+                    help="validation share (chooses the epoch; default 0.2)")
+    sp.add_argument("--test-fraction", type=float, default=0.2,
+                    help="test share (scored once at the end; default 0.2)")
+    sp.add_argument("--no-group", action="store_true",
+                    help="split ELPV by cell instead of by module (cells of one panel may then "
+                         "sit in two splits)")
+    sp.add_argument("--select", choices=["accuracy", "balanced_accuracy", "loss", "last"],
+                    default="accuracy", help="validation metric that picks the epoch (default accuracy)")
     sp.add_argument("--max-images", type=int, default=None, help="a stratified subset (faster)")
     sp.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     sp.add_argument("--optimizer", choices=["sgd", "adamw"], default="adamw")

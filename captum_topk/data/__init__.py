@@ -5,7 +5,7 @@ batching that skips images failing to load (:mod:`.loader`, :mod:`.failures`).""
 
 from .dataset import ImageDataset
 from .demo import DEFAULT_DEMO_GROUPS, DEMO_GROUPS, demo_images
-from .elpv import elpv_available, elpv_dataset
+from .elpv import elpv_available, elpv_dataset, elpv_modules
 from .folder import image_folder
 from .imagenet import imagenet_val
 from .failures import LoadFailure, SkippedImage
@@ -14,6 +14,6 @@ from .limits import DEFAULT_LIMITS, ImageLimits, ImageRejected
 from .loader import GuardedDataset, ImageLoader, LoaderBatch, collate, make_loader
 
 __all__ = ["ImageDataset", "to_rgb", "demo_images", "image_folder", "imagenet_val", "elpv_dataset",
-           "elpv_available", "collate", "make_loader", "IMAGE_EXTENSIONS", "DEMO_GROUPS",
+           "elpv_modules", "elpv_available", "collate", "make_loader", "IMAGE_EXTENSIONS", "DEMO_GROUPS",
            "DEFAULT_DEMO_GROUPS", "ImageLimits", "DEFAULT_LIMITS", "ImageRejected",
            "SkippedImage", "LoadFailure", "LoaderBatch", "ImageLoader", "GuardedDataset"]

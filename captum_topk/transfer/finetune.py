@@ -13,6 +13,10 @@ Two ways to reuse the convolutional layers of an ImageNet model for another task
   from a fitted head distorts the pretrained features less than from a random one), with
   AdamW (default), a lower learning rate for the blocks than for the head and a cosine schedule.
 
+Model selection is honest: the probe's L2 is chosen by cross-validation on the training
+split, the epoch on the validation split, and the test split (when given) is read only
+after the choice is made, once, to score the probe and the chosen model.
+
 Speed on a CPU: the frozen blocks never change, so their output is computed once per image
 and cached (``(N, C, h, w)``: 230 MB for ELPV at 224 px up to ``features.10``, flipped
 training copies included); every epoch
@@ -24,9 +28,9 @@ Blocks (:func:`model_blocks`): the children of ``model.features`` when it is an
 ``nn.Sequential`` (MobileNet, EfficientNet, VGG, SqueezeNet, DenseNet, ConvNeXt...), else the
 top-level children up to the last one holding a convolution (ResNet: ``conv1 ... layer4``).
 
-Checkpoints (one per epoch, plus the probe and the final model) are written atomically and
-hold only tensors and plain containers: ``state_dict`` (the whole model), ``arch``,
-``classes``, ``epoch``, ``metrics``, the preprocessing (``input_size``, ``resize_size``,
+Checkpoints (one per epoch, plus the probe and the final, selected, model) are written
+atomically and hold only tensors and plain containers: ``state_dict`` (the whole model),
+``arch``, ``classes``, ``epoch``, ``metrics``, ``split``, ``selection``, the preprocessing (``input_size``, ``resize_size``,
 ``mean``, ``std``) and the training settings, so that
 ``load_model("mobilenet_v2-imagenet", checkpoint=path)`` (``torch.load(weights_only=True)``)
 rebuilds the model with its new head and class names, and :func:`load_finetuned` rebuilds it
@@ -91,17 +95,23 @@ class FinetuneResult:
     r"""What :func:`finetune` returns.
 
     Attributes:
-        model (nn.Module): the fine-tuned model, eval mode, CPU.
+        model (nn.Module): the fine-tuned model at the selected epoch, eval mode, CPU.
         probe_model (nn.Module): the frozen base with the linear-probe head.
-        probe (dict): linear-probe metrics: ``train`` / ``val`` (see
-            :func:`classification_metrics`), ``l2``, ``cv_accuracy``.
+        probe (dict): linear-probe metrics: ``train`` / ``val`` / ``test`` (see
+            :func:`classification_metrics`; ``test`` None without a test split), ``l2``,
+            ``cv_accuracy``.
         history (list of dict): per epoch: ``epoch``, ``train`` and ``val`` metrics, ``lr``,
-            ``seconds``.
+            ``seconds`` (no test metrics: the test split is not looked at per epoch).
         checkpoints (list of Path): the per-epoch checkpoints, in order.
         probe_checkpoint (Path or None), final_checkpoint (Path or None): the probe model
-            and the final (last-epoch) model.
+            and the final model (the selected epoch's weights).
         classes (list of str), train_index, val_index (ndarray): the task and its split.
-        seconds (dict): wall time of ``cache``, ``probe`` and ``finetune``.
+        test_index (ndarray): the test split (empty when none was given).
+        selected_epoch (int): the epoch chosen on validation (0: no fine-tuning epoch, the
+            probe).
+        final (dict): the chosen model: ``epoch``, ``selected_by`` (``"val accuracy"``...),
+            ``val`` and ``test`` metrics (``test`` None without a test split).
+        seconds (dict): wall time of ``cache``, ``probe``, ``finetune`` and ``test``.
     """
 
     model: nn.Module
@@ -115,15 +125,20 @@ class FinetuneResult:
     train_index: np.ndarray
     val_index: np.ndarray
     seconds: Dict[str, float] = field(default_factory=dict)
+    test_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    selected_epoch: int = 0
+    final: Dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> Dict[str, Any]:
-        r"""JSON-able: probe and per-epoch metrics (without confusion matrices' tensors)."""
+        r"""JSON-able: probe, per-epoch (validation) and final (validation and test) metrics."""
         return {
             "classes": self.classes,
             "n_train": int(len(self.train_index)),
             "n_val": int(len(self.val_index)),
+            "n_test": int(len(self.test_index)),
             "linear_probe": self.probe,
             "finetune": self.history,
+            "final": self.final,
             "checkpoints": [str(p) for p in self.checkpoints],
             "probe_checkpoint": str(self.probe_checkpoint) if self.probe_checkpoint else None,
             "final_checkpoint": str(self.final_checkpoint) if self.final_checkpoint else None,
@@ -218,6 +233,9 @@ def finetune(
     workers: int = 0,
     progress: bool = True,
     on_epoch_end: Optional[Callable[[int, nn.Module, Dict[str, Any]], None]] = None,
+    test_index: Optional[Sequence[int]] = None,
+    select: str = "accuracy",
+    groups: Optional[Sequence] = None,
 ) -> FinetuneResult:
     r"""Linear probe then fine-tuning of ``model`` on a labelled dataset, checkpointed per epoch.
 
@@ -230,15 +248,19 @@ def finetune(
     blocks at ``lr`` and the head at ``head_lr`` (``optimizer``, cosine decay to 0 over all steps,
     cross-entropy; BatchNorm layers keep their pretrained running statistics unless
     ``train_bn``);
-    (5) after each epoch, score the validation split and write a checkpoint. The final model
-    is the last epoch's (no selection on the validation split, so its accuracy is an honest
-    held-out estimate).
+    (5) after each epoch, score the validation split and write a checkpoint; (6) keep the
+    epoch with the best validation ``select`` metric (the earliest among ties) as the final
+    model; (7) only then read the test images (when ``test_index`` is given), once, and
+    score the probe and the final model on them. Validation figures of the chosen model are
+    optimistic (it was chosen on them); its test figures are not.
 
     Args:
         model (nn.Module): a pretrained model (changed in place: new head, trained tail).
         dataset: an :class:`~captum_topk.data.ImageDataset` (with the preprocessing as its
             transform) or any dataset of ``(image, label, id)``.
-        train_index, val_index (sequence of int): the split (see :func:`stratified_split`).
+        train_index, val_index (sequence of int): the split (see
+            :func:`~captum_topk.transfer.split.train_val_test_split`): train fits, validation
+            chooses the epoch.
         classes (sequence of str): class names, ``labels`` index them.
         unfreeze (int or "all"): how many of the last :func:`model_blocks` to train.
         epochs (int): fine-tuning epochs (0: probe only).
@@ -264,6 +286,13 @@ def finetune(
         progress (bool): tqdm bars.
         on_epoch_end (Callable, optional): ``f(epoch, model, epoch_metrics)`` after each
             epoch's checkpoint, the model in eval mode.
+        test_index (sequence of int, optional): the test split, scored once at the end.
+        select (str): how the final epoch is chosen on the validation split:
+            ``"accuracy"`` (default), ``"balanced_accuracy"``, ``"loss"`` (lowest), or
+            ``"last"`` (no choice: the last epoch).
+        groups (sequence, optional): group of each dataset item (e.g.
+            :func:`~captum_topk.data.elpv.elpv_modules`): the probe's cross-validation folds
+            keep groups whole.
 
     Returns:
         FinetuneResult
@@ -272,20 +301,31 @@ def finetune(
 
         >>> model, info = load_model("mobilenet_v2-imagenet")
         >>> ds = elpv_dataset(make_transform(112, resize_size=112))
-        >>> tr, va = stratified_split(ds.labels, 0.25)
-        >>> res = finetune(model, ds, tr, va, ds.classes, unfreeze=5, epochs=4,
+        >>> tr, va, te = train_val_test_split(ds.labels, 0.2, 0.2, groups=elpv_modules())
+        >>> res = finetune(model, ds, tr, va, ds.classes, unfreeze=5, epochs=4, test_index=te,
         ...                out="checkpoints/mobilenet_v2-elpv-finetuned.pt")
-        >>> res.probe["val"]["accuracy"], res.history[-1]["val"]["accuracy"]
+        >>> res.selected_epoch, res.final["val"]["accuracy"], res.final["test"]["accuracy"]
     """
     t0 = time.monotonic()
     classes = [str(c) for c in classes]
     k = len(classes)
     train_index = np.asarray(train_index, dtype=np.int64)
     val_index = np.asarray(val_index, dtype=np.int64)
+    test_index = np.zeros(0, dtype=np.int64) if test_index is None else np.asarray(
+        test_index, dtype=np.int64)
     if len(train_index) == 0 or len(val_index) == 0:
         raise ValueError("Both the training and the validation split need images.")
+    for a, b, what in ((train_index, val_index, "train and validation"),
+                       (train_index, test_index, "train and test"),
+                       (val_index, test_index, "validation and test")):
+        shared = np.intersect1d(a, b)
+        if len(shared):
+            raise ValueError(f"The {what} splits share {len(shared)} image(s) (e.g. index "
+                             f"{int(shared[0])}): give disjoint splits (train_val_test_split).")
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}.")
+    if select not in _SELECT:
+        raise ValueError(f"select must be one of {', '.join(_SELECT)}, got {select!r}.")
     blocks = model_blocks(model)
     if unfreeze == "all":
         n_train_blocks = len(blocks)
@@ -304,7 +344,7 @@ def finetune(
     view = _tail_view(model, frozen)
     boundary = frozen[-1] if frozen else None
 
-    # (2) cache the frozen part's output
+    # (2) cache the frozen part's output (train and validation only: test waits for the end)
     tr_x, tr_y = _cache(model, boundary, dataset, train_index, batch_size, workers, False,
                         progress, "cache train")
     va_x, va_y = _cache(model, boundary, dataset, val_index, batch_size, workers, False,
@@ -331,19 +371,22 @@ def finetune(
     n_plain = len(train_index)
     feats_tr = _head_input(view, head, tr_x[:n_plain], 2 * batch_size)
     feats_va = _head_input(view, head, va_x, 2 * batch_size)
-    probe_head, probe_info = fit_linear_head(feats_tr, tr_y[:n_plain], k, l2=probe_l2, seed=seed)
+    train_groups = None if groups is None else np.asarray(groups)[train_index]
+    probe_head, probe_info = fit_linear_head(feats_tr, tr_y[:n_plain], k, l2=probe_l2, seed=seed,
+                                             groups=train_groups)
     with torch.no_grad():
         head.weight.copy_(probe_head.weight.view_as(head.weight))
         head.bias.copy_(probe_head.bias)
         probe_val = classification_metrics(probe_head(feats_va.float()), va_y, k)
-    probe = {**probe_info, "val": probe_val}
+    probe = {**probe_info, "val": probe_val, "test": None}
     probe_model = copy.deepcopy(model).eval()
     t_probe = time.monotonic()
 
     out_path = Path(out) if out is not None else None
+    split = {"train_index": train_index.tolist(), "val_index": val_index.tolist(),
+             "test_index": test_index.tolist(), "seed": seed, "grouped": groups is not None}
     base_meta = {"classes": classes, **(meta or {}), "unfreeze": n_train_blocks,
-                 "trained_blocks": trained, "head": head_name,
-                 "split": {"val_index": val_index.tolist(), "seed": seed}}
+                 "trained_blocks": trained, "head": head_name, "split": split}
     probe_ckpt = None
     if out_path is not None:
         probe_ckpt = _checkpoint(probe_model, _probe_path(out_path), base_meta, epoch=0,
@@ -355,12 +398,12 @@ def finetune(
     head_ids = {id(p) for p in head_params}
     frozen_ids = {id(p) for name in frozen for p in model.get_submodule(name).parameters()}
     body = [p for p in model.parameters() if id(p) not in head_ids and id(p) not in frozen_ids]
-    groups = [{"params": body, "lr": lr}, {"params": head_params, "lr": head_lr}]
+    groups_opt = [{"params": body, "lr": lr}, {"params": head_params, "lr": head_lr}]
     if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, momentum=0.9, nesterov=True,
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups_opt, momentum=0.9, nesterov=True,
                                                      weight_decay=weight_decay)
     elif optimizer == "adamw":
-        opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
+        opt = torch.optim.AdamW(groups_opt, weight_decay=weight_decay)
     else:
         raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}.")
     steps_per_epoch = math.ceil(len(tr_x) / batch_size)
@@ -369,7 +412,7 @@ def finetune(
     gen = torch.Generator().manual_seed(seed)
     history: List[Dict[str, Any]] = []
     ckpts: List[Path] = []
-    final_ckpt = None
+    best_epoch, best_state = 0, None
     for epoch in range(1, epochs + 1):
         te = time.monotonic()
         view.train()
@@ -403,27 +446,68 @@ def finetune(
                   "val": val, "lr": [g["lr"] for g in opt.param_groups],
                   "seconds": time.monotonic() - te}
         history.append(record)
+        if best_state is None or _better(val, history[best_epoch - 1]["val"], select):
+            best_epoch = epoch
+            best_state = {name: v.detach().clone() for name, v in model.state_dict().items()}
         if out_path is not None:
             ckpts.append(_checkpoint(model, _epoch_path(out_path, epoch), base_meta, epoch=epoch,
                                      stage="finetune", metrics={"val": val, "train": record["train"]}))
         if on_epoch_end is not None:
             on_epoch_end(epoch, model, record)
+    if best_state is not None:  # (6) the epoch chosen on validation
+        model.load_state_dict(best_state)
     model.eval()
     t_end = time.monotonic()
+    selected_by = "last epoch" if select == "last" else f"val {select}"
+    final = {"epoch": best_epoch, "selected_by": selected_by,
+             "val": history[best_epoch - 1]["val"] if best_epoch else probe_val, "test": None}
+
+    # (7) the test split, looked at once, after every choice is made
+    if len(test_index):
+        te_x, te_y = _cache(model, boundary, dataset, test_index, batch_size, workers, False,
+                            progress, "cache test")
+        probe["test"] = classification_metrics(
+            _logits(_tail_view(probe_model, frozen), te_x, 2 * batch_size), te_y, k)
+        final["test"] = classification_metrics(_logits(view, te_x, 2 * batch_size), te_y, k)
+    t_test = time.monotonic()
+    final_ckpt = None
     if out_path is not None:
-        final_ckpt = _checkpoint(model, out_path, base_meta, epoch=epochs, stage="finetune",
-                                 metrics={"val": history[-1]["val"] if history else probe_val,
-                                          "linear_probe_val": probe_val})
+        selection = {"epoch": best_epoch, "selected_by": selected_by}
+        if len(test_index):  # the probe checkpoint gets its test figures too
+            probe_ckpt = _checkpoint(probe_model, _probe_path(out_path), base_meta, epoch=0,
+                                     stage="linear_probe", metrics={
+                                         "val": probe_val, "train": probe_info["train"],
+                                         "test": probe["test"]})
+        final_ckpt = _checkpoint(model, out_path, base_meta, epoch=best_epoch,
+                                 stage="finetune" if best_epoch else "linear_probe",
+                                 selection=selection,
+                                 metrics={"val": final["val"], "test": final["test"],
+                                          "linear_probe_val": probe_val,
+                                          "linear_probe_test": probe["test"]})
     result = FinetuneResult(
-        model=model, probe_model=probe_model, probe=probe, history=history, checkpoints=ckpts,
-        probe_checkpoint=probe_ckpt, final_checkpoint=final_ckpt, classes=classes,
-        train_index=train_index, val_index=val_index,
-        seconds={"cache": t_cache - t0, "probe": t_probe - t_cache, "finetune": t_end - t_probe},
+        model=model, probe_model=probe_model, probe=probe,
+        history=history, checkpoints=ckpts, probe_checkpoint=probe_ckpt,
+        final_checkpoint=final_ckpt, classes=classes, train_index=train_index,
+        val_index=val_index, test_index=test_index, selected_epoch=best_epoch, final=final,
+        seconds={"cache": t_cache - t0, "probe": t_probe - t_cache, "finetune": t_end - t_probe,
+                 "test": t_test - t_end},
     )
     if out_path is not None:
         atomic_write_text(out_path.with_suffix(".json"), json.dumps(
             {**result.summary(), "meta": meta or {}}, indent=1))
     return result
+
+
+_SELECT = ("accuracy", "balanced_accuracy", "loss", "last")
+
+
+def _better(new: Dict[str, Any], best: Dict[str, Any], select: str) -> bool:
+    r"""Whether validation metrics ``new`` beat ``best`` (strictly: ties keep the earlier)."""
+    if select == "last":
+        return True
+    if select == "loss":
+        return new["loss"] < best["loss"]
+    return new[select] > best[select]
 
 
 def load_finetuned(path: PathLike) -> Tuple[nn.Module, Any]:

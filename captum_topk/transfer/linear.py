@@ -43,6 +43,7 @@ def fit_linear_head(
     l2: Optional[float] = None,
     max_iter: int = 100,
     seed: int = 0,
+    groups: Optional[Sequence] = None,
 ) -> Tuple[nn.Linear, Dict[str, Any]]:
     r"""Fit a linear classifier on fixed features (the linear probe of a frozen base).
 
@@ -62,6 +63,10 @@ def fit_linear_head(
             stronger penalty; along the path each fit starts from the previous solution).
         max_iter (int): L-BFGS iterations.
         seed (int): seed of the cross-validation folds.
+        groups (sequence, optional): ``(N,)`` group of each item (e.g. the ELPV module):
+            the cross-validation folds then keep each group whole (see
+            :func:`~captum_topk.transfer.split.train_val_test_split`), so that the chosen L2
+            is the one that generalises to new groups.
 
     Returns:
         (nn.Linear, dict): the layer ``(D -> num_classes)`` in float32, and ``{"l2": ...,
@@ -87,7 +92,10 @@ def fit_linear_head(
 
     cv: Dict[str, float] = {}
     if l2 is None:
-        folds = _stratified_folds(y.numpy(), 3, seed)
+        g = None if groups is None else np.asarray(groups).reshape(-1)
+        if g is not None and len(g) != len(y):
+            raise ValueError(f"groups has {len(g)} entries for {len(y)} labels.")
+        folds = _stratified_folds(y.numpy(), 3, seed, groups=g)
         correct = {lam: 0 for lam in _L2_GRID}
         for f in folds:
             tr = np.setdiff1d(np.arange(len(y)), f)
