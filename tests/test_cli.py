@@ -207,3 +207,24 @@ def test_show_vis_writes_visualizations_beside_the_patches(tmp_path, data, check
     assert (out / "layer1_vis.png").is_file()
     cached = sorted(p.name for p in (out / "featvis").rglob("*.pt"))
     assert len(cached) == 2  # one file per channel, keyed by the weights' digest and the settings
+
+
+@pytest.mark.parametrize("arch, expected", [
+    ("resnet18", ["layer1", "layer2", "layer3"]),
+    ("vit_b_16", ["encoder.layers.encoder_layer_1", "encoder.layers.encoder_layer_4",
+                  "encoder.layers.encoder_layer_8"]),
+    ("regnet_x_400mf", ["trunk_output.block1", "trunk_output.block2", "trunk_output.block3"]),
+    ("maxvit_t", ["blocks.0", "blocks.1", "blocks.2"]),              # not the classifier's Sequential
+    ("densenet121", ["features.denseblock1", "features.denseblock2", "features.denseblock3"]),
+    ("googlenet", ["conv2", "inception3b", "inception4d"]),           # top level, pools / fc left out
+])
+def test_default_layers_are_blocks_of_the_trunk(arch, expected):
+    from captum_topk.runs.layers import suggest_layers
+
+    kwargs = {"init_weights": False} if arch == "googlenet" else {}
+    net = torchvision.models.get_model(arch, **kwargs)
+    names = [n for n, _ in net.named_modules() if n]
+    assert suggest_layers(names) == expected
+    wrapped = torch.nn.Sequential()
+    wrapped.add_module("backbone", net)            # the same trunk one level down
+    assert suggest_layers([n for n, _ in wrapped.named_modules() if n]) == [f"backbone.{x}" for x in expected]

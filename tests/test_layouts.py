@@ -100,6 +100,25 @@ def test_torchvision_convnext_and_swin_internals():
         assert res.layout(layer) == "NHWC"
 
 
+def test_swin_stages_are_channels_last_also_where_their_field_is_the_whole_image():
+    # Shifted-window attention multiplies the wrapped rows by an exact-zero-after-rounding
+    # weight: NaN crosses the image (0 * NaN), a finite change does not. Deeper stages see the
+    # whole image, no locality is left to read; the shape under a taller input tells.
+    torch.manual_seed(0)
+    swin = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2, 2, 2],
+                                              num_heads=[1, 1, 1], window_size=[4, 4]).eval()
+    x = _images(3, 64)
+    layers = ["features.1", "features.3", "features.5"]
+    res = LayerTopKPatches(swin, layers, k=2).mine(x, progress=False)
+    for layer, channels in zip(layers, (8, 16, 32)):
+        assert res.layout(layer) == "NHWC" and res.num_channels(layer) == channels, layer
+        raw = full_activations(swin, swin.get_submodule(layer), x)
+        _assert_topk(res, layer, raw.permute(0, 3, 1, 2), 2)
+    cnn = torchvision.models.resnet18().eval()          # channels-first maps stay channels-first
+    res = LayerTopKPatches(cnn, ["layer1", "layer4"], k=2).mine(x, progress=False)
+    assert res.layout("layer1") == res.layout("layer4") == "NCHW" and res.num_channels("layer4") == 512
+
+
 def test_activation_maps_hold_the_records_values():
     vit = _vit()
     x = _images(6, 32, seed=3)

@@ -259,8 +259,10 @@ def test_forward_passes_counted():
         handle.remove()
     rows = probe_mod.confirmation_indices(size)
     assert rf.method == "trace"
-    assert traced == 2 + 1 + 2 * len(rows) <= 31  # shape pass (2 images), clean image, rows, columns
-    assert probed == 1 + 2 * size
+    # shape pass (2 images), clean image, rows, columns, one twice-as-tall image (the layout by shape)
+    assert traced == 2 + 1 + 2 * len(rows) + 1 <= 32
+    # the layouts first (clean, top row, bottom row, left column; the tall image), then the probe
+    assert probed == 4 + 1 + 1 + 2 * size
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,6 +11,15 @@ reaches a leading run of dimension 1 and the bottom row only a trailing run: dis
 and suffix, the signature of an image axis. (Channel layouts such as PixelUnshuffle or a
 YOLO "Focus" stem give interleaved sets, not a prefix and a suffix, and the left column
 reaches only part of them, so they are not flagged.)
+
+Two more looks settle what NaN leaves undecided (:func:`captum_topk.receptive_field.probe_masks`,
+on the full probe before its ``H + W + 1`` images, not after). NaN over-reaches where a model
+multiplies by an exact zero (``0 * NaN`` is NaN: Swin's shifted-window mask carries a NaN top
+row to the bottom of the map), and a map whose every position sees the whole image has no
+locality to read. So, for the 4-D outputs NaN did not flag: one input twice as tall (dimension
+1 growing alone means an image axis, dimension 2 growing alone means channels-first), then,
+where the shape says neither (a map pooled to a fixed size, a model refusing the size), the
+three images again with *finite* changes instead of NaN.
 """
 
 from __future__ import annotations

@@ -373,6 +373,70 @@ def _eval_mode(scope: nn.Module, catch_all: bool) -> Iterator[None]:
             m.training = flag
 
 
+def _background(size: Tuple[int, int], channels: int, device: Optional[torch.device],
+                dtype: Optional[torch.dtype]) -> Tensor:
+    r"""The probe's fixed background: ``(channels, H, W)`` uniform in [0.25, 0.75], seed 0."""
+    gen = torch.Generator().manual_seed(0)
+    return (0.25 + 0.5 * torch.rand(channels, *size, generator=gen)).to(
+        device or torch.device("cpu"), dtype or torch.float32)
+
+
+def _changed_entries(forward: Callable[[Tensor], Sequence[Tensor]], size: Tuple[int, int], channels: int,
+                     device: Optional[torch.device], dtype: Optional[torch.dtype]) -> List[Optional[Tensor]]:
+    r"""The layout check again with *finite* changes: per output, ``(3, D1)`` bool (None for
+    outputs that are not 4-D): which entries of dimension 1 change when the input's top row,
+    bottom row, left column get other finite values.
+
+    NaN over-reaches where a model multiplies by an exact zero: ``0 * NaN`` is NaN, so
+    masked attention (Swin's shifted windows, whose mask wraps the image's top rows onto its
+    bottom ones) carries a NaN row to the far side of the map, while a finite change there
+    is scaled by ``exp(-100)`` and lost to rounding. Four images, one forward."""
+    H, W = size
+    clean = _background(size, channels, device, dtype)
+    batch = clean.expand(4, channels, H, W).clone()
+    batch[1, :, 0, :] = 1.0 - batch[1, :, 0, :]
+    batch[2, :, H - 1, :] = 1.0 - batch[2, :, H - 1, :]
+    batch[3, :, :, 0] = 1.0 - batch[3, :, :, 0]
+    out: List[Optional[Tensor]] = []
+    for o in forward(batch):
+        if isinstance(o, Tensor) and o.dim() == 4 and o.shape[0] == 4:
+            diff = (o[1:] != o[:1]) & ~torch.isnan(o[1:])
+            out.append(diff.flatten(2).any(2).cpu())
+        else:
+            out.append(None)
+    return out
+
+
+def _axis_one_is_height(forward: Callable[[Tensor], Sequence[Tensor]], size: Tuple[int, int], channels: int,
+                        device: Optional[torch.device], dtype: Optional[torch.dtype],
+                        shapes: Sequence[Optional[Tuple[int, ...]]]) -> List[Optional[bool]]:
+    r"""The layout check by shape: per 4-D output (``shapes[i]``, batch dimension dropped;
+    None to skip), whether an input twice as tall grows dimension 1 alone (True: dimension 1
+    is the image's height, channels-last), dimension 2 alone (False: channels-first), or
+    neither (None: undecided, e.g. a map pooled to a fixed size). One image of ``(2H, W)``;
+    None for every output when the model refuses that size (a fixed-size ViT, an ONNX graph
+    with a static input). It also decides maps whose every position sees the whole image
+    (deep Swin stages), where no probe has locality left to read."""
+    H, W = size
+    taller = _background((2 * H, W), channels, device, dtype)[None]
+    try:
+        outs = forward(taller)
+    except Exception:  # noqa: BLE001 -- any refusal of the size leaves the layout undecided
+        return [None] * len(shapes)
+    verdict: List[Optional[bool]] = []
+    for o, shape in zip(outs, shapes):
+        grew = tuple(o.shape[1:]) if isinstance(o, Tensor) and o.dim() == 4 else None
+        if shape is None or grew is None:
+            verdict.append(None)
+        elif grew[0] > shape[0] and grew[1:] == tuple(shape[1:]):
+            verdict.append(True)
+        elif grew[1] > shape[1] and (grew[0], grew[2]) == (shape[0], shape[2]):
+            verdict.append(False)
+        else:
+            verdict.append(None)
+    return verdict
+
+
 def probe_batches(
     size: Tuple[int, int],
     channels: int,
@@ -402,10 +466,7 @@ def probe_batches(
     cols = list(range(W)) if cols is None else [int(c) for c in cols]
     # probe index -> (row, -1) or (-1, col); the clean image is (-1, -1)
     plan = torch.tensor([(-1, -1)] + [(r, -1) for r in rows] + [(-1, c) for c in cols], dtype=torch.int64)
-    gen = torch.Generator().manual_seed(0)
-    background = (0.25 + 0.5 * torch.rand(channels, H, W, generator=gen)).to(
-        device or torch.device("cpu"), dtype or torch.float32
-    )
+    background = _background(size, channels, device, dtype)
     step = max(1, int(batch_size))
     for start in range(0, len(plan), step):
         part = plan[start : start + step]
@@ -429,6 +490,7 @@ def probe_masks(
     bar: Optional[Any] = None,
     rows: Optional[Sequence[int]] = None,
     cols: Optional[Sequence[int]] = None,
+    check_layout: bool = True,
 ) -> Dict[str, Tuple[Tensor, Tensor]]:
     r"""Runs :func:`probe_batches` through ``forward`` and says which output positions each
     probed row and column reaches. The engine-independent half of the probe: the PyTorch
@@ -447,12 +509,18 @@ def probe_masks(
         size, channels, batch_size, device, dtype: as :func:`probe_batches`.
         bar (tqdm, optional): advanced by the number of images of each chunk.
         rows, cols (sequence of int, optional): the input rows / columns to probe (default all).
+            A full probe settles the layouts first, on those three images alone, so a
+            channels-last output is refused before the ``H + W + 1`` images, not after.
+        check_layout (bool): False skips the layout checks (already made by the caller).
 
     Returns:
         dict name -> ``(row_hits, col_hits)``: ``(len(rows), h, w)`` and ``(len(cols), h, w)``
         bool (``h = w = 1`` for a 2-D output), rows and columns in increasing order.
     """
     H, W = size
+    if check_layout and rows is None and cols is None and H + W > 3:
+        probe_masks(forward, names, size, channels, batch_size, device, dtype, None, [0], [0])
+        check_layout = False
     rows = list(range(H)) if rows is None else sorted(set(int(r) for r in rows) | {0, H - 1})
     cols = list(range(W)) if cols is None else sorted(set(int(c) for c in cols) | {0})
     hit: List[List[Tensor]] = [[] for _ in names]
@@ -482,8 +550,20 @@ def probe_masks(
         start += n
         if bar is not None:
             bar.update(n)
-    last = [(name, o.shape) for name, slots, o in zip(names, layout, outs)
+    last = [] if not check_layout else [(name, o.shape) for name, slots, o in zip(names, layout, outs)
             if len(slots) == 3 and looks_channels_last(torch.stack([slots[0], slots[1], slots[2]]))]
+    found = {name for name, _ in last}
+    shapes = [tuple(o.shape[1:]) if check_layout and len(slots) == 3 and name not in found else None
+              for name, slots, o in zip(names, layout, outs)]
+    if any(shape is not None for shape in shapes):  # NaN left them undecided: a look by shape,
+        by_shape = _axis_one_is_height(forward, size, channels, device, dtype, shapes)
+        last += [(name, o.shape) for name, o, tall in zip(names, outs, by_shape) if tall]
+        if any(tall is None and shape is not None for tall, shape in zip(by_shape, shapes)):
+            # then, for what the shape does not decide, a look with finite changes
+            for name, changed, o, tall, shape in zip(
+                    names, _changed_entries(forward, size, channels, device, dtype), outs, by_shape, shapes):
+                if tall is None and shape is not None and changed is not None and looks_channels_last(changed):
+                    last.append((name, o.shape))
     if last:
         raise ChannelsLastError([name for name, _ in last], last[0][1])
     out = {}

@@ -106,31 +106,67 @@ def describe_layers(model: str = DEFAULT_MODEL, checkpoint: Optional[PathLike] =
     return rows
 
 
+# Last name components that are not feature blocks worth mining by default.
+_NOT_A_BLOCK = re.compile(
+    r"(drop\w*|\w*pool\w*|fc\d*|classifier|heads?|\w*norm\d*|ln\w*|bn\d*|act\w*|relu\d*|gelu|silu|"
+    r"sigmoid|flatten|identity|softmax|aux\w*|logits)", re.IGNORECASE)
+
+
+def _spread(blocks: List[str], n: int) -> List[str]:
+    r"""An early, a middle and a late one of ``blocks`` (never the very last: too abstract to
+    crop, too coarse a grid)."""
+    picks = [blocks[round(i * (len(blocks) - 1) * 0.6 / max(1, n - 1)) + len(blocks) // 8] for i in range(n)]
+    return list(dict.fromkeys(picks))
+
+
+def _children(names: Sequence[str]) -> Dict[str, List[str]]:
+    r"""Parent name -> its direct children that look like feature blocks, in forward order."""
+    present = set(names)
+    out: Dict[str, List[str]] = {}
+    for name in names:
+        parent, _, _ = name.rpartition(".")
+        inside_a_head = any(_NOT_A_BLOCK.fullmatch(part) for part in name.split("."))
+        if (parent == "" or parent in present) and not inside_a_head:
+            out.setdefault(parent, []).append(name)
+    return out
+
+
 def suggest_layers(names: Sequence[str], n: int = 3) -> List[str]:
     r"""A sensible default choice of ``n`` layers among a model's layer names.
 
     :data:`~captum_topk.models.registry.DEFAULT_LAYERS` when all present (MobileNetV2), else
-    ResNet-style stages (``layer1``...), else an early, a middle and a late block of
-    ``features`` (VGG, EfficientNet, ConvNeXt, SqueezeNet...), else the first names (ONNX
-    graph outputs come first).
+    ResNet-style stages (``layer1``... under one parent), else an early, a middle and a late
+    block of ``features`` (VGG, EfficientNet, ConvNeXt, Swin, SqueezeNet...), else of the
+    shallowest container with at least ``n`` blocks (ViT's ``encoder.layers``, RegNet's
+    ``trunk_output``, MaxViT's ``blocks``, GoogLeNet's top level; dropout, pooling, norm,
+    activation and head modules left out), else the first names (ONNX graph outputs come first).
 
     Args:
-        names (sequence of str): candidate layer names, in forward order.
+        names (sequence of str): candidate layer names (module names), in forward order.
         n (int): how many.
     Returns:
         list of str
     Example::
         >>> suggest_layers([n for n, _ in torchvision.models.resnet18().named_modules() if n])
         ['layer1', 'layer2', 'layer3']
+        >>> suggest_layers([n for n, _ in torchvision.models.vit_b_16().named_modules() if n])
+        ['encoder.layers.encoder_layer_1', 'encoder.layers.encoder_layer_4', 'encoder.layers.encoder_layer_8']
     """
     names = list(names)
     if all(d in names for d in DEFAULT_LAYERS):
         return list(DEFAULT_LAYERS)
-    stages = [x for x in names if re.fullmatch(r"layer\d+", x)]
+    stages: Dict[str, List[str]] = {}
+    for x in names:
+        parent, _, last = x.rpartition(".")
+        if re.fullmatch(r"layer\d+", last):
+            stages.setdefault(parent, []).append(x)
     if stages:
-        return stages[:n]
+        return min(stages.values(), key=lambda s: s[0].count("."))[:n]
     blocks = [x for x in names if re.fullmatch(r"features\.\d+", x)]
     if len(blocks) >= n:
-        picks = [blocks[round(i * (len(blocks) - 1) * 0.6 / max(1, n - 1)) + len(blocks) // 8] for i in range(n)]
-        return list(dict.fromkeys(picks))
+        return _spread(blocks, n)
+    containers = [(parent.count(".") + bool(parent), -len(kids), kids)
+                  for parent, kids in _children(names).items() if len(kids) >= n]
+    if containers:
+        return _spread(min(containers, key=lambda c: c[:2])[2], n)
     return names[:n]
