@@ -101,7 +101,7 @@ def filter_view(path: str, mtime: float, layer: Optional[str], mode: str) -> Dic
     return dd.filter_view(run.model, layer, mode)
 
 
-@st.cache_data(show_spinner="Comparing the two models over the images (CKA, channel changes)...",
+@st.cache_data(show_spinner="Comparing the two models over the images (similarity, matched units, channel changes)...",
                max_entries=16)
 def comparison(path_a: str, mtime_a: float, path_b: str, mtime_b: float) -> Dict[str, Any]:
     return dd.compare_runs(open_run(path_a, mtime_a), open_run(path_b, mtime_b))

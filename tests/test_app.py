@@ -141,7 +141,7 @@ def test_compare_page_mines_the_finetuned_checkpoint(world):
         assert len(at.image) >= 2
         # CKA and the ranking of changed channels (captum_topk.compare over both models)
         subheaders = [h.value for h in at.subheader]
-        assert "Layer similarity (linear CKA)" in subheaders and "Channels that changed most" in subheaders
+        assert {"Layer similarity", "Matched units", "Channels that changed most"} <= set(subheaders)
         from captum_topk.compare import compare_models
 
         ra, rb = dd.open_run(world.runs / TINY_SPEC.run_name()), dd.open_run(world.runs / spec.run_name())
@@ -154,6 +154,45 @@ def test_compare_page_mines_the_finetuned_checkpoint(world):
     finally:
         (world.checkpoints / "r18-finetuned.pt").unlink()
         shutil.rmtree(world.runs / spec.run_name(), ignore_errors=True)
+
+
+def test_compare_page_matches_units_of_two_architectures(world):
+    torch.manual_seed(2)
+    torch.save(torchvision.models.mobilenet_v2(num_classes=2).state_dict(), world.checkpoints / "mnv2-random.pt")
+    spec_b = dd.JobSpec(model="mobilenet_v2", checkpoint="mnv2-random.pt", layers=("features.4", "features.7"),
+                        data="shapes", k=4, batch_size=8, input_size=64, backend="torch")
+    try:
+        dd.mine_job(spec_b, world)
+        at = _app().run()
+        at.switch_page("pages/compare.py").run()
+        at.selectbox(key="cmp_a").set_value(TINY_SPEC.run_name()).run()
+        at.selectbox(key="cmp_b").set_value(spec_b.run_name()).run()
+        _ok(at)
+        assert any("no layer whose channels correspond" in i.value for i in at.info)
+        assert {"Layer similarity", "Matched units"} <= {h.value for h in at.subheader}
+        # the page shows what captum_topk.compare computes: CKA-ranked layer pairs, units matched one to one
+        from captum_topk.compare import compare_models
+        from captum_topk.compare.inputs import normalisation_map
+
+        ra, rb = dd.open_run(world.runs / TINY_SPEC.run_name()), dd.open_run(world.runs / spec_b.run_name())
+        ref = compare_models(ra.model, rb.model, ra.dataset, ["layer1", "layer2"], ["features.4", "features.7"],
+                             k=4, batch_size=16, progress=False, match="auto",
+                             input_map_b=normalisation_map(ra.info.mean, ra.info.std, rb.info.mean, rb.info.std))
+        (la, lb), m = next(iter(ref.matchings.items()))
+        assert at.selectbox(key="cmp_match_pair").value == 0
+        shown = [x.value for x in at.markdown if x.value.startswith("**A unit")]
+        want = [f"**A unit {u} ↔ B unit {v}**: correlation {r:.3f}" for u, v, r in m.pairs(3)]
+        assert shown == want
+        assert m.assignment.shape == (ra.result.num_channels(la),) and lb in ("features.4", "features.7")
+        poorly = at.dataframe[0].value
+        assert [int(u) for u in poorly["unit"]] == [row["unit"] for row in m.poorly_matched(10)]
+        # the other measures, each with its chance baseline
+        at.radio(key="cmp_measure").set_value("Procrustes").run()
+        _ok(at)
+        assert any("shuffled pairings" in c.value for c in at.caption)
+    finally:
+        (world.checkpoints / "mnv2-random.pt").unlink()
+        shutil.rmtree(world.runs / spec_b.run_name(), ignore_errors=True)
 
 
 def test_embeddings_page(world):

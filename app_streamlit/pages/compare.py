@@ -1,4 +1,5 @@
-"""Compare two runs (pretrained vs fine-tuned by default): same channel side by side, CKA, ranking."""
+"""Compare two runs (pretrained vs fine-tuned by default, or any two models): same channel side by
+side, layer similarity with chance baselines, matched units, channels ranked by change."""
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -105,7 +106,7 @@ else:
         st.rerun()
 
 # ---------------------------------------------------------------- CKA and ranking (captum_topk.compare)
-st.subheader("Layer similarity (linear CKA)")
+st.subheader("Layer similarity")
 missing = dd.compare_status(run_a, run_b)
 cmp = None
 if missing:
@@ -118,15 +119,74 @@ elif name_a != name_b:
     except Exception as exc:
         st.error(f"Cannot compare the two models: {exc}", icon=":material/error:")
 if cmp is not None:
-    fig = go.Figure(go.Heatmap(z=cmp["cka"], x=cmp["layers_b"], y=cmp["layers_a"], zmin=0, zmax=1,
-                               colorscale="Viridis", colorbar=dict(title="CKA"),
-                               text=[[f"{v:.2f}" for v in row] for row in cmp["cka"]], texttemplate="%{text}",
-                               hovertemplate="A %{y} vs B %{x}: CKA %{z:.3f}<extra></extra>"))
+    MEASURE_NAMES = {"cka": "linear CKA", "procrustes": "Procrustes", "svcca": "SVCCA", "pwcca": "PWCCA"}
+    options = ["CKA (minibatch)"] + [MEASURE_NAMES.get(m, m) for m in cmp["similarity"]]
+    shown = st.radio("Measure", options, horizontal=True, key="cmp_measure",
+                     help="Minibatch CKA streams every image; the others (and their chance baselines) "
+                          "use the global-average-pooled activations, one row per image.")
+    if shown == options[0]:
+        z, chance, note = cmp["cka"], None, ("Minibatch linear CKA (unbiased HSIC) of the global-average-pooled "
+                                             "activations")
+    else:
+        sim = cmp["similarity"][list(cmp["similarity"])[options.index(shown) - 1]]
+        z, chance = sim["value"], sim["chance_high"]
+        note = (f"{shown} of the global-average-pooled activations; in brackets the "
+                f"{round(100 * sim['quantile'])}th percentile of {sim['permutations']} shuffled pairings "
+                "(chance: images of B paired with other images of A)")
+    text = [[f"{v:.2f}" + ("" if chance is None else f" ({c:.2f})") for v, c in
+             zip(row, [None] * len(row) if chance is None else crow)]
+            for row, crow in zip(z, z if chance is None else chance)]
+    fig = go.Figure(go.Heatmap(z=z, x=cmp["layers_b"], y=cmp["layers_a"], zmin=0, zmax=1,
+                               colorscale="Viridis", colorbar=dict(title=shown.split(" (")[0]),
+                               text=text, texttemplate="%{text}",
+                               hovertemplate="A %{y} vs B %{x}: %{text}<extra></extra>"))
     fig.update_layout(height=120 + 60 * len(cmp["layers_a"]), margin=dict(l=10, r=10, t=10, b=10),
                       xaxis_title="run B layer", yaxis_title="run A layer", yaxis_autorange="reversed")
     st.plotly_chart(fig, key="cmp_cka", config={"displayModeBar": False})
-    st.caption(f"Minibatch linear CKA (unbiased HSIC) of the global-average-pooled activations of both models "
-               f"on the same {cmp['n_images']} images: 1 = the same representation up to rotation and scale.")
+    st.caption(f"{note}, of both models on the same {cmp['n_images']} images: 1 = the same representation "
+               "up to the measure's invariances (docs/compare.md).")
+
+    st.subheader("Matched units")
+    matchings = cmp["matchings"]
+    if not matchings:
+        st.info("No layer pair was matched.")
+    else:
+        labels = [f"A {m['layer_a']} ↔ B {m['layer_b']}: mean r {m['mean']:.2f} (chance {m['chance']:.2f})"
+                  for m in matchings]
+        q1, q2 = st.columns([3, 1])
+        pick = q1.selectbox("Layer pair", range(len(matchings)), format_func=labels.__getitem__, key="cmp_match_pair")
+        m = matchings[pick]
+        n_pairs = int(q2.number_input("Pairs shown", 1, max(1, min(12, len(m["pairs"]))),
+                                      min(3, len(m["pairs"])), key="cmp_match_n"))
+        st.caption(
+            f"Each unit of A matched one-to-one to a unit of B (scipy linear_sum_assignment on the Pearson "
+            f"correlation of their activations over {m['images']} images x positions, {m['positions']}); "
+            f"best matched first. Chance: the same matching with images mispaired."
+            + ("" if m["self_matches"] is None else
+               f" {m['self_matches']} of {len(m['pairs'])} units match their own index in B."))
+        pa, ma = common.run_key(run_a)
+        pb, mb = common.run_key(run_b)
+        vis_a = common.visualizations(pa, ma, m["layer_a"], tuple(u for u, _, _ in m["pairs"][:n_pairs]), False)
+        vis_b = common.visualizations(pb, mb, m["layer_b"], tuple(v for _, v, _ in m["pairs"][:n_pairs]), False)
+        for u, v, r in m["pairs"][:n_pairs]:
+            st.markdown(f"**A unit {u} ↔ B unit {v}**: correlation {r:.3f}")
+            cols = st.columns(2)
+            for col, path, mtime, run, layer, unit, vis, tag in (
+                    (cols[0], pa, ma, run_a, m["layer_a"], u, vis_a, "A"),
+                    (cols[1], pb, mb, run_b, m["layer_b"], v, vis_b, "B")):
+                with col, common.friendly(f"Cannot crop unit {unit} of run {tag}"):
+                    left, right = st.columns([1, 3]) if unit in vis else (None, col)
+                    if left is not None:
+                        left.image(vis[unit], caption="optimised", width="stretch")
+                    tiles, recs = common.patches(path, mtime, layer, unit, "top", run.result.k)
+                    right.image(dd.sheet(tiles, [f"{r_.value:.2f}" for r_ in recs], target_px=56, ncols=9),
+                                caption=f"run {tag} {layer} unit {unit}: top-{len(recs)}")
+        st.markdown("**Poorly matched units of A** (lowest matched correlation; *best* is the most correlated "
+                    "unit of B, not one-to-one)")
+        st.dataframe(m["poorly"], hide_index=True, key="cmp_poorly")
+        if m["unmatched"]:
+            st.caption(f"{len(m['unmatched'])} units of A have no partner (A is wider than B): "
+                       f"{', '.join(map(str, m['unmatched'][:20]))}{' ...' if len(m['unmatched']) > 20 else ''}.")
 
     st.subheader("Channels that changed most")
     ranked_layers = [l for l in cmp["channels"] if cmp["channels"][l]]

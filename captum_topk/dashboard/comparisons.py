@@ -1,11 +1,11 @@
 r"""Dashboard comparisons of two runs (pretrained vs fine-tuned, or two models) through
 :mod:`captum_topk.compare`: the fine-tuned checkpoint to offer, a matching run, shared layers,
-CKA and the channels that changed most."""
+similarity with chance baselines, matched units and the channels that changed most."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -22,6 +22,7 @@ __all__ = [
     "shared_images",
     "compare_status",
     "compare_runs",
+    "SIMILARITY_MEASURES",
 ]
 
 def find_finetuned(roots: Roots) -> Optional[str]:
@@ -92,17 +93,42 @@ def compare_status(run_a: Optional[Run] = None, run_b: Optional[Run] = None) -> 
     return None
 
 
-def compare_runs(run_a: Run, run_b: Run, max_images: int = 500,
-                 batch_size: int = 16) -> Dict[str, Any]:
-    r"""Layer-by-layer CKA and per-channel changes between the models of two runs, on the
-    images of ``run_a`` (through :func:`captum_topk.compare.compare_models`, one streamed pass
-    of both models; B gets A's images re-normalised when their preprocessing differs).
+#: Similarity measures the Compare page offers beside the streaming CKA (pooled activations).
+SIMILARITY_MEASURES = ("cka", "procrustes", "svcca", "pwcca")
+
+
+def compare_runs(run_a: Run, run_b: Run, max_images: int = 500, batch_size: int = 16,
+                 measures: Sequence[str] = SIMILARITY_MEASURES, permutations: int = 10,
+                 match_top: int = 3) -> Dict[str, Any]:
+    r"""Layer-by-layer similarity, matched units and per-channel changes between the models of
+    two runs, on the images of ``run_a`` (through :func:`captum_topk.compare.compare_models`:
+    one streamed pass of both models, a second one for the matched units; B gets A's images
+    re-normalised when their preprocessing differs).
+
+    Units are matched (one-to-one, Li et al. 2016) for the same-name layers of one
+    architecture (how many units of a fine-tuned copy still match themselves), else for the
+    ``match_top`` layer pairs of highest CKA (two different models).
+
+    Args:
+        run_a, run_b (Run): two runs with their PyTorch models.
+        max_images (int): compare on the first images of ``run_a`` only.
+        batch_size (int): CKA minibatch size (at least 4).
+        measures (sequence of str): similarity measures with chance baselines
+            (:data:`~captum_topk.compare.similarity.MEASURES` names).
+        permutations (int): shuffled pairings per chance baseline.
+        match_top (int): layer pairs matched between two architectures.
 
     Returns:
         dict: ``cka`` (La, Lb) float array, ``layers_a``, ``layers_b``, ``n_images``,
         ``channels`` (layer -> ranked rows: ``rank``, ``channel``, ``score``,
-        ``correlation``, ``jaccard``, ``drift``; for same-name, same-width layers),
-        ``score_formula``.
+        ``correlation``, ``jaccard``, ``drift``, ``weight_change``; for same-name,
+        same-width layers), ``score_formula``, ``similarity`` (measure -> dict of ``value``,
+        ``chance_mean``, ``chance_high`` (La, Lb) arrays, ``quantile``, ``permutations``) and
+        ``matchings`` (list of dicts, one per matched layer pair: ``layer_a``, ``layer_b``,
+        ``pairs`` [(unit of A, unit of B, correlation)] best first, ``poorly`` (the worst
+        matched, :meth:`~captum_topk.compare.matching.UnitMatching.poorly_matched`),
+        ``unmatched``, ``mean``, ``chance``, ``self_matches`` (units matched to the same
+        index, or None across architectures), ``images``, ``positions``).
     """
     from ..compare.comparison import compare_models
     from ..compare.inputs import normalisation_map
@@ -115,8 +141,23 @@ def compare_runs(run_a: Run, run_b: Run, max_images: int = 500,
 
     n = min(len(run_a.dataset), max_images)
     data = run_a.dataset.subset(range(n)) if n < len(run_a.dataset) else run_a.dataset
+    same = matching_layers(run_a, run_b)
     cmp = compare_models(run_a.model, run_b.model, data, run_a.layers, run_b.layers, k=run_a.result.k,
-                         batch_size=max(4, batch_size), input_map_b=input_map, progress=False)
+                         batch_size=max(4, batch_size), input_map_b=input_map, progress=False,
+                         measures=list(measures), permutations=permutations,
+                         match=[(layer, layer) for layer in same] if same else "auto", match_top=match_top)
+    similarity = {name: {"value": np.asarray(m.value, float), "chance_mean": np.asarray(m.chance_mean, float),
+                         "chance_high": np.asarray(m.chance_high, float), "quantile": m.quantile,
+                         "permutations": m.permutations} for name, m in cmp.similarity.items()}
+    matchings = []
+    for (la, lb), m in cmp.matchings.items():
+        pairs = m.pairs()
+        matchings.append({
+            "layer_a": la, "layer_b": lb, "pairs": pairs, "poorly": m.poorly_matched(10),
+            "unmatched": m.unmatched(), "mean": m.mean_correlation, "chance": m.chance_correlation,
+            "self_matches": sum(u == v for u, v, _ in pairs) if la == lb and same else None,
+            "images": m.images, "positions": m.positions})
     return {"cka": np.asarray(cmp.cka, float), "layers_a": list(cmp.layers_a), "layers_b": list(cmp.layers_b),
             "n_images": cmp.n_images, "channels": {name: ch.rows() for name, ch in cmp.channels.items()},
-            "score_formula": "((1 - correlation) / 2 + (1 - jaccard) + drift / 2) / 3"}
+            "score_formula": "((1 - correlation) / 2 + (1 - jaccard) + drift / 2) / 3",
+            "similarity": similarity, "matchings": matchings}

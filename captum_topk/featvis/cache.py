@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..capture.hooks import LayerSpec, resolve_layers
+from ..core.sources.layouts import PREFIX_SUFFIX
 from ..utils.files import PathLike, atomic_torch_save, atomic_write_text
 from ..utils.naming import slug
 from ..viz.plot import save_png, to_display
@@ -105,7 +106,9 @@ def cache_dir(folder: PathLike, model: nn.Module, layer: LayerSpec, *, weights_d
     Returns:
         pathlib.Path: ``folder / <layer slug> / <key>``.
     """
-    name = resolve_layers(model, layer)[0][0]
+    prefix = isinstance(layer, str) and layer.endswith(PREFIX_SUFFIX)  # a token layer's prefix tokens
+    name = resolve_layers(model, layer[: -len(PREFIX_SUFFIX)] if prefix else layer)[0][0]
+    name += PREFIX_SUFFIX if prefix else ""
     keyed = _key_settings(name, weights_digest, settings)
     key = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
     return Path(folder) / slug(name, keep="_.-") / key
@@ -168,7 +171,9 @@ def cached_visualize(
     chans = [int(channels)] if isinstance(channels, int) else [int(c) for c in channels]
     if len(set(chans)) != len(chans):
         raise ValueError(f"Channels must be distinct, got {chans}.")
-    name = resolve_layers(model, layer)[0][0]
+    prefix = isinstance(layer, str) and layer.endswith(PREFIX_SUFFIX)  # a token layer's prefix tokens
+    name = resolve_layers(model, layer[: -len(PREFIX_SUFFIX)] if prefix else layer)[0][0]
+    name += PREFIX_SUFFIX if prefix else ""
     keyed = _key_settings(name, weights_digest, settings)
     d = cache_dir(folder, model, layer, weights_digest=weights_digest, **settings)
     missing = [c for c in chans if not _channel_file(d, c).is_file()]
