@@ -3,7 +3,8 @@
 Runs the real dashboard on the embedded default (MobileNetV2-ImageNet on the packaged photos,
 mined first if missing: ``captum_topk.dashboard.ensure_default_run``) and, for the Compare
 page, the fine-tuned checkpoint found under the checkpoints root mined the same way (else the
-default mined through ONNX Runtime), in headless Chromium with the helpers of
+default mined through ONNX Runtime), and SqueezeNet 1.1 against MobileNetV2 for the
+cross-architecture view (the Compare page's matched units), in headless Chromium with the helpers of
 tests/test_browser.py. Prints how long each page took to be ready.
 
     .venv/bin/python docs/make_dashboard_screenshots.py
@@ -51,8 +52,12 @@ def main() -> int:
         return 1
     roots = dd.Roots.from_env(REPO)
     default = dd.ensure_default_run(roots, progress=lambda phase, done, total: None)
+    # feature visualizations shown by the Top-k and Microscope pages (cached in the run folder)
+    run = dd.open_run(default)
+    dd.channel_visualizations(run, "features.3", list(range(8)))
     pages = {
         "topk": "?layer=features.3&channel=6&rank=0",  # a "bright spot on dark" detector
+        "microscope": "microscope",
         "filters": "filters",
         "embeddings": "embeddings?layer=features.11",
         "data_jobs": "data_jobs",
@@ -75,7 +80,12 @@ def main() -> int:
             ranked = dd.compare_runs(run_a, run_b)["channels"].get(layer) or [{"channel": channel}]
             channel = int(ranked[0]["channel"])
         pages["compare"] = f"compare?a={a}&b={b}&layer={layer}&channel={channel}"
-    sizes = {"topk": (1400, 1250), "embeddings": (1400, 1150), "compare": (1400, 1900)}
+    # two architectures unit by unit: MobileNetV2 vs SqueezeNet 1.1 on the same photos
+    squeeze = dd.mine_job(dataclasses.replace(dd.DEFAULT_SPEC, model="squeezenet1_1-imagenet",
+                                              layers=("features.4", "features.7", "features.10")), roots)
+    pages["compare_models"] = (f"compare?a={dd.DEFAULT_SPEC.run_name()}&b={squeeze.relative_to(roots.runs).as_posix()}")
+    sizes = {"topk": (1400, 2300), "microscope": (1400, 1500), "embeddings": (1400, 1150), "compare": (1400, 1900),
+             "compare_models": (1400, 2400)}
     tmp = OUT / ".screens"
     tmp.mkdir(parents=True, exist_ok=True)
     env = {dd.ENV_VARS[k]: str(getattr(roots, k)) for k in dd.ENV_VARS}
