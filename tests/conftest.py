@@ -9,6 +9,10 @@ import tempfile
 _CACHE = tempfile.mkdtemp(prefix="captum-topk-cache-")
 os.environ["CAPTUM_TOPK_CACHE_DIR"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# Under pytest-xdist (`make test` runs one worker per core) each worker computes with one
+# thread: two workers x two threads would fight over the two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
