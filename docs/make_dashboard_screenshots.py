@@ -84,7 +84,7 @@ def main() -> int:
     squeeze = dd.mine_job(dataclasses.replace(dd.DEFAULT_SPEC, model="squeezenet1_1-imagenet",
                                               layers=("features.4", "features.7", "features.10")), roots)
     pages["compare_models"] = (f"compare?a={dd.DEFAULT_SPEC.run_name()}&b={squeeze.relative_to(roots.runs).as_posix()}")
-    sizes = {"topk": (1400, 2300), "microscope": (1400, 1500), "embeddings": (1400, 1150), "compare": (1400, 1900),
+    sizes = {"topk": (1400, 2100), "microscope": (1400, 1500), "embeddings": (1400, 1150), "compare": (1400, 2700),
              "compare_models": (1400, 2400)}
     tmp = OUT / ".screens"
     tmp.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,7 @@ st.subheader("The same channel in both runs")
 common_layers = dd.matching_layers(run_a, run_b)
 if not common_layers:
     st.info("The two runs have no layer whose channels correspond (different architectures, or no "
-            "layer of the same name and width): only the CKA heatmap below compares them.")
+            "layer of the same name and width): the layer similarity and the matched units below compare them.")
 else:
     s1, s2, s3 = st.columns([2, 2, 2])
     common.from_query("cmp_layer", "layer", common_layers)
@@ -119,7 +119,7 @@ elif name_a != name_b:
     except Exception as exc:
         st.error(f"Cannot compare the two models: {exc}", icon=":material/error:")
 if cmp is not None:
-    MEASURE_NAMES = {"cka": "linear CKA", "procrustes": "Procrustes", "svcca": "SVCCA", "pwcca": "PWCCA"}
+    MEASURE_NAMES = {"cka": "CKA (pooled)", "procrustes": "Procrustes", "svcca": "SVCCA", "pwcca": "PWCCA"}
     options = ["CKA (minibatch)"] + [MEASURE_NAMES.get(m, m) for m in cmp["similarity"]]
     shown = st.radio("Measure", options, horizontal=True, key="cmp_measure",
                      help="Minibatch CKA streams every image; the others (and their chance baselines) "
@@ -154,6 +154,10 @@ if cmp is not None:
         labels = [f"A {m['layer_a']} ↔ B {m['layer_b']}: mean r {m['mean']:.2f} (chance {m['chance']:.2f})"
                   for m in matchings]
         q1, q2 = st.columns([3, 1])
+        if st.session_state.get("cmp_match_pair_of") != (name_a, name_b):  # a new pair of runs: one
+            # architecture starts on its deepest layer (where fine-tuning moves units), two on the best pair
+            st.session_state["cmp_match_pair"] = len(matchings) - 1 if matchings[-1]["self_matches"] is not None else 0
+            st.session_state["cmp_match_pair_of"] = (name_a, name_b)
         pick = q1.selectbox("Layer pair", range(len(matchings)), format_func=labels.__getitem__, key="cmp_match_pair")
         m = matchings[pick]
         n_pairs = int(q2.number_input("Pairs shown", 1, max(1, min(12, len(m["pairs"]))),
@@ -191,7 +195,8 @@ if cmp is not None:
     st.subheader("Channels that changed most")
     ranked_layers = [l for l in cmp["channels"] if cmp["channels"][l]]
     if not ranked_layers:
-        st.info("No layer has the same name and width in both models: channels cannot be matched.")
+        st.info("No layer has the same name and width in both models: no channel-by-channel ranking "
+                "(the matched units above pair their units by correlation instead).")
     else:
         r1, r2 = st.columns([2, 1])
         if (st.session_state.get("cmp_rank_layer") not in ranked_layers
