@@ -217,6 +217,8 @@ def test_show_vis_writes_visualizations_beside_the_patches(tmp_path, data, check
     ("maxvit_t", ["blocks.0", "blocks.1", "blocks.2"]),              # not the classifier's Sequential
     ("densenet121", ["features.denseblock1", "features.denseblock2", "features.denseblock3"]),
     ("googlenet", ["conv2", "inception3b", "inception4d"]),           # top level, pools / fc left out
+    ("vgg11", ["features.3", "features.8", "features.13"]),           # convolutions, not ReLU / pooling
+    ("alexnet", ["features.0", "features.3", "features.6"]),
 ])
 def test_default_layers_are_blocks_of_the_trunk(arch, expected):
     from captum_topk.runs.layers import suggest_layers
@@ -224,7 +226,28 @@ def test_default_layers_are_blocks_of_the_trunk(arch, expected):
     kwargs = {"init_weights": False} if arch == "googlenet" else {}
     net = torchvision.models.get_model(arch, **kwargs)
     names = [n for n, _ in net.named_modules() if n]
-    assert suggest_layers(names) == expected
+    assert suggest_layers(names, model=net) == expected
+    types = dict(net.named_modules())
+    assert not any(isinstance(types[x], (torch.nn.ReLU, torch.nn.MaxPool2d, torch.nn.BatchNorm2d)) for x in expected)
     wrapped = torch.nn.Sequential()
     wrapped.add_module("backbone", net)            # the same trunk one level down
-    assert suggest_layers([n for n, _ in wrapped.named_modules() if n]) == [f"backbone.{x}" for x in expected]
+    assert suggest_layers([n for n, _ in wrapped.named_modules() if n], model=wrapped) == [f"backbone.{x}" for x in expected]
+
+
+def test_default_layers_of_flat_models_onnx_tensors_and_other_counts():
+    from captum_topk.runs.layers import suggest_layers
+
+    flat = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                               torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+                               torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    names = [n for n, _ in flat.named_modules() if n]
+    assert suggest_layers(names, model=flat) == ["0", "3", "6"]          # the convolutions
+    vit = [n for n, _ in torchvision.models.vit_b_16().named_modules() if n]
+    assert suggest_layers(vit, 2) == ["encoder.layers.encoder_layer_1", "encoder.layers.encoder_layer_8"]
+    assert len(suggest_layers(vit, 5)) == 5
+    mnv2 = torchvision.models.mobilenet_v2()
+    assert suggest_layers([n for n, _ in mnv2.named_modules() if n], 2, model=mnv2) == ["features.2", "features.13"]
+    onnx = ["/conv1/Conv_output_0", "/layer1/layer1.0/relu/Relu_output_0", "/maxpool/MaxPool_output_0",
+            "/avgpool/GlobalAveragePool_output_0"]   # tensors of a graph: its first names
+    assert suggest_layers(onnx) == onnx[:3]

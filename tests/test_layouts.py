@@ -114,9 +114,29 @@ def test_swin_stages_are_channels_last_also_where_their_field_is_the_whole_image
         assert res.layout(layer) == "NHWC" and res.num_channels(layer) == channels, layer
         raw = full_activations(swin, swin.get_submodule(layer), x)
         _assert_topk(res, layer, raw.permute(0, 3, 1, 2), 2)
-    cnn = torchvision.models.resnet18().eval()          # channels-first maps stay channels-first
-    res = LayerTopKPatches(cnn, ["layer1", "layer4"], k=2).mine(x, progress=False)
-    assert res.layout("layer1") == res.layout("layer4") == "NCHW" and res.num_channels("layer4") == 512
+    # a model that takes one input size only: the shape at that size decides
+    fixed = _FixedSize(swin, 64).eval()
+    res = LayerTopKPatches(fixed, ["m." + layer for layer in layers], k=2).mine(x, progress=False)
+    assert [res.num_channels("m." + layer) for layer in layers] == [8, 16, 32]
+    assert all(res.layout("m." + layer) == "NHWC" for layer in layers)
+    for model in (torchvision.models.resnet18().eval(), _FixedSize(torchvision.models.resnet18(), 64).eval()):
+        pre = "m." if isinstance(model, _FixedSize) else ""   # channels-first maps stay channels-first
+        res = LayerTopKPatches(model, [pre + "layer1", pre + "layer4"], k=2).mine(x, progress=False)
+        assert res.layout(pre + "layer1") == res.layout(pre + "layer4") == "NCHW"
+        assert res.num_channels(pre + "layer4") == 512
+
+
+class _FixedSize(nn.Module):
+    r"""A model that refuses any input size but one (as a fixed-size export would)."""
+
+    def __init__(self, m: nn.Module, size: int) -> None:
+        super().__init__()
+        self.m, self.size = m, size
+
+    def forward(self, x):
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            raise ValueError(f"this model takes {self.size} x {self.size} inputs only")
+        return self.m(x)
 
 
 def test_activation_maps_hold_the_records_values():

@@ -91,7 +91,7 @@ try:
 except Exception as exc:
     st.error(f"Cannot use this model / data: {exc}", icon=":material/error:")
     st.stop()
-suggested = dd.suggest_layers(options)
+suggested = dd.suggest_layers(options, model=None if base.onnx else common.job_model(base, roots)[0])
 layers = st.multiselect("Layers", options, default=suggested, max_selections=LIM["layers"][1],
                         key=f"jobs_layers_{base.model}_{base.checkpoint}_{base.onnx}")
 spec = dd.JobSpec(**{**base.to_dict(), "layers": tuple(layers)}) if layers else None

@@ -59,8 +59,8 @@ def channels_last_message(name: str, shape: Sequence[int]) -> str:
     dims = ", ".join(["N", *(str(int(d)) for d in list(shape)[1:])])
     return (
         f"Layer {name!r} outputs shape ({dims}), but its dimension 1 behaves like an image "
-        "axis (NaN in the input's top row reaches only its first entries, in the bottom row only "
-        "its last): this looks like a channels-last (N, H, W, C) tensor, e.g. inside a ConvNeXt, "
+        "axis (the input's top row reaches only its first entries and the bottom row only its "
+        "last, or it grows with the input's height, or the shape says so): this looks like a channels-last (N, H, W, C) tensor, e.g. inside a ConvNeXt, "
         "Swin or MaxViT block between its Permute modules. Channels would be image rows. Mine a "
         "module whose output is (N, C, H, W): the block itself, or the Permute back to channels-first."
     )

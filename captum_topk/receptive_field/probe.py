@@ -382,7 +382,8 @@ def _background(size: Tuple[int, int], channels: int, device: Optional[torch.dev
 
 
 def _changed_entries(forward: Callable[[Tensor], Sequence[Tensor]], size: Tuple[int, int], channels: int,
-                     device: Optional[torch.device], dtype: Optional[torch.dtype]) -> List[Optional[Tensor]]:
+                     device: Optional[torch.device], dtype: Optional[torch.dtype],
+                     batch_size: int = 4) -> List[Optional[Tensor]]:
     r"""The layout check again with *finite* changes: per output, ``(3, D1)`` bool (None for
     outputs that are not 4-D): which entries of dimension 1 change when the input's top row,
     bottom row, left column get other finite values.
@@ -390,15 +391,18 @@ def _changed_entries(forward: Callable[[Tensor], Sequence[Tensor]], size: Tuple[
     NaN over-reaches where a model multiplies by an exact zero: ``0 * NaN`` is NaN, so
     masked attention (Swin's shifted windows, whose mask wraps the image's top rows onto its
     bottom ones) carries a NaN row to the far side of the map, while a finite change there
-    is scaled by ``exp(-100)`` and lost to rounding. Four images, one forward."""
+    is scaled by ``exp(-100)`` and lost to rounding. Four images, in chunks of ``batch_size``."""
     H, W = size
     clean = _background(size, channels, device, dtype)
     batch = clean.expand(4, channels, H, W).clone()
     batch[1, :, 0, :] = 1.0 - batch[1, :, 0, :]
     batch[2, :, H - 1, :] = 1.0 - batch[2, :, H - 1, :]
     batch[3, :, :, 0] = 1.0 - batch[3, :, :, 0]
+    step = max(1, int(batch_size))
+    parts = [forward(batch[i : i + step]) for i in range(0, 4, step)]
     out: List[Optional[Tensor]] = []
-    for o in forward(batch):
+    for chunks in zip(*parts):
+        o = torch.cat(list(chunks)) if all(isinstance(c, Tensor) for c in chunks) else None
         if isinstance(o, Tensor) and o.dim() == 4 and o.shape[0] == 4:
             diff = (o[1:] != o[:1]) & ~torch.isnan(o[1:])
             out.append(diff.flatten(2).any(2).cpu())
@@ -407,22 +411,43 @@ def _changed_entries(forward: Callable[[Tensor], Sequence[Tensor]], size: Tuple[
     return out
 
 
+def _grid_axes(shape: Tuple[int, ...], size: Tuple[int, int]) -> Optional[bool]:
+    r"""Which pair of a 4-D output's dimensions (batch dropped) is the image grid, from the
+    shape alone, where it is unmistakable: True when dimensions 1 and 2 subsample the input
+    ``(H, W)`` by one common stride (within 15 %) and dimensions 2 and 3 by strides at least 2x
+    apart (channels-last, e.g. ``(7, 7, 768)`` at 224 px), False for the converse, else None
+    (e.g. ``(64, 56, 56)`` or ``(7, 7, 7)``)."""
+    H, W = size
+
+    def spread(h: int, w: int) -> float:
+        sh, sw = H / max(h, 1), W / max(w, 1)
+        return max(sh, sw) / min(sh, sw)
+
+    first, last = spread(shape[0], shape[1]), spread(shape[1], shape[2])
+    if first <= 1.15 and last >= 2.0:
+        return True
+    if last <= 1.15 and first >= 2.0:
+        return False
+    return None
+
+
 def _axis_one_is_height(forward: Callable[[Tensor], Sequence[Tensor]], size: Tuple[int, int], channels: int,
                         device: Optional[torch.device], dtype: Optional[torch.dtype],
                         shapes: Sequence[Optional[Tuple[int, ...]]]) -> List[Optional[bool]]:
     r"""The layout check by shape: per 4-D output (``shapes[i]``, batch dimension dropped;
     None to skip), whether an input twice as tall grows dimension 1 alone (True: dimension 1
     is the image's height, channels-last), dimension 2 alone (False: channels-first), or
-    neither (None: undecided, e.g. a map pooled to a fixed size). One image of ``(2H, W)``;
-    None for every output when the model refuses that size (a fixed-size ViT, an ONNX graph
-    with a static input). It also decides maps whose every position sees the whole image
-    (deep Swin stages), where no probe has locality left to read."""
+    neither (then :func:`_grid_axes` on the shape; None: undecided). One image of ``(2H, W)``;
+    When the model refuses that size (a fixed-size ViT or Swin, an ONNX graph with a static
+    input), the shape itself decides where it can: :func:`_grid_axes`. It also decides maps
+    whose every position sees the whole image (deep Swin stages), where no probe has locality
+    left to read."""
     H, W = size
     taller = _background((2 * H, W), channels, device, dtype)[None]
     try:
         outs = forward(taller)
-    except Exception:  # noqa: BLE001 -- any refusal of the size leaves the layout undecided
-        return [None] * len(shapes)
+    except Exception:  # noqa: BLE001 -- a refusal of the size: the shape at (H, W) alone
+        return [None if shape is None else _grid_axes(shape, size) for shape in shapes]
     verdict: List[Optional[bool]] = []
     for o, shape in zip(outs, shapes):
         grew = tuple(o.shape[1:]) if isinstance(o, Tensor) and o.dim() == 4 else None
@@ -432,8 +457,8 @@ def _axis_one_is_height(forward: Callable[[Tensor], Sequence[Tensor]], size: Tup
             verdict.append(True)
         elif grew[1] > shape[1] and (grew[0], grew[2]) == (shape[0], shape[2]):
             verdict.append(False)
-        else:
-            verdict.append(None)
+        else:  # no axis follows the height (a pooled map, a model resizing its input): the shape
+            verdict.append(_grid_axes(shape, size))
     return verdict
 
 
@@ -559,10 +584,13 @@ def probe_masks(
         by_shape = _axis_one_is_height(forward, size, channels, device, dtype, shapes)
         last += [(name, o.shape) for name, o, tall in zip(names, outs, by_shape) if tall]
         if any(tall is None and shape is not None for tall, shape in zip(by_shape, shapes)):
-            # then, for what the shape does not decide, a look with finite changes
-            for name, changed, o, tall, shape in zip(
-                    names, _changed_entries(forward, size, channels, device, dtype), outs, by_shape, shapes):
-                if tall is None and shape is not None and changed is not None and looks_channels_last(changed):
+            # then, for what the shape does not decide, a look with finite changes (a finite
+            # change can vanish where NaN does not, so it must agree with NaN: within its sets)
+            changes = _changed_entries(forward, size, channels, device, dtype, batch_size)
+            for name, changed, o, tall, shape, slots in zip(names, changes, outs, by_shape, shapes, layout):
+                if (tall is None and shape is not None and changed is not None and shape[2] > 1
+                        and looks_channels_last(changed)
+                        and all(bool((changed[i] <= slots[i]).all()) for i in range(3))):
                     last.append((name, o.shape))
     if last:
         raise ChannelsLastError([name for name, _ in last], last[0][1])

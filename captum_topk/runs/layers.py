@@ -112,11 +112,30 @@ _NOT_A_BLOCK = re.compile(
     r"sigmoid|flatten|identity|softmax|aux\w*|logits)", re.IGNORECASE)
 
 
+#: Module types that are never a default layer (their output is a block's, re-scaled or cut).
+_NOT_A_BLOCK_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+                      nn.modules.dropout._DropoutNd, nn.Identity, nn.Flatten, nn.Linear,
+                      nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+                      nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
+_ACTIVATIONS = "torch.nn.modules.activation"
+
+
+def _is_a_block(module: Optional[nn.Module]) -> bool:
+    return module is None or not (isinstance(module, _NOT_A_BLOCK_TYPES)
+                                  or type(module).__module__ == _ACTIVATIONS)
+
+
 def _spread(blocks: List[str], n: int) -> List[str]:
-    r"""An early, a middle and a late one of ``blocks`` (never the very last: too abstract to
-    crop, too coarse a grid)."""
+    r"""An early, a middle and a late one of ``blocks`` (never the very last when avoidable: too
+    abstract to crop, too coarse a grid), ``min(n, len(blocks))`` distinct ones in order."""
     picks = [blocks[round(i * (len(blocks) - 1) * 0.6 / max(1, n - 1)) + len(blocks) // 8] for i in range(n)]
-    return list(dict.fromkeys(picks))
+    picks = list(dict.fromkeys(picks))
+    for extra in blocks:  # rounding merged two picks: top up with the unused blocks, in order
+        if len(picks) >= min(n, len(blocks)):
+            break
+        if extra not in picks:
+            picks.append(extra)
+    return [b for b in blocks if b in picks]
 
 
 def _children(names: Sequence[str]) -> Dict[str, List[str]]:
@@ -131,19 +150,34 @@ def _children(names: Sequence[str]) -> Dict[str, List[str]]:
     return out
 
 
-def suggest_layers(names: Sequence[str], n: int = 3) -> List[str]:
+def _numbered(names: Sequence[str], suffix: str) -> List[str]:
+    r"""The names that end in ``suffix`` (a regex over whole name components, e.g.
+    ``features\.\d+``), under the shallowest parent that has any: a wrapped model's
+    ``backbone.features.3`` as well as ``features.3``."""
+    groups: Dict[str, List[str]] = {}
+    for x in names:
+        m = re.fullmatch(rf"(?:(.*)\.)?(?:{suffix})", x)
+        if m:
+            groups.setdefault(m.group(1) or "", []).append(x)
+    return min(groups.values(), key=lambda g: g[0].count(".")) if groups else []
+
+
+def suggest_layers(names: Sequence[str], n: int = 3, model: Optional[nn.Module] = None) -> List[str]:
     r"""A sensible default choice of ``n`` layers among a model's layer names.
 
-    :data:`~captum_topk.models.registry.DEFAULT_LAYERS` when all present (MobileNetV2), else
-    ResNet-style stages (``layer1``... under one parent), else an early, a middle and a late
-    block of ``features`` (VGG, EfficientNet, ConvNeXt, Swin, SqueezeNet...), else of the
-    shallowest container with at least ``n`` blocks (ViT's ``encoder.layers``, RegNet's
+    :data:`~captum_topk.models.registry.DEFAULT_LAYERS` for MobileNetV2 (``features.0-18``),
+    else ResNet-style stages (``layer1``... under one parent), else an early, a middle and a
+    late block of ``features`` (VGG, EfficientNet, ConvNeXt, Swin, SqueezeNet...), else of the
+    shallowest container with at least ``max(n, 3)`` blocks (ViT's ``encoder.layers``, RegNet's
     ``trunk_output``, MaxViT's ``blocks``, GoogLeNet's top level; dropout, pooling, norm,
-    activation and head modules left out), else the first names (ONNX graph outputs come first).
+    activation and head modules left out), else the first names (ONNX graph outputs come
+    first: names with ``/`` are tensors, not modules). With ``model``, normalisation,
+    activation, dropout, pooling, ``Linear`` and ``Identity`` modules are never chosen.
 
     Args:
         names (sequence of str): candidate layer names (module names), in forward order.
         n (int): how many.
+        model (nn.Module, optional): the model the names belong to (module types).
     Returns:
         list of str
     Example::
@@ -153,20 +187,21 @@ def suggest_layers(names: Sequence[str], n: int = 3) -> List[str]:
         ['encoder.layers.encoder_layer_1', 'encoder.layers.encoder_layer_4', 'encoder.layers.encoder_layer_8']
     """
     names = list(names)
-    if all(d in names for d in DEFAULT_LAYERS):
+    if model is not None:
+        modules = dict(model.named_modules())
+        names = [x for x in names if _is_a_block(modules.get(x))]
+    if (n == len(DEFAULT_LAYERS) and all(d in names for d in DEFAULT_LAYERS)
+            and "features.18" in names and "features.19" not in names):
         return list(DEFAULT_LAYERS)
-    stages: Dict[str, List[str]] = {}
-    for x in names:
-        parent, _, last = x.rpartition(".")
-        if re.fullmatch(r"layer\d+", last):
-            stages.setdefault(parent, []).append(x)
+    modules_only = [x for x in names if "/" not in x]  # ONNX tensor names are not module paths
+    stages = _numbered(modules_only, r"layer\d+")
     if stages:
-        return min(stages.values(), key=lambda s: s[0].count("."))[:n]
-    blocks = [x for x in names if re.fullmatch(r"features\.\d+", x)]
+        return stages[:n]
+    blocks = _numbered(modules_only, r"features\.\d+")
     if len(blocks) >= n:
         return _spread(blocks, n)
     containers = [(parent.count(".") + bool(parent), -len(kids), kids)
-                  for parent, kids in _children(names).items() if len(kids) >= n]
+                  for parent, kids in _children(modules_only).items() if len(kids) >= max(n, 3)]
     if containers:
         return _spread(min(containers, key=lambda c: c[:2])[2], n)
     return names[:n]

@@ -175,7 +175,7 @@ def default_layers(spec: RunSpec) -> List[str]:
                              "(see `captum-topk layers MODEL.onnx`).")
         return list(sc.layers)
     net, _ = load_run_model(spec.model, spec.checkpoint, random_init=spec.random_init)
-    return suggest_layers([n for n, _ in net.named_modules() if n])
+    return suggest_layers([n for n, _ in net.named_modules() if n], model=net)
 
 
 def _miner_for(spec: RunSpec, dev: torch.device, onnx_file: Optional[Path] = None):
