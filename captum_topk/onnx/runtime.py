@@ -156,6 +156,12 @@ class OnnxForward:
         self.activation_layout = activation_layout.upper()
         self.session = make_session(with_outputs(model, self.tensors), providers, optimize, threads)
         self.providers = list(self.session.get_providers())
+        import onnxruntime
+
+        # A refused input (the probe's twice-as-tall image on a graph with a fixed-size constant)
+        # raises below with ONNX Runtime's message; its logger would print it to stderr as well.
+        self._run_options = onnxruntime.RunOptions()
+        self._run_options.log_severity_level = 4
         self.provider = self.providers[0]
         self._dtype = np.dtype(self.spec.dtype) if self.spec.dtype != "bfloat16" else np.float32
 
@@ -191,7 +197,7 @@ class OnnxForward:
             if self.spec.batch and chunk.shape[0] < step:  # a fixed batch size: pad, then drop
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - chunk.shape[0], axis=0)])
             try:
-                out = self.session.run(self.tensors, {self.spec.name: chunk})
+                out = self.session.run(self.tensors, {self.spec.name: chunk}, self._run_options)
             except Exception as exc:
                 raise ValueError(
                     f"ONNX Runtime failed on a batch of shape {tuple(images.shape)} "
