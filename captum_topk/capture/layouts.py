@@ -19,7 +19,9 @@ row to the bottom of the map), and a map whose every position sees the whole ima
 locality to read. So, for the 4-D outputs NaN did not flag: one input twice as tall (dimension
 1 growing alone means an image axis, dimension 2 growing alone means channels-first), then,
 where the shape says neither (a map pooled to a fixed size, a model refusing the size), the
-three images again with *finite* changes instead of NaN.
+three images again with *finite* changes instead of NaN (only where they agree with NaN). A
+model that refuses the taller input is read from its shape at ``(H, W)`` where that is
+unmistakable (one common stride on dimensions 1-2, strides at least 2x apart on 2-3).
 """
 
 from __future__ import annotations
