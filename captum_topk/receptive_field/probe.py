@@ -437,7 +437,7 @@ def _axis_one_is_height(forward: Callable[[Tensor], Sequence[Tensor]], size: Tup
     r"""The layout check by shape: per 4-D output (``shapes[i]``, batch dimension dropped;
     None to skip), whether an input twice as tall grows dimension 1 alone (True: dimension 1
     is the image's height, channels-last), dimension 2 alone (False: channels-first), or
-    neither (then :func:`_grid_axes` on the shape; None: undecided). One image of ``(2H, W)``;
+    neither (then :func:`_grid_axes` on the shape; None: undecided). One image of ``(2H, W)``.
     When the model refuses that size (a fixed-size ViT or Swin, an ONNX graph with a static
     input), the shape itself decides where it can: :func:`_grid_axes`. It also decides maps
     whose every position sees the whole image (deep Swin stages), where no probe has locality
