@@ -34,7 +34,6 @@ from onnx import TensorProto, helper, numpy_helper
 from ..receptive_field.field import ReceptiveField
 from ..receptive_field.intervals import (
     Deps,
-    LayoutUnsupported,
     Unsupported,
     apply_maps,
     mix_features,
@@ -45,7 +44,7 @@ from ..receptive_field.intervals import (
     sliding_windows,
     transposed_window_map,
 )
-from ..receptive_field.probe import confirm_predictions
+from ..receptive_field.probe import confirm_traced
 from .graph import graph_inputs, infer_shapes, opset_version
 
 Prediction = Tuple[torch.Tensor, torch.Tensor]
@@ -100,24 +99,7 @@ def traced_fields(
         ValueError, ChannelsLastError: as the full probe (the confirmation runs its checks).
     """
     predicted = trace_onnx(model, tensors, size, input_layout=input_layout, activation_layout=activation_layout)
-    checked = [t for t in tensors
-               if not isinstance(predicted[t], Unsupported) or isinstance(predicted[t], LayoutUnsupported)]
-    confirmed: Dict[str, Any] = {}
-    if checked:
-        confirmed = confirm_predictions(
-            forward_for(checked), checked,
-            {t: p for t, p in predicted.items() if not isinstance(p, Unsupported)},
-            size, channels, batch_size)
-    fields: Dict[str, ReceptiveField] = {}
-    reasons: Dict[str, str] = {}
-    for t in tensors:
-        got = confirmed.get(t)
-        if isinstance(got, ReceptiveField):
-            fields[t] = got
-        else:
-            why = predicted[t]
-            reasons[t] = str(why) if isinstance(why, Unsupported) else str(got)
-    return fields, reasons
+    return confirm_traced(forward_for, list(tensors), predicted, size, channels, batch_size)
 
 
 def trace_onnx(

@@ -701,6 +701,50 @@ def confirm_predictions(
     return out
 
 
+def confirm_traced(
+    forward_for: Callable[[List[str]], Callable[[Tensor], Sequence[Tensor]]],
+    names: Sequence[str],
+    predicted: Dict[str, Union[Prediction, Unsupported]],
+    size: Tuple[int, int],
+    channels: int,
+    batch_size: int,
+    device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> Tuple[Dict[str, ReceptiveField], Dict[str, str]]:
+    r"""The confirmation step of a trace, for the PyTorch and the ONNX trace alike: the traced
+    outputs (and those the trace refused for their layout, which the probe's layout checks must
+    see) are checked by :func:`confirm_predictions`; the rest keep the trace's reason.
+
+    Args:
+        forward_for (callable): names to confirm -> a ``forward`` for :func:`confirm_predictions`.
+        names (sequence of str): every output traced.
+        predicted (dict): name -> the trace's prediction or :class:`Unsupported`.
+        size, channels, batch_size, device, dtype: as in :func:`probe_masks`.
+
+    Returns:
+        (dict, dict): name -> :class:`ReceptiveField` for the confirmed outputs; name -> why
+        not (to be probed fully) for the others.
+    """
+    checked = [n for n in names
+               if not isinstance(predicted[n], Unsupported) or isinstance(predicted[n], LayoutUnsupported)]
+    confirmed: Dict[str, Union[ReceptiveField, str]] = {}
+    if checked:
+        confirmed = confirm_predictions(
+            forward_for(checked), checked,
+            {n: p for n, p in predicted.items() if not isinstance(p, Unsupported)},
+            size, channels, batch_size, device, dtype)
+    fields: Dict[str, ReceptiveField] = {}
+    reasons: Dict[str, str] = {}
+    for name in names:
+        got = confirmed.get(name)
+        if isinstance(got, ReceptiveField):
+            fields[name] = got
+        else:
+            why = predicted[name]
+            reasons[name] = str(why) if isinstance(why, Unsupported) else str(got)
+    return fields, reasons
+
+
 def _probe(
     model: Any,
     scope: nn.Module,
@@ -718,34 +762,24 @@ def _probe(
     """Measure the fields of ``pairs``: trace and confirm, then the full probe for the rest
     (``channels_last`` layers are read as their ``(N, C, H, W)`` permutation)."""
     fields: Dict[str, ReceptiveField] = {}
-    reasons: Dict[str, str] = {}
     if method != "probe":
         with _eval_mode(scope, catch_all=True), torch.no_grad():
             predicted = trace_fields(model, pairs, size, channels, attribute_to_layer_input, device, dtype,
                                      channels_last)
-            checked = [(n, m) for n, m in pairs
-                       if not isinstance(predicted[n], Unsupported) or isinstance(predicted[n], LayoutUnsupported)]
-            confirmed: Dict[str, Union[ReceptiveField, str]] = {}
-            if checked:
-                modules = [m for _, m in checked]
-                nhwc = [n in channels_last for n, _ in checked]
+            module_of = dict(pairs)
+
+            def forward_for(names: List[str]) -> Callable[[Tensor], Sequence[Tensor]]:
+                modules = [module_of[n] for n in names]
+                nhwc = [n in channels_last for n in names]
 
                 def forward(batch: Tensor) -> Sequence[Tensor]:
                     outs = run_capture(model, modules, batch,
                                        attribute_to_layer_input=attribute_to_layer_input, stop_early=True)
                     return _as_nchw(outs, nhwc)
+                return forward
 
-                confirmed = confirm_predictions(
-                    forward, [n for n, _ in checked],
-                    {n: p for n, p in predicted.items() if not isinstance(p, Unsupported)},
-                    size, channels, batch_size, device, dtype)
-        for name, _ in pairs:
-            got = confirmed.get(name)
-            if isinstance(got, ReceptiveField):
-                fields[name] = got
-            else:
-                why = predicted[name]
-                reasons[name] = str(why) if isinstance(why, Unsupported) else str(got)
+            fields, reasons = confirm_traced(forward_for, [n for n, _ in pairs], predicted, size, channels,
+                                             batch_size, device, dtype)
         for name, why in reasons.items():
             logger.info("receptive field of %r: full NaN probe (%s)", name, why)
         if method == "trace" and reasons:
