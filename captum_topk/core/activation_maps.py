@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .records import ImageSource, record_image
 from .sources.base import ActivationSource
-from .sources.layouts import PREFIX_SUFFIX
+from .sources.layouts import base_layer
 from .sources.torch import TorchSource
 
 __all__ = ["activation_maps"]
@@ -28,7 +28,7 @@ def _source_for(result: Any, layer: str, model: Any) -> ActivationSource:
         return source
     if model is None:
         raise ValueError("activation_maps needs the model (model=...) or an activation source that ran it.")
-    base = layer[: -len(PREFIX_SUFFIX)] if layer.endswith(PREFIX_SUFFIX) else layer
+    base = base_layer(layer)
     meta = result.layer_info.get(base, {})
     layout = meta.get("layout", "auto")
     grid = None

@@ -29,7 +29,7 @@ from .accumulators.topk import TopKState
 from .loop import feed
 from .result import TopKResult
 from .sources.base import ActivationSource, LayerInfo
-from .sources.layouts import PREFIX_SUFFIX
+from .sources.layouts import base_layer
 from .sources.torch import TorchSource
 
 StatsSpec = Union[bool, None, Sequence[float], Tensor, Dict[str, Any]]
@@ -205,14 +205,14 @@ class LayerTopKPatches(LayerAttribution):
         self._next = 0  # default index of the next image
 
     def _gathers_stats(self, name: str) -> bool:
-        return self._stats_edges is not None and _base(name) in self._stats_edges
+        return self._stats_edges is not None and base_layer(name) in self._stats_edges
 
     def _accumulators(self, info: LayerInfo) -> AccumulatorCollection:
         acc = self._acc.get(info.name)
         if acc is None:
             members = {"topk": TopKState(self.k, info.channels, info.spatial, self.distinct_images)}
             if self._gathers_stats(info.name):
-                members["stats"] = ChannelStats(info.channels, self._stats_edges[_base(info.name)])
+                members["stats"] = ChannelStats(info.channels, self._stats_edges[base_layer(info.name)])
             acc = self._acc[info.name] = AccumulatorCollection(members)
             self._layer_meta[info.name] = info.describe()
         elif acc["topk"].channels != info.channels:
@@ -381,7 +381,7 @@ class LayerTopKPatches(LayerAttribution):
     def _check_stats(self, snap: TopKResult) -> None:
         r"""Statistics can only be combined exactly when both sides gathered them, with the
         same edges, over all their images."""
-        unknown = {_base(n) for n in snap.states} - set(self.layer_names)
+        unknown = {base_layer(n) for n in snap.states} - set(self.layer_names)
         if unknown:
             raise ValueError(f"The state holds layers {sorted(snap.states)} but this miner mines "
                              f"{self.layer_names}.")
@@ -397,7 +397,7 @@ class LayerTopKPatches(LayerAttribution):
                     "the same stats option for every shard / resumed run."
                 )
             if wanted:
-                edges = self._stats_edges[_base(name)]
+                edges = self._stats_edges[base_layer(name)]
                 edges = edges if edges is not None else ChannelStats(1).edges
                 if not torch.equal(cs.edges, edges):
                     raise ValueError(f"Statistics of {name!r} were gathered with other histogram edges.")
@@ -479,11 +479,6 @@ class LayerTopKPatches(LayerAttribution):
         if save is not None and self._n:
             save()
         return self.compute() if finalize else None
-
-
-def _base(name: str) -> str:
-    r"""The mined layer a result layer comes from (``"x[prefix]"`` -> ``"x"``)."""
-    return name[: -len(PREFIX_SUFFIX)] if name.endswith(PREFIX_SUFFIX) else name
 
 
 def _single(layer: Any) -> bool:

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..capture.hooks import resolve_layers
-from .sources.layouts import PREFIX_SUFFIX
+from .sources.layouts import PREFIX_SUFFIX, base_layer
 from ..utils.modules import device_dtype, root_module
 from .records import ImageSource, PatchRecord, record_image
 
@@ -454,7 +454,7 @@ def projections(
         )
     state = result._state(layer)
     if layer_module is None:
-        module = resolve_layers(model, layer[: -len(PREFIX_SUFFIX)] if layer.endswith(PREFIX_SUFFIX) else layer)[0][1]
+        module = resolve_layers(model, base_layer(layer))[0][1]
     else:
         module = layer_module
     root = root_module(model)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..capture.hooks import LayerSpec, resolve_layers
-from ..core.sources.layouts import PREFIX_SUFFIX
+from ..core.sources.layouts import PREFIX_SUFFIX, base_layer
 from ..utils.files import PathLike, atomic_torch_save, atomic_write_text
 from ..utils.naming import slug
 from ..viz.plot import save_png, to_display
@@ -106,12 +106,20 @@ def cache_dir(folder: PathLike, model: nn.Module, layer: LayerSpec, *, weights_d
     Returns:
         pathlib.Path: ``folder / <layer slug> / <key>``.
     """
-    prefix = isinstance(layer, str) and layer.endswith(PREFIX_SUFFIX)  # a token layer's prefix tokens
-    name = resolve_layers(model, layer[: -len(PREFIX_SUFFIX)] if prefix else layer)[0][0]
-    name += PREFIX_SUFFIX if prefix else ""
+    return _cache_entry(folder, model, layer, weights_digest, settings)[2]
+
+
+def _cache_entry(folder: PathLike, model: nn.Module, layer: LayerSpec, weights_digest: str,
+                 settings: Dict[str, Any]) -> Tuple[str, Dict[str, Any], Path]:
+    r"""``(layer name, keyed settings, folder)`` of :func:`cache_dir`; a token layer's prefix
+    tokens (``"<layer>[prefix]"``) are keyed apart from its patches."""
+    if isinstance(layer, str) and layer.endswith(PREFIX_SUFFIX):
+        name = resolve_layers(model, base_layer(layer))[0][0] + PREFIX_SUFFIX
+    else:
+        name = resolve_layers(model, layer)[0][0]
     keyed = _key_settings(name, weights_digest, settings)
     key = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(folder) / slug(name, keep="_.-") / key
+    return name, keyed, Path(folder) / slug(name, keep="_.-") / key
 
 
 def _channel_file(d: Path, channel: int) -> Path:
@@ -171,11 +179,7 @@ def cached_visualize(
     chans = [int(channels)] if isinstance(channels, int) else [int(c) for c in channels]
     if len(set(chans)) != len(chans):
         raise ValueError(f"Channels must be distinct, got {chans}.")
-    prefix = isinstance(layer, str) and layer.endswith(PREFIX_SUFFIX)  # a token layer's prefix tokens
-    name = resolve_layers(model, layer[: -len(PREFIX_SUFFIX)] if prefix else layer)[0][0]
-    name += PREFIX_SUFFIX if prefix else ""
-    keyed = _key_settings(name, weights_digest, settings)
-    d = cache_dir(folder, model, layer, weights_digest=weights_digest, **settings)
+    name, keyed, d = _cache_entry(folder, model, layer, weights_digest, settings)
     missing = [c for c in chans if not _channel_file(d, c).is_file()]
     seconds = 0.0
     if missing:

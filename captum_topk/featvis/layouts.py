@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..capture.hooks import LayerSpec, resolve_layers
-from ..core.sources.layouts import PREFIX_SUFFIX, canonical
+from ..core.sources.layouts import PREFIX_SUFFIX, base_layer, canonical
 from ..core.sources.torch import TorchSource
 
 __all__ = ["layer_layout", "fixed_input_size"]
@@ -55,7 +55,7 @@ def layer_layout(
         'NLC:1:7x7'
     """
     name = layer if isinstance(layer, str) else resolve_layers(model, layer)[0][0]
-    base = name[: -len(PREFIX_SUFFIX)] if name.endswith(PREFIX_SUFFIX) else name
+    base = base_layer(name)
     source = TorchSource(model, [base], layout=layout, token_grid=token_grid, prefix_tokens=prefix_tokens,
                          progress=False)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
+from ..core.sources.layouts import base_layer
 from ..featvis.cache import cached_channels, cached_visualize, model_digest
 from ..featvis.render import FeatureVisualization
 from ..featvis.sheet import sheet
@@ -31,7 +32,7 @@ def _digest(run: Run) -> str:
 
 
 def _settings(run: Run, layer: str, **overrides: Any) -> dict:
-    layout = run.result.layer_info.get(layer.replace("[prefix]", ""), {}).get("layout", "auto")
+    layout = run.result.layer_info.get(base_layer(layer), {}).get("layout", "auto")
     return {**VIS_SETTINGS, "layout": layout if layout != "NCHW" else "auto", "info": run.info, **overrides}
 
 

@@ -14,12 +14,17 @@ from ...capture.tokens import split_tokens
 from ...receptive_field.field import ReceptiveField
 from .base import LayerInfo
 
-__all__ = ["LAYOUT_CHOICES", "PREFIX_SUFFIX", "layout_of", "canonical", "check_shape", "whole_image_field", "size_key"]
+__all__ = ["LAYOUT_CHOICES", "PREFIX_SUFFIX", "base_layer", "layout_of", "canonical", "check_shape", "whole_image_field", "size_key"]
 
 #: What a user may ask for: a layout, or "auto".
 LAYOUT_CHOICES = ("auto", "NCHW", "NHWC", "NLC", "NC")
 #: Suffix of the layer name under which the prefix tokens (class, registers) of a token layer are mined.
 PREFIX_SUFFIX = "[prefix]"
+
+
+def base_layer(name: str) -> str:
+    r"""The mined layer a result layer comes from: ``"x[prefix]"`` -> ``"x"``, others unchanged."""
+    return name[: -len(PREFIX_SUFFIX)] if name.endswith(PREFIX_SUFFIX) else name
 
 
 def size_key(images: Tensor) -> Tuple[int, int, int]:
