@@ -133,9 +133,10 @@ if cmp is not None:
         note = (f"{shown} of the global-average-pooled activations; in brackets the "
                 f"{round(100 * sim['quantile'])}th percentile of {sim['permutations']} shuffled pairings "
                 "(chance: images of B paired with other images of A)")
-    text = [[f"{v:.2f}" + ("" if chance is None else f" ({c:.2f})") for v, c in
-             zip(row, [None] * len(row) if chance is None else crow)]
-            for row, crow in zip(z, z if chance is None else chance)]
+    if chance is None:
+        text = [[f"{v:.2f}" for v in row] for row in z]
+    else:  # each value with its chance level in brackets
+        text = [[f"{v:.2f} ({c:.2f})" for v, c in zip(row, crow)] for row, crow in zip(z, chance)]
     fig = go.Figure(go.Heatmap(z=z, x=cmp["layers_b"], y=cmp["layers_a"], zmin=0, zmax=1,
                                colorscale="Viridis", colorbar=dict(title=shown.split(" (")[0]),
                                text=text, texttemplate="%{text}",
