@@ -2,6 +2,7 @@
 
 import atexit
 import os
+import runpy
 import shutil
 import tempfile
 
@@ -15,6 +16,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
+
+
+if os.environ.get("CAPTUM_TOPK_TEST_ORT_JITTER"):  # another CPU's kernels, simulated (tests/_tolerance.py)
+    _JITTER_SITE = os.path.join(os.path.dirname(__file__), "_ort_jitter")
+    runpy.run_path(os.path.join(_JITTER_SITE, "sitecustomize.py"))  # this process
+
+    # and every Python process the tests start (CLI runs, torchrun workers)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_JITTER_SITE, os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from captum_topk.models import load_model, make_transform
 from captum_topk.plot import to_display
 
 from ._dashboard_fixture import TINY_SPEC, roots_of
+from ._tolerance import assert_backends_close, assert_same_records
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +302,8 @@ def test_a_replaced_checkpoint_makes_its_runs_stale(tmp_path):
     miner = LayerTopKPatches(fresh.model, ["layer1"], k=2)
     for batch in make_loader(fresh.dataset, batch_size=6):
         miner.update(batch)
-    assert torch.allclose(miner.compute().values("layer1"), fresh.result.values("layer1"))
+    # the run went through the `auto` backend (ONNX Runtime here): the parity bound, not allclose's defaults
+    assert_backends_close(fresh.result.values("layer1"), miner.compute().values("layer1"))
 
 
 def test_damaged_runs_are_listed_with_their_problem(world):
@@ -344,11 +346,11 @@ def test_onnx_runtime_job_gives_the_pytorch_records(world):
     ort_spec = dd.JobSpec(onnx=exports[0].name, layers=("layer1",), data="shapes", k=4, batch_size=6)
     user = dd.open_run(dd.mine_job(ort_spec, roots))  # a user's ONNX file: no PyTorch model
     assert user.backend == "onnxruntime" and user.model is None
-    torch.testing.assert_close(ort.result.values("layer1"), run.result.values("layer1"), rtol=1e-4, atol=1e-4)
-    assert torch.equal(ort.result.indices("layer1"), run.result.indices("layer1"))
-    assert torch.equal(user.result.indices("layer1"), ort.result.indices("layer1"))
-    tiles, _ = dd.channel_patches(user, "layer1", 1)
-    ref, _ = dd.channel_patches(run, "layer1", 1)
+    agree = assert_same_records(ort.result, run.result, "layer1")  # PyTorch vs ONNX Runtime: up to near ties
+    assert torch.equal(user.result.indices("layer1"), ort.result.indices("layer1"))  # one backend: exact
+    channel = int(agree.all(dim=1).nonzero()[0])  # a channel whose records agree: the same patches
+    tiles, _ = dd.channel_patches(user, "layer1", channel)
+    ref, _ = dd.channel_patches(run, "layer1", channel)
     assert np.array_equal(tiles, ref)
     with pytest.raises(ValueError, match="ONNX Runtime"):
         dd.channel_projections(user, "layer1", 1)

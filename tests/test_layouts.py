@@ -8,6 +8,7 @@ from torch import nn
 
 from captum_topk import LayerTopKPatches
 from captum_topk.capture.tokens import TokenLayoutError, token_layout
+from ._tolerance import assert_same_records
 from tests._reference import full_activations, reference_topk
 
 
@@ -162,12 +163,6 @@ def test_activation_maps_hold_the_records_values():
     assert rgb.shape == (3, 32, 32, 3) and rgb.dtype.name == "uint8"
 
 
-def _same_records(a, b, layer):
-    for which in ("top", "bottom"):
-        torch.testing.assert_close(a.values(layer, which), b.values(layer, which), atol=1e-4, rtol=1e-4)
-        assert torch.equal(a.indices(layer, which), b.indices(layer, which)), (layer, which)
-
-
 def test_onnx_runtime_mines_tokens_and_channels_last_like_pytorch(tmp_path):
     from captum_topk.onnx import OnnxTopKPatches, export
 
@@ -180,7 +175,7 @@ def test_onnx_runtime_mines_tokens_and_channels_last_like_pytorch(tmp_path):
     torch_res = LayerTopKPatches(vit, layer, k=3).mine(x, progress=False)
     assert ort.layers == torch_res.layers == [layer, layer + "[prefix]"]
     for name in ort.layers:
-        _same_records(ort, torch_res, name)
+        assert_same_records(ort, torch_res, name)
     assert ort.records(layer, 1)[0].box == torch_res.records(layer, 1)[0].box
 
     net = _ChannelsLastBlock().eval()
@@ -192,7 +187,7 @@ def test_onnx_runtime_mines_tokens_and_channels_last_like_pytorch(tmp_path):
     for path in (exp.path, plain):
         ort = OnnxTopKPatches(path, ["linear", "out"], k=2, progress_rf=False).mine(x, progress=False)
         assert ort.layout("linear") == "NHWC" and ort.layout("out") == "NCHW"
-        _same_records(ort, torch_res, "linear")
+        assert_same_records(ort, torch_res, "linear")
         assert ort.receptive_fields["linear"][(16, 16)] == torch_res.receptive_fields["linear"][(16, 16)]
 
 

@@ -35,6 +35,7 @@ from captum_topk.onnx import (OnnxTopKPatches, Sidecar, describe_onnx_layers, ex
 from captum_topk.onnx.runtime import OnnxForward, _probe
 
 from ._models import convnext_like
+from ._tolerance import assert_backends_close, assert_same_records, backend_bound
 from ._reference import full_activations, reference_topk
 
 
@@ -147,8 +148,8 @@ def _tie_free(acts: torch.Tensor, k: int, distinct: bool, which: str, eps: float
     """(C,) bool: channels whose top-k (or bottom-k) ranking has no near-tie.
 
     Checked: the gaps between consecutive candidates among the first k + 1, and (distinct
-    images) between each ranked image's best and second-best position. A gap in (0, eps) is
-    a near-tie. Exact ties are not: they are copies of one value (overlapping max-pooling
+    images) between each ranked image's best and second-best position. Each backend is within
+    ``eps`` of the truth, so a gap in (0, 2 eps) is a near-tie. Exact ties are not: they are copies of one value (overlapping max-pooling
     windows) or clamped zeros (ReLU), equal in both backends and ordered by index and
     position alike. When the ranking reaches the clamped zeros, though, a tiny value
     (|v| in (0, eps)) that may be 0 in the other backend could join them: the channel is
@@ -163,7 +164,7 @@ def _tie_free(acts: torch.Tensor, k: int, distinct: bool, which: str, eps: float
     tiny = ((flat.abs() > 0) & (flat.abs() < eps)).permute(1, 0, 2)  # (C, N, P)
 
     def ok_gaps(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
-        return ((hi - lo).abs() >= eps) | (hi == lo)
+        return ((hi - lo).abs() >= 2 * eps) | (hi == lo)
 
     if distinct:
         best2 = flat.topk(min(2, flat.shape[2]), dim=2).values  # (N, C, 2)
@@ -188,15 +189,11 @@ def _tie_free(acts: torch.Tensor, k: int, distinct: bool, which: str, eps: float
 def _compare(torch_result, onnx_result, model, layer, images, k, distinct, min_fraction=0.8):
     """Records equal (index, y, x, order) on tie-free channels; values within tolerance."""
     acts = full_activations(model, dict(model.named_modules())[layer], images)
-    scale = float(acts.abs().max())
-    eps = 1e-5 * scale  # observed |ORT - torch| is about 1e-6 * scale
+    bound = backend_bound(acts)  # the stated parity bound (tests/_tolerance.py)
     compared = total = 0
     for which in ("top", "bottom"):
-        vt, vo = torch_result.values(layer, which), onnx_result.values(layer, which)
-        finite = torch.isfinite(vt)
-        assert torch.equal(finite, torch.isfinite(vo))
-        assert torch.allclose(vt[finite], vo[finite], atol=eps, rtol=0), (layer, which)
-        ok = _tie_free(acts, k, distinct, which, eps)
+        assert_same_records(onnx_result, torch_result, layer, sides=(which,))
+        ok = _tie_free(acts, k, distinct, which, bound)
         ref = _lexsort_topk(acts, k, distinct, which)
         for ch in range(acts.shape[1]):
             total += 1
@@ -324,7 +321,10 @@ def test_onnxruntime_mining_equals_torch_mining(exported, name, distinct):
         for sz, rf in tr.receptive_fields.get(layer, {}).items():
             assert orr.receptive_fields[layer][sz] == rf, layer  # from the sidecar
         assert orr.records(layer, 0)[0].box == tr.records(layer, 0)[0].box
-    assert compared >= 0.9 * total, f"only {compared}/{total} channel rankings free of near-ties"
+    # every channel agrees slot by slot up to near ties (above); the brute-force check covers
+    # the channels free of near ties under the parity bound, which is wide: 1e-4 of the layer's
+    # largest activation (most of MobileNetV2's channels have two of 5 candidates closer than that)
+    assert compared >= 0.05 * total, f"only {compared}/{total} channel rankings free of near-ties"
     assert orr.metadata["backend"] == "onnxruntime"
     assert orr.metadata["provider"] == miner.provider == miner.source.forward.session.get_providers()[0]
     assert _no_hooks(model)
@@ -608,5 +608,4 @@ def test_numeric_layer_names_export_and_channels_last_tensors_are_listed(tmp_pat
     ref = LayerTopKPatches(model, ["0", "5"], k=2).mine([images], progress=False)
     got = OnnxTopKPatches(str(path), ["0", "5"], k=2).mine([images], progress=False)
     for layer in ("0", "5"):
-        assert torch.equal(got.indices(layer), ref.indices(layer))
-        torch.testing.assert_close(got.values(layer), ref.values(layer), atol=1e-5, rtol=1e-5)
+        assert_same_records(got, ref, layer)
