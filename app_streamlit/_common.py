@@ -9,7 +9,6 @@ arrays) or widgets. A run is identified in caches by its folder and the mtime of
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -17,13 +16,13 @@ import streamlit as st
 
 from captum_topk import dashboard as dd
 
-REPO = Path(__file__).resolve().parent.parent
+BASE = dd.app_base(__file__)  # the checkout, or the current directory for an installed app
 RUN_KEY = "run"  # session_state key of the sidebar run picker
 RUN_REQUEST = "run_request"  # a page asks the picker to switch run on the next rerun
 
 
 def roots() -> dd.Roots:
-    return dd.Roots.from_env(REPO)
+    return dd.Roots.from_env(BASE)
 
 
 @contextmanager

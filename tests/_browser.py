@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "app_streamlit" / "main.py"
@@ -69,18 +69,24 @@ def _get(url: str, timeout: float = 5.0) -> bytes:
 
 @contextlib.contextmanager
 def running_app(env: Optional[Dict[str, str]] = None, port: Optional[int] = None,
-                timeout: float = 120.0) -> Iterator[str]:
+                timeout: float = 120.0, command: Optional[List[str]] = None,
+                cwd: Optional[Path] = None) -> Iterator[str]:
     r"""Run ``streamlit run app_streamlit/main.py`` headless on a free port; yields its URL.
 
-    Waits for ``/_stcore/health``; the server (and its process group) is always killed on exit.
+    ``command`` replaces that command line (``--port PORT`` is appended: e.g. an installed
+    ``captum-topk dashboard``), run in ``cwd`` (default the checkout). Waits for
+    ``/_stcore/health``; the server (and its process group) is always killed on exit.
     """
     port = port or free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1",
-           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-           "--client.toolbarMode", "viewer"]
+    if command is None:
+        cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1",
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+               "--client.toolbarMode", "viewer"]
+    else:
+        cmd = [*command, "--port", str(port)]
     log = tempfile.NamedTemporaryFile(prefix="streamlit-", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=log,
+    proc = subprocess.Popen(cmd, cwd=cwd or REPO, env={**os.environ, **(env or {})}, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, List
 
+# app_streamlit/ sits beside captum_topk/ in a checkout and in site-packages (the wheel carries it).
 APP = Path(__file__).resolve().parents[2] / "app_streamlit" / "main.py"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -28,7 +29,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from ..dashboard import ENV_VARS, Roots, ensure_default_run
 
     if not APP.is_file():
-        raise FileNotFoundError(f"The Streamlit app is not at {APP}: run from a checkout of captum-topk.")
+        raise FileNotFoundError(f"The Streamlit app is not at {APP}: this installation of captum-topk lacks "
+                                "app_streamlit/ (reinstall it from a wheel or a checkout: pip install captum-topk).")
     roots = Roots.from_env(args.base)
     for key, var in ENV_VARS.items():  # the app (another process) reads the same roots
         os.environ.setdefault(var, str(getattr(roots, key)))

@@ -39,7 +39,7 @@ Example::
 from .comparisons import compare_runs, compare_status, find_finetuned, like_run, matching_layers, shared_images
 from .embeddings import nearest_neighbours, pca_2d, run_embeddings, thumbnails
 from .jobs import HISTOGRAM_BINS, ensure_default_run, find_job, job_layers, job_model, mine_job, onnx_available, run_spec, suggest_layers
-from .roots import CHECKPOINT_EXTENSIONS, DEFAULT_DIRS, ENV_VARS, Roots, UnsafePathError, list_data_folders, list_files, resolve_under
+from .roots import CHECKPOINT_EXTENSIONS, app_base, DEFAULT_DIRS, ENV_VARS, Roots, UnsafePathError, list_data_folders, list_files, resolve_under
 from ..runs.folder import Run, RunEntry, list_runs
 from .opening import check_run_paths, open_run
 from ..runs.lock import RunLockedError
@@ -50,6 +50,7 @@ from .views import channel_classes, channel_histogram, channel_overlays, channel
 from ..models.registry import DEFAULT_MODEL
 
 __all__ = [
+    "app_base",
     "Roots",
     "UnsafePathError",
     "resolve_under",

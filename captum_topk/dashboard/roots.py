@@ -19,6 +19,7 @@ from ..utils.files import PathLike
 from ..utils.files import walk
 
 __all__ = [
+    "app_base",
     "ENV_VARS",
     "DEFAULT_DIRS",
     "CHECKPOINT_EXTENSIONS",
@@ -94,6 +95,25 @@ class Roots:
 
     def as_dict(self) -> Dict[str, str]:
         return {k: str(getattr(self, k)) for k in ENV_VARS}
+
+
+def app_base(app_file: PathLike) -> Path:
+    r"""The folder whose ``data/``, ``results/``, ... are the app's default roots when no
+    environment variable names them: the checkout that holds the app (``streamlit run
+    app_streamlit/main.py`` in a clone), else the current directory (the app installed from a
+    wheel lives in site-packages, which is nobody's data folder).
+
+    Args:
+        app_file (str or Path): the app's ``main.py`` or another file of ``app_streamlit/``.
+    Returns:
+        Path: the checkout's root or ``Path.cwd()``.
+    """
+    checkout = Path(app_file).resolve().parent
+    checkout = checkout.parent if checkout.name == "pages" else checkout
+    checkout = checkout.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "captum_topk").is_dir():
+        return checkout
+    return Path.cwd()
 
 
 def _within(path: Path, root: Path) -> bool:
