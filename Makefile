@@ -41,13 +41,17 @@ screenshots: $(STAMP)
 # twins, torchrun kill-and-resume, the dashboard in headless Chromium, the docs' slow examples);
 # `.ci/run` runs both.
 JOBS ?= 2
+# pytest exits 5 when it collected no test: a failure, said as such.
+define pytest
+@$(PY) -m pytest -q -n $(JOBS) -m $(1); rc=$$?; \
+if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+endef
+
 test: $(STAMP)
-	@$(PY) -m pytest -q -n $(JOBS) -m "not slow"; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+	$(call pytest,"not slow")
 
 test-slow: $(STAMP)
-	@$(PY) -m pytest -q -n $(JOBS) -m slow; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+	$(call pytest,slow)
 
 bench: $(STAMP)
 	$(PY) benchmarks/mining_throughput.py
