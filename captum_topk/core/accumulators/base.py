@@ -27,10 +27,10 @@ derived from the declarations (as torchmetrics derives ``reset`` and the distrib
   :meth:`merge` refuses an accumulator whose settings differ.
 * :meth:`Accumulator.add_state` ``(name, default, merge=...)`` in ``__init__`` (after the
   settings are stored): one piece of state, an attribute ``self.<name>`` that ``update``
-  changes. ``default`` is a tensor (its shape and dtype are checked when a state is loaded),
-  an ``int``, a ``float``, ``None`` (a small free value such as a grid size, tuples saved as
-  lists), or another :class:`Accumulator` (a member: reset, merged, saved and loaded as a
-  whole). ``merge`` says how two shards combine: ``"sum"``, ``"min"``, ``"max"``, ``"cat"``
+  changes (in place or by assignment). ``default`` is a tensor (its shape and dtype are
+  checked when a state is loaded), an ``int``, a ``float``, a list, ``None`` (a small free
+  value such as a grid size, tuples saved as lists), or another :class:`Accumulator` (a
+  member: reset, merged, saved and loaded as a whole). ``merge`` says how two shards combine: ``"sum"``, ``"min"``, ``"max"``, ``"cat"``
   (along dim 0), or a callable ``fn(mine, theirs) -> merged``, three dicts ``{name: value}``
   over every state declared with that same callable, for states that only combine together
   (Chan et al.'s co-moments, the top-k slots under their total order).
@@ -117,10 +117,12 @@ class Accumulator(abc.ABC):
 
         Args:
             name (str): the attribute and the :meth:`state_dict` key.
-            default (Tensor, int, float, None or Accumulator): the empty state. A tensor's
-                shape and dtype are those a loaded state must have (cast within what
-                ``torch.can_cast`` allows); ``None`` declares a small free value (``None``,
-                numbers, strings, tuples of them); an :class:`Accumulator` is a member.
+            default (Tensor, int, float, list, None or Accumulator): the empty state. A
+                tensor's shape and dtype are those a loaded state must have (cast within what
+                ``torch.can_cast`` allows; a ``"cat"`` state may have any length along dim 0);
+                a list grows by ``"cat"``; ``None`` declares a small free value (``None``,
+                numbers, strings, tuples of them; a tuple is saved as a list and loaded back
+                as a tuple); an :class:`Accumulator` is a member.
             merge (str or callable): ``"sum"``, ``"min"``, ``"max"``, ``"cat"`` (dim 0, or list
                 concatenation), or ``fn(mine, theirs) -> merged`` on dicts ``{name: value}`` of
                 every state declared with this same callable (merged together, once). A
@@ -240,7 +242,7 @@ class Accumulator(abc.ABC):
                 f"this one has {', '.join(f'{s}={getattr(self, s)!r}' for s in differ)}): "
                 f"use {name}.from_state_dict(state).")
         plain = {n: d for n, d in self._declared.items() if not isinstance(d.default, Accumulator)}
-        values = {n: _import(name, n, d.default, state[n]) for n, d in plain.items()}
+        values = {n: _import(name, n, d.default, state[n], d.merge == "cat") for n, d in plain.items()}
         for n, d in self._declared.items():
             if n not in plain:
                 _import(name, n, d.default, state[n])  # a member loads (and checks) itself
@@ -349,8 +351,9 @@ def _export(value: Any) -> Any:
     return value
 
 
-def _import(owner: str, name: str, default: Any, value: Any) -> Any:
-    r"""A saved state checked against its declared default (shape, dtype, type)."""
+def _import(owner: str, name: str, default: Any, value: Any, grows: bool = False) -> Any:
+    r"""A saved state checked against its declared default (shape, dtype, type); a state that
+    ``grows`` (merged by ``"cat"``) may have any length along dim 0."""
     import torch
 
     where = f"{owner} state {name!r}"
@@ -364,8 +367,10 @@ def _import(owner: str, name: str, default: Any, value: Any) -> Any:
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{where} should be a tensor {tuple(default.shape)} {default.dtype}, "
                              f"got {type(value).__name__}.")
-        if tuple(value.shape) != tuple(default.shape):
-            raise ValueError(f"{where} has shape {tuple(value.shape)}, expected {tuple(default.shape)} "
+        fixed = slice(1, None) if grows else slice(None)
+        if value.dim() != default.dim() or tuple(value.shape[fixed]) != tuple(default.shape[fixed]):
+            expected = ("(any, " + ", ".join(map(str, default.shape[1:])) + ")") if grows else tuple(default.shape)
+            raise ValueError(f"{where} has shape {tuple(value.shape)}, expected {expected} "
                              "(the settings decide it).")
         if not torch.can_cast(value.dtype, default.dtype):
             raise ValueError(f"{where} has dtype {value.dtype}, expected {default.dtype}.")
