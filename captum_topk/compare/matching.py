@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..capture.hooks import resolve_layers, run_capture
+from ..core.accumulators.base import Accumulator
 from ..core.accumulators.crosscorr import CrossCorrelation, POSITIONS
 from .inputs import count_images, eval_mode, image_batches
 
@@ -195,23 +196,57 @@ def _pairs(pairs: Sequence[Any]) -> List[LayerPair]:
     return out
 
 
-class PairAccumulator:
-    r"""The cross-correlation of one layer pair, and optionally its mispaired twin (chance)."""
+class PairAccumulator(Accumulator):
+    r"""The unit matching of one layer pair: an :class:`~captum_topk.core.accumulators.Accumulator`
+    holding the pair's :class:`CrossCorrelation` and, with ``chance``, its mispaired twin.
 
-    def __init__(self, channels_a: int, channels_b: int, positions: str, chance: bool) -> None:
-        self.real = CrossCorrelation(channels_a, channels_b, positions)
-        self.chance = CrossCorrelation(channels_a, channels_b, positions) if chance else None
+    Being an accumulator, a matching can be sharded, merged, saved and resumed
+    (:meth:`state_dict` / :meth:`from_state_dict`) and gathered over ``torchrun`` ranks
+    (:meth:`gather`), like every other statistic.
+
+    Args:
+        channels_a (int): ``C_a``, the channels of the layer of model A.
+        channels_b (int): ``C_b``, those of the layer of model B.
+        positions (str): ``"resampled"`` or ``"pooled"`` (see :class:`CrossCorrelation`).
+        chance (bool): also accumulate the chance level: each image of A paired with another
+            image of B (B's batch rolled by half its size; batches of one image left out).
+
+    Example::
+
+        >>> acc = PairAccumulator(64, 256, "resampled", chance=True)
+        >>> acc.update(acts_a, acts_b)               # (N, 64, 14, 14), (N, 256, 27, 27)
+        >>> acc.matching("features.7", "features.12").assignment[:4]
+    """
+
+    settings = ("channels_a", "channels_b", "positions", "chance")
+
+    def __init__(self, channels_a: int, channels_b: int, positions: str = "resampled", chance: bool = False) -> None:
+        self.channels_a, self.channels_b = int(channels_a), int(channels_b)
+        self.positions, self.chance = str(positions), bool(chance)
+        self.add_state("real", CrossCorrelation(self.channels_a, self.channels_b, self.positions))
+        if self.chance:
+            self.add_state("mispaired", CrossCorrelation(self.channels_a, self.channels_b, self.positions))
 
     def update(self, a: Tensor, b: Tensor) -> None:
+        r"""Fold in a batch: ``(N, C_a, ...)`` and ``(N, C_b, ...)`` activations of the same images."""
         self.real.update(a, b)
         n = a.shape[0]
-        if self.chance is not None and n > 1:
-            self.chance.update(a, b.roll(n // 2, dims=0))
+        if self.chance and n > 1:
+            self.mispaired.update(a, b.roll(n // 2, dims=0))
 
-    def matching(self, layer_a: str, layer_b: str, keep_matrix: Optional[bool] = None) -> UnitMatching:
+    def compute(self) -> "UnitMatching":
+        r"""The :class:`UnitMatching` (layers named ``"a"`` and ``"b"``: :meth:`matching` names them)."""
+        return self.matching()
+
+    def matching(self, layer_a: str = "a", layer_b: str = "b", keep_matrix: Optional[bool] = None) -> UnitMatching:
+        r"""The :class:`UnitMatching` of everything seen, with the chance level when accumulated.
+
+        Raises:
+            ValueError: fewer than 2 samples seen.
+        """
         m = matching_from(self.real, layer_a, layer_b, keep_matrix=keep_matrix)
-        if self.chance is not None and self.chance.samples >= 2:
-            c = UnitMatching.from_correlation(self.chance.compute(), keep_matrix=False)
+        if self.chance and self.mispaired.samples >= 2:
+            c = UnitMatching.from_correlation(self.mispaired.compute(), keep_matrix=False)
             m.chance_correlation, m.chance_best_correlation = c.mean_correlation, c.mean_best_correlation
         return m
 

@@ -330,11 +330,10 @@ class TopKResult:
                 raise ValueError(f"damaged captum-topk result: layer {name!r} declares k={k!r}, {channels!r} channels.")
             prefix = f"state/{name}/"
             st_tensors = {k_[len(prefix):]: v for k_, v in tensors.items() if k_.startswith(prefix)}
-            state = TopKState(k, channels, bool(info["spatial"]), bool(info["distinct_images"]))
-            out_size = tuple(info["out_size"]) if info.get("out_size") else None
-            state.load_state_dict({"k": k, "channels": channels, "spatial": info["spatial"],
-                                   "distinct_images": info["distinct_images"], "nan_count": info.get("nan_count", 0),
-                                   "out_size": out_size, "tensors": st_tensors})
+            state = TopKState.from_state_dict({
+                **st_tensors, "k": k, "channels": channels, "spatial": bool(info["spatial"]),
+                "distinct_images": bool(info["distinct_images"]), "nan_count": info.get("nan_count", 0),
+                "out_size": info.get("out_size") or None})
             _check_state(name, state)
             states[name] = state
         rfs: Dict[str, Dict[Tuple[int, int], ReceptiveField]] = {}

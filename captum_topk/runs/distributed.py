@@ -7,7 +7,9 @@ activation is bit-identical to a single-process run). Each image keeps its globa
 
 What is merged: each rank's O(layers x channels x k) state is serialised with
 ``torch.save`` (tensors and JSON text only), gathered on rank 0 with
-``torch.distributed.gather_object`` and loaded there with ``torch.load(weights_only=True)``;
+``torch.distributed.gather_object`` and loaded there with ``torch.load(weights_only=True)``
+(:func:`~captum_topk.core.accumulators.base.gather_payloads`, which every accumulator's
+:meth:`~captum_topk.core.accumulators.base.Accumulator.gather` uses too);
 rank 0 folds them in with :meth:`LayerTopKPatches.merge`, whose strict total order makes the
 merged result exactly the single-process result, computes receptive fields once and writes
 the result.
@@ -18,7 +20,6 @@ resume it skips the global batches its snapshot already holds.
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Sequence
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.failures import SkippedImage
 from ..data.loader import LoaderBatch, collate, globalize, guarded
+from ..core.accumulators.base import gather_payloads
 from ..core.result import TopKResult
 
 
@@ -170,28 +172,19 @@ class ShardLoader:
             yield batch
 
 
-def _to_bytes(result: TopKResult) -> bytes:
-    buf = io.BytesIO()
-    torch.save(result.to_payload(), buf)
-    return buf.getvalue()
-
-
-def _from_bytes(data: bytes) -> TopKResult:
-    return TopKResult.from_payload(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
-
-
 def gather_states(miner: Any, env: DistEnv) -> None:
     r"""Gather every rank's streaming state on rank 0 and merge it into rank 0's miner.
 
-    Collective: every rank must call it. Payloads are tensors and JSON text, loaded with
-    ``torch.load(weights_only=True)``.
+    Collective: every rank must call it. Each rank's snapshot (a
+    :class:`~captum_topk.core.result.TopKResult` payload: tensors and JSON text) travels as
+    the accumulators' states do (:func:`~captum_topk.core.accumulators.base.gather_payloads`:
+    ``torch.save`` bytes, ``torch.load(weights_only=True)``) and is merged in rank order.
     """
     if env.world <= 1:
         return
-    mine = _to_bytes(miner.snapshot())
-    gathered: Optional[List[Any]] = [None] * env.world if env.is_main else None
-    dist.gather_object(mine, gathered, dst=0)
+    payloads = gather_payloads(miner.snapshot().to_payload(), dst=0)
     if env.is_main:
-        for r, data in enumerate(gathered):
-            if r != 0:
-                miner.merge(_from_bytes(data))
+        if payloads is None:
+            raise RuntimeError("gather_states needs the process group started (init_distributed).")
+        for payload in payloads[1:]:
+            miner.merge(TopKResult.from_payload(payload))

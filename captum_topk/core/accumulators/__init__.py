@@ -1,5 +1,7 @@
 r"""Streaming accumulators: per-layer top-k (:mod:`.topk`), channel statistics (:mod:`.stats`),
-paired channel moments (:mod:`.moments`) and minibatch CKA (:mod:`.cka`)."""
+paired channel moments (:mod:`.moments`), cross-correlation of two layers (:mod:`.crosscorr`)
+and minibatch CKA (:mod:`.cka`), on the declared-state protocol of :mod:`.base` (how to write
+one: its module docstring)."""
 
 from .base import Accumulator, AccumulatorCollection
 from .cka import MinibatchCKA, linear_cka

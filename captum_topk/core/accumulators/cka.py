@@ -23,7 +23,7 @@ constant vector.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -156,18 +156,16 @@ class MinibatchCKA(Accumulator):
         >>> cka.compute()                    # (2, 3)
     """
 
+    settings = ("num_a", "num_b")
+
     def __init__(self, num_a: int, num_b: int) -> None:
         self.num_a, self.num_b = int(num_a), int(num_b)
-        self.reset()
-
-    def reset(self) -> None:
-        r"""Forget all batches."""
-        self.hsic_ab = torch.zeros(self.num_a, self.num_b, dtype=torch.float64)
-        self.hsic_aa = torch.zeros(self.num_a, dtype=torch.float64)
-        self.hsic_bb = torch.zeros(self.num_b, dtype=torch.float64)
-        self.batches = 0
-        self.examples = 0
-        self.skipped = 0
+        self.add_state("hsic_ab", torch.zeros(self.num_a, self.num_b, dtype=torch.float64), merge="sum")
+        self.add_state("hsic_aa", torch.zeros(self.num_a, dtype=torch.float64), merge="sum")
+        self.add_state("hsic_bb", torch.zeros(self.num_b, dtype=torch.float64), merge="sum")
+        self.add_state("batches", 0, merge="sum")
+        self.add_state("examples", 0, merge="sum")
+        self.add_state("skipped", 0, merge="sum")
 
     def update(self, reps_a: Sequence[Tensor], reps_b: Sequence[Tensor]) -> None:
         r"""Add one minibatch.
@@ -194,17 +192,6 @@ class MinibatchCKA(Accumulator):
         self.batches += 1
         self.examples += n
 
-    def merge(self, other: "MinibatchCKA") -> "MinibatchCKA":
-        r"""Add the batches of another accumulator (other images); returns self."""
-        self._check_mergeable(other, "num_a", "num_b")
-        self.hsic_ab += other.hsic_ab
-        self.hsic_aa += other.hsic_aa
-        self.hsic_bb += other.hsic_bb
-        self.batches += other.batches
-        self.examples += other.examples
-        self.skipped += other.skipped
-        return self
-
     def compute(self) -> Tensor:
         r"""The ``(P, Q)`` minibatch CKA matrix (float64).
 
@@ -215,23 +202,3 @@ class MinibatchCKA(Accumulator):
             raise ValueError("No minibatch of at least 4 images was seen: CKA is undefined.")
         denom = torch.sqrt(torch.outer(self.hsic_aa, self.hsic_bb).clamp_min(0.0))
         return self.hsic_ab / denom
-
-    def state_dict(self) -> Dict[str, Any]:
-        r"""The accumulated sums (tensors and ints), safe for ``torch.load(weights_only=True)``."""
-        return {"num_a": self.num_a, "num_b": self.num_b, "hsic_ab": self.hsic_ab.clone(),
-                "hsic_aa": self.hsic_aa.clone(), "hsic_bb": self.hsic_bb.clone(),
-                "batches": self.batches, "examples": self.examples, "skipped": self.skipped}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.num_a, self.num_b = int(state["num_a"]), int(state["num_b"])
-        self.hsic_ab = torch.as_tensor(state["hsic_ab"], dtype=torch.float64).clone()
-        self.hsic_aa = torch.as_tensor(state["hsic_aa"], dtype=torch.float64).clone()
-        self.hsic_bb = torch.as_tensor(state["hsic_bb"], dtype=torch.float64).clone()
-        if self.hsic_ab.shape != (self.num_a, self.num_b):
-            raise ValueError(f"MinibatchCKA state: hsic_ab has shape {tuple(self.hsic_ab.shape)}.")
-        self.batches, self.examples, self.skipped = (int(state["batches"]), int(state["examples"]),
-                                                     int(state["skipped"]))
-
-    @classmethod
-    def _empty_from_state(cls, state: Mapping[str, Any]) -> "MinibatchCKA":
-        return cls(int(state["num_a"]), int(state["num_b"]))

@@ -28,7 +28,7 @@ by the correlation of their activations over images and positions.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -125,25 +125,24 @@ class CrossCorrelation(Accumulator):
         torch.Size([64, 256])
     """
 
+    settings = ("channels_a", "channels_b", "positions")
+
     def __init__(self, channels_a: int, channels_b: int, positions: str = "resampled") -> None:
         self.channels_a, self.channels_b = int(channels_a), int(channels_b)
         if self.channels_a < 1 or self.channels_b < 1:
             raise ValueError(f"Channel counts must be >= 1, got {channels_a} and {channels_b}.")
         self.positions = _check_positions(positions)
-        self.reset()
+        ca, cb = self.channels_a, self.channels_b
+        # Co-moments only combine together (Chan et al.): one merge for all of them.
+        for name, default in (("samples", 0), ("images", 0),
+                              ("mean_a", torch.zeros(ca, dtype=torch.float64)),
+                              ("mean_b", torch.zeros(cb, dtype=torch.float64)),
+                              ("m2_a", torch.zeros(ca, dtype=torch.float64)),
+                              ("m2_b", torch.zeros(cb, dtype=torch.float64)),
+                              ("c_ab", torch.zeros(ca, cb, dtype=torch.float64))):
+            self.add_state(name, default, merge=self._merge_comoments)
 
     # ------------------------------------------------------------------ protocol
-
-    def reset(self) -> None:
-        r"""Forget every batch (channel counts and ``positions`` are kept)."""
-        ca, cb = self.channels_a, self.channels_b
-        self.samples = 0
-        self.images = 0
-        self.mean_a = torch.zeros(ca, dtype=torch.float64)
-        self.mean_b = torch.zeros(cb, dtype=torch.float64)
-        self.m2_a = torch.zeros(ca, dtype=torch.float64)
-        self.m2_b = torch.zeros(cb, dtype=torch.float64)
-        self.c_ab = torch.zeros(ca, cb, dtype=torch.float64)
 
     def update(self, a: Tensor, b: Tensor) -> None:
         r"""Fold in one batch of paired activations.
@@ -168,17 +167,12 @@ class CrossCorrelation(Accumulator):
         da, db = xa - ma, xb - mb
         self._fold(m, int(a.shape[0]), ma, mb, (da * da).sum(0), (db * db).sum(0), da.t() @ db)
 
-    def merge(self, other: "CrossCorrelation") -> "CrossCorrelation":
-        r"""Fold in an accumulator of the same channels and ``positions`` that saw other images.
-
-        Returns:
-            CrossCorrelation: ``self``.
-        """
-        self._check_mergeable(other, "channels_a", "channels_b", "positions")
-        if other.samples:
-            self._fold(other.samples, other.images, other.mean_a, other.mean_b, other.m2_a,
-                       other.m2_b, other.c_ab)
-        return self
+    def _merge_comoments(self, mine: Dict[str, Any], theirs: Dict[str, Any]) -> Dict[str, Any]:
+        r"""The declared merge: the other samples' co-moments folded in with :meth:`_fold`."""
+        if theirs["samples"]:
+            self._fold(theirs["samples"], theirs["images"], theirs["mean_a"], theirs["mean_b"],
+                       theirs["m2_a"], theirs["m2_b"], theirs["c_ab"])
+        return {name: getattr(self, name) for name in mine}
 
     def compute(self) -> Tensor:
         r"""The correlation matrix.
@@ -212,34 +206,6 @@ class CrossCorrelation(Accumulator):
 
     def _constant(self, m2: Tensor, mean: Tensor) -> Tensor:
         return is_constant(m2, mean, self.samples)  # the rule of ChannelMoments
-
-    def state_dict(self) -> Dict[str, Any]:
-        r"""Settings and co-moments (tensors, ints and a string: ``weights_only``-safe)."""
-        return {"channels_a": self.channels_a, "channels_b": self.channels_b,
-                "positions": self.positions, "samples": self.samples, "images": self.images,
-                "mean_a": self.mean_a.clone(), "mean_b": self.mean_b.clone(),
-                "m2_a": self.m2_a.clone(), "m2_b": self.m2_b.clone(), "c_ab": self.c_ab.clone()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        r"""Replace settings and state by those of :meth:`state_dict`.
-
-        Raises:
-            ValueError: when the tensors do not have the recorded channel counts.
-        """
-        ca, cb = int(state["channels_a"]), int(state["channels_b"])
-        shapes = {"mean_a": (ca,), "mean_b": (cb,), "m2_a": (ca,), "m2_b": (cb,), "c_ab": (ca, cb)}
-        bad = [k for k, s in shapes.items() if tuple(state[k].shape) != s]
-        if bad:
-            raise ValueError(f"State tensors {', '.join(bad)} do not match {ca} x {cb} channels.")
-        self.channels_a, self.channels_b = ca, cb
-        self.positions = _check_positions(str(state["positions"]))
-        self.samples, self.images = int(state["samples"]), int(state["images"])
-        for k in shapes:
-            setattr(self, k, state[k].detach().to(torch.float64).clone())
-
-    @classmethod
-    def _empty_from_state(cls, state: Mapping[str, Any]) -> "CrossCorrelation":
-        return cls(int(state["channels_a"]), int(state["channels_b"]), str(state["positions"]))
 
     # ------------------------------------------------------------------ Chan et al.
 

@@ -8,7 +8,7 @@ not depend on how the data is batched or sharded and stays accurate for large me
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict
 
 import torch
 from torch import Tensor
@@ -49,7 +49,14 @@ def is_constant(m2: Tensor, mean: Tensor, n: int) -> Tensor:
     float64 rounding level of the mean."""
     return m2 <= 1e-24 * (1.0 + mean.abs() ** 2) * max(n, 1)
 
+
 _MOMENTS = ("mean_a", "mean_b", "m2_a", "m2_b", "c_ab")
+
+
+def _merge_moments(mine: Dict[str, Any], theirs: Dict[str, Any]) -> Dict[str, Any]:
+    r"""The declared merge of :class:`ChannelMoments`: :func:`combine_moments` of both sides."""
+    merged = combine_moments(mine["n"], *(mine[k] for k in _MOMENTS), theirs["n"], *(theirs[k] for k in _MOMENTS))
+    return dict(zip(("n",) + _MOMENTS, merged))
 
 
 class ChannelMoments(Accumulator):
@@ -66,14 +73,13 @@ class ChannelMoments(Accumulator):
         torch.Size([16])
     """
 
+    settings = ("channels",)
+
     def __init__(self, channels: int) -> None:
         self.channels = int(channels)
-        self.reset()
-
-    def reset(self) -> None:
-        self.n = 0
+        self.add_state("n", 0, merge=_merge_moments)
         for name in _MOMENTS:
-            setattr(self, name, torch.zeros(self.channels, dtype=torch.float64))
+            self.add_state(name, torch.zeros(self.channels, dtype=torch.float64), merge=_merge_moments)
 
     def update(self, a: Tensor, b: Tensor) -> None:
         r"""Add a batch: ``a`` and ``b`` are ``(N, C, ...)`` activations of the same images."""
@@ -95,12 +101,6 @@ class ChannelMoments(Accumulator):
         (self.n, self.mean_a, self.mean_b, self.m2_a, self.m2_b, self.c_ab) = combine_moments(
             self.n, self.mean_a, self.mean_b, self.m2_a, self.m2_b, self.c_ab, m, ma, mb, m2a, m2b, cab)
 
-    def merge(self, other: "ChannelMoments") -> "ChannelMoments":
-        r"""Fold in the moments of other images (exact up to float64 rounding); returns self."""
-        self._check_mergeable(other, "channels")
-        self._combine(other.n, other.mean_a, other.mean_b, other.m2_a, other.m2_b, other.c_ab)
-        return self
-
     def correlation(self) -> Tensor:
         r"""``(C,)`` Pearson correlations. A channel constant over the data in both models gets 1
         when the two constants are equal, else 0; constant in only one model: 0."""
@@ -116,19 +116,3 @@ class ChannelMoments(Accumulator):
     def compute(self) -> Tensor:
         r"""The ``(C,)`` correlations (:meth:`correlation`)."""
         return self.correlation()
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"channels": self.channels, "n": self.n,
-                **{name: getattr(self, name).clone() for name in _MOMENTS}}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.channels, self.n = int(state["channels"]), int(state["n"])
-        for name in _MOMENTS:
-            t = torch.as_tensor(state[name], dtype=torch.float64).clone()
-            if t.shape != (self.channels,):
-                raise ValueError(f"ChannelMoments state: {name} has shape {tuple(t.shape)}, expected ({self.channels},).")
-            setattr(self, name, t)
-
-    @classmethod
-    def _empty_from_state(cls, state: Mapping[str, Any]) -> "ChannelMoments":
-        return cls(int(state["channels"]))

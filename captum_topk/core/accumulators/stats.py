@@ -94,6 +94,8 @@ class ChannelStats(Accumulator):
         n_images (int): images seen.
     """
 
+    settings = ("channels", "edges")
+
     def __init__(
         self,
         channels: int,
@@ -117,18 +119,14 @@ class ChannelStats(Accumulator):
             raise ValueError(f"channels must be a positive integer, got {channels!r}.")
         self.channels = channels
         self.edges = _as_edges(edges if edges is not None else default_edges(bins, range))
-        self.reset()
-
-    def reset(self) -> None:
-        r"""Forget every value seen (the edges are kept)."""
         c, nb = self.channels, self.edges.numel() + 1
-        self.hist = torch.zeros(c, nb, dtype=torch.int64)
-        self.sum = torch.zeros(c, dtype=torch.float64)
-        self.positive = torch.zeros(c, dtype=torch.int64)
-        self.nan = torch.zeros(c, dtype=torch.int64)
-        self.min = torch.full((c,), float("inf"), dtype=torch.float64)
-        self.max = torch.full((c,), float("-inf"), dtype=torch.float64)
-        self.n_images = 0
+        self.add_state("hist", torch.zeros(c, nb, dtype=torch.int64), merge="sum")
+        self.add_state("sum", torch.zeros(c, dtype=torch.float64), merge="sum")
+        self.add_state("positive", torch.zeros(c, dtype=torch.int64), merge="sum")
+        self.add_state("nan", torch.zeros(c, dtype=torch.int64), merge="sum")
+        self.add_state("min", torch.full((c,), float("inf"), dtype=torch.float64), merge="min")
+        self.add_state("max", torch.full((c,), float("-inf"), dtype=torch.float64), merge="max")
+        self.add_state("n_images", 0, merge="sum")
 
     # ------------------------------------------------------------------ streaming
     @property
@@ -186,30 +184,6 @@ class ChannelStats(Accumulator):
         self.max = torch.maximum(self.max, hi.double())
         self.n_images += n
         return self
-
-    def merge(self, other: "ChannelStats") -> "ChannelStats":
-        r"""Fold the statistics of other (disjoint) data into these; exact for every count.
-
-        Args:
-            other (ChannelStats): gathered with the same channels and edges.
-        Returns:
-            self
-        Raises:
-            ValueError: when channels or edges differ.
-        """
-        self._check_mergeable(other, "channels", "edges")
-        device = self.hist.device
-        self.hist += other.hist.to(device)
-        self.sum += other.sum.to(device)
-        self.positive += other.positive.to(device)
-        self.nan += other.nan.to(device)
-        self.min = torch.minimum(self.min, other.min.to(device))
-        self.max = torch.maximum(self.max, other.max.to(device))
-        self.n_images += other.n_images
-        return self
-
-    def clone(self) -> "ChannelStats":
-        return ChannelStats.from_payload(self.to_payload())
 
     def compute(self) -> Dict[str, Tensor]:
         r"""The statistics as tensors: ``mean`` (C,), ``fraction_positive`` (C,), ``counts``
@@ -295,30 +269,13 @@ class ChannelStats(Accumulator):
         return self.counts.to(torch.float64) / cnt / widths
 
     # ------------------------------------------------------------------ persistence
-    def state_dict(self) -> Dict[str, Tensor]:
-        r"""The state as a dict of CPU tensors (``torch.load(weights_only=True)``-safe)."""
-        return self.to_payload()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        other = ChannelStats.from_payload(dict(state))
-        self.__dict__.update(other.__dict__)
-
-    @classmethod
-    def _empty_from_state(cls, state: Mapping[str, Any]) -> "ChannelStats":
-        return cls(int(torch.as_tensor(state["hist"]).shape[0]), edges=state["edges"])
-
     def to_payload(self) -> Dict[str, Tensor]:
-        r"""The state as a dict of CPU tensors (``torch.load(weights_only=True)``-safe)."""
-        return {
-            "edges": self.edges.clone(),
-            "hist": self.hist.cpu().clone(),
-            "sum": self.sum.cpu().clone(),
-            "positive": self.positive.cpu().clone(),
-            "nan": self.nan.cpu().clone(),
-            "min": self.min.cpu().clone(),
-            "max": self.max.cpu().clone(),
-            "n_images": torch.tensor(self.n_images, dtype=torch.int64),
-        }
+        r"""The state as a dict of CPU tensors only (the channels are ``hist``'s rows), the form
+        result files store (``torch.load(weights_only=True)``-safe)."""
+        state = self.state_dict()
+        del state["channels"]
+        state["n_images"] = torch.tensor(state["n_images"], dtype=torch.int64)
+        return state
 
     @classmethod
     def from_payload(cls, payload: Dict[str, Any]) -> "ChannelStats":
@@ -326,18 +283,10 @@ class ChannelStats(Accumulator):
         missing = [k for k in _KEYS if k not in payload]
         if missing:
             raise ValueError(f"Not a ChannelStats payload: missing {missing}.")
-        hist = torch.as_tensor(payload["hist"], dtype=torch.int64)
-        out = cls(int(hist.shape[0]), edges=payload["edges"])
-        if hist.shape != out.hist.shape:
-            raise ValueError(f"ChannelStats payload: hist {tuple(hist.shape)} does not fit the edges.")
-        out.hist = hist.clone()
-        out.sum = torch.as_tensor(payload["sum"], dtype=torch.float64).clone()
-        out.positive = torch.as_tensor(payload["positive"], dtype=torch.int64).clone()
-        out.nan = torch.as_tensor(payload["nan"], dtype=torch.int64).clone()
-        out.min = torch.as_tensor(payload["min"], dtype=torch.float64).clone()
-        out.max = torch.as_tensor(payload["max"], dtype=torch.float64).clone()
-        out.n_images = int(payload["n_images"])
-        return out
+        hist = torch.as_tensor(payload["hist"])
+        if hist.dim() != 2:
+            raise ValueError(f"ChannelStats payload: hist {tuple(hist.shape)} is not (channels, bins + 2).")
+        return cls.from_state_dict({**payload, "channels": int(hist.shape[0])})
 
     def __repr__(self) -> str:
         return (

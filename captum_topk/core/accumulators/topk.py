@@ -9,8 +9,7 @@ which is what makes batches, shards and resumed runs merge to exactly one pass's
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import torch
 from torch import Tensor
@@ -58,14 +57,16 @@ def _first_k_of_rows(values: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     return torch.gather(values, 1, cols), cols
 
 
-@dataclass(eq=False)
 class TopKState(Accumulator):
     r"""Top-k and bottom-k of every channel of one layer: an :class:`~.base.Accumulator`.
 
-    All tensors are (C, k): ``values`` float32 (``-inf`` marks an empty slot in ``top`` and
+    All slot tensors are (C, k): ``values`` float32 (``-inf`` marks an empty slot in ``top`` and
     ``+inf`` in ``bottom``), ``index`` int64 (position of the image in iteration order,
-    -1 when empty), ``y`` and ``x`` int64 positions in the layer's output grid, in
-    :attr:`tensors` under ``"{top,bottom}_{values,index,y,x}"``.
+    -1 when empty), ``y`` and ``x`` int64 positions in the layer's output grid. They are the
+    declared states ``{top,bottom}_{values,index,y,x}`` (also read as the dict :attr:`tensors`),
+    merged together under the strict total order; ``nan_count`` (NaN activations skipped)
+    adds up and ``out_size`` (the layer's grid, ``None`` for ``(N, C)`` outputs) is the first
+    one known.
 
     Args:
         k (int): slots per channel and side.
@@ -81,28 +82,24 @@ class TopKState(Accumulator):
         torch.Size([3, 2])
     """
 
-    k: int
-    channels: int
-    spatial: bool
-    distinct_images: bool = True
-    tensors: Dict[str, Tensor] = field(default_factory=dict)
-    nan_count: int = 0
-    out_size: Optional[Tuple[int, int]] = None
+    settings = ("k", "channels", "spatial", "distinct_images")
 
-    def __post_init__(self) -> None:
-        if not self.tensors:
-            self.reset()
-
-    def reset(self) -> None:
-        r"""Empty every slot (the settings are kept)."""
+    def __init__(self, k: int, channels: int, spatial: bool, distinct_images: bool = True) -> None:
+        self.k, self.channels = int(k), int(channels)
+        self.spatial, self.distinct_images = bool(spatial), bool(distinct_images)
         shape = (self.channels, self.k)
-        self.tensors = {}
         for side, fill in (("top", float("-inf")), ("bottom", float("inf"))):
-            self.tensors[f"{side}_values"] = torch.full(shape, fill)
+            self.add_state(f"{side}_values", torch.full(shape, fill), merge=self._merge_slots)
             for name in ("index", "y", "x"):
-                self.tensors[f"{side}_{name}"] = torch.full(shape, _EMPTY, dtype=torch.int64)
-        self.nan_count = 0
-        self.out_size = None
+                self.add_state(f"{side}_{name}", torch.full(shape, _EMPTY, dtype=torch.int64),
+                               merge=self._merge_slots)
+        self.add_state("nan_count", 0, merge="sum")
+        self.add_state("out_size", None, merge=_first_known)
+
+    @property
+    def tensors(self) -> Dict[str, Tensor]:
+        r"""The slot tensors by name ``"{top,bottom}_{values,index,y,x}"`` (the live ones)."""
+        return {f"{side}_{f}": getattr(self, f"{side}_{f}") for side in _SIDES for f in _FIELDS}
 
     def compute(self) -> Dict[str, Tensor]:
         r"""The slots: ``(C, k)`` tensors ``{top,bottom}_{values,index,y,x}`` (copies)."""
@@ -177,16 +174,21 @@ class TopKState(Accumulator):
         self._store(side, values, index, y, x)
 
     def _store(self, side: str, values: Tensor, index: Tensor, y: Tensor, x: Tensor) -> None:
+        for name, t in self._select_slots(side, values, index, y, x).items():
+            setattr(self, name, t)
+
+    def _select_slots(self, side: str, values: Tensor, index: Tensor, y: Tensor, x: Tensor) -> Dict[str, Tensor]:
+        r"""The k best of ``side``'s candidates (values sign-flipped for ``bottom``), on the CPU."""
         # Tie-break key (index, y, x) packed in int64: y, x < 2**14 and index < 2**35.
         key = torch.where(index < 0, torch.full_like(index, -1), (index << 28) + (y << 14) + x)
         cols = _select(values, key, self.k)
         v = torch.gather(values, 1, cols)
         empty = torch.isinf(v) & (v < 0)
         sign = 1.0 if side == "top" else -1.0
-        t = self.tensors
-        t[f"{side}_values"] = (v * sign).cpu()
+        out = {f"{side}_values": (v * sign).cpu()}
         for name, src in (("index", index), ("y", y), ("x", x)):
-            t[f"{side}_{name}"] = torch.gather(src, 1, cols).masked_fill(empty, _EMPTY).cpu()
+            out[f"{side}_{name}"] = torch.gather(src, 1, cols).masked_fill(empty, _EMPTY).cpu()
+        return out
 
     def _warn_nan(self, n: int) -> None:
         self.nan_count += n
@@ -197,63 +199,33 @@ class TopKState(Accumulator):
         )
 
     # ------------------------------------------------------------------ merge
-    def merge(self, other: "TopKState") -> "TopKState":
-        r"""Fold another state over disjoint images into this one (exact, order-free).
-
-        Returns:
-            self
-        """
-        self._check_mergeable(other, "k", "channels", "spatial", "distinct_images")
-        if self.out_size is None:
-            self.out_size = other.out_size
-        for side in ("top", "bottom"):
+    def _merge_slots(self, mine: Dict[str, Tensor], theirs: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        r"""The k best of both sides' slots under the strict total order (exact, order-free)."""
+        out: Dict[str, Tensor] = {}
+        for side in _SIDES:
             sign = 1.0 if side == "top" else -1.0
-            parts = [s.tensors for s in (self, other)]
-            cat = {name: torch.cat([p[f"{side}_{name}"] for p in parts], dim=1)
-                   for name in ("values", "index", "y", "x")}
-            self._store(side, cat["values"] * sign, cat["index"], cat["y"], cat["x"])
-        self.nan_count += other.nan_count
-        return self
+            cat = {f: torch.cat([mine[f"{side}_{f}"], theirs[f"{side}_{f}"]], dim=1) for f in _FIELDS}
+            out.update(self._select_slots(side, cat["values"] * sign, cat["index"], cat["y"], cat["x"]))
+        return out
 
     def live_indices(self) -> Tensor:
         r"""Sorted unique image indices referenced by any slot."""
         idx = torch.cat([self.tensors["top_index"].flatten(), self.tensors["bottom_index"].flatten()])
         return torch.unique(idx[idx >= 0])
 
-    # ------------------------------------------------------------------ persistence
-    def state_dict(self) -> Dict[str, Any]:
-        return {
-            "k": self.k, "channels": self.channels, "spatial": self.spatial,
-            "distinct_images": self.distinct_images, "nan_count": self.nan_count,
-            "out_size": list(self.out_size) if self.out_size else None,
-            "tensors": {name: t.clone().contiguous() for name, t in self.tensors.items()},
-        }
-
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        shape = (int(state["channels"]), int(state["k"]))
-        tensors = dict(state["tensors"])
-        want = {f"{side}_{f}" for side in _SIDES for f in _FIELDS}
-        if set(tensors) != want or any(tuple(t.shape) != shape for t in tensors.values()):
-            raise ValueError(f"Not a top-k state of {shape[0]} channels x k={shape[1]}: "
-                             f"tensors {sorted(tensors)} with shapes {[tuple(t.shape) for t in tensors.values()]}.")
-        self.k, self.channels = shape[1], shape[0]
-        self.spatial, self.distinct_images = bool(state["spatial"]), bool(state["distinct_images"])
-        self.tensors = {name: (t.float() if name.endswith("values") else t.long()).clone()
-                        for name, t in tensors.items()}
-        self.nan_count = int(state.get("nan_count", 0))
-        out = state.get("out_size")
-        self.out_size = (int(out[0]), int(out[1])) if out else None
+        r"""As :meth:`Accumulator.load_state_dict`; ``out_size`` comes back as a tuple."""
+        super().load_state_dict(state)
+        self.out_size = tuple(int(v) for v in self.out_size) if self.out_size else None
 
-    @classmethod
-    def _empty_from_state(cls, state: Mapping[str, Any]) -> "TopKState":
-        return cls(int(state["k"]), int(state["channels"]), bool(state["spatial"]),
-                   bool(state["distinct_images"]))
+    def __repr__(self) -> str:
+        return (f"TopKState(k={self.k}, channels={self.channels}, spatial={self.spatial}, "
+                f"distinct_images={self.distinct_images})")
 
-    def clone(self) -> "TopKState":
-        return TopKState(
-            self.k, self.channels, self.spatial, self.distinct_images,
-            {n: t.clone() for n, t in self.tensors.items()}, self.nan_count, self.out_size,
-        )
+
+def _first_known(mine: Dict[str, Any], theirs: Dict[str, Any]) -> Dict[str, Any]:
+    r"""A layer's grid is the same in every shard: keep the one known."""
+    return {"out_size": mine["out_size"] if mine["out_size"] is not None else theirs["out_size"]}
 
 
 #: The name of the first version.
