@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Transform", "Pad", "Jitter", "Affine", "Scale", "Rotate", "Compose", "Resize", "Fit",
+__all__ = ["Transform", "Pad", "Jitter", "Affine", "Scale", "Rotate", "Compose", "Fit",
            "default_transforms"]
 
 Generators = Sequence[torch.Generator]
@@ -268,30 +268,6 @@ class Compose(Transform):
 
     def __repr__(self) -> str:
         return f"Compose([{', '.join(map(repr, self.transforms))}])"
-
-
-class Resize(Transform):
-    r"""Resize every image to ``size`` x ``size`` (bilinear, antialiased): the last transform for
-    models that take one input size only (torchvision / timm Vision Transformers), after the
-    pad and jitter that change it.
-
-    Args:
-        size (int): the model's input side.
-    """
-
-    def __init__(self, size: int) -> None:
-        if int(size) < 1:
-            raise ValueError(f"size must be >= 1, got {size}.")
-        self.size = int(size)
-
-    def __call__(self, images: Tensor, generators: Generators) -> Tensor:
-        if tuple(images.shape[-2:]) == (self.size, self.size):
-            return images
-        return F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                             antialias=True)
-
-    def __repr__(self) -> str:
-        return f"Resize({self.size})"
 
 
 class Fit(Transform):
