@@ -133,3 +133,23 @@ def test_a_size_the_model_refuses_falls_back_to_the_size_it_was_built_for():
     model = maxvit()  # 36 px: windows do not divide the maps; built for 64
     vis = visualize(model, "stages.1.blocks.0.attn_block.mlp.fc1", [1], size=36, steps=2, progress=False)
     assert vis.images.shape == (1, 3, 36, 36) and tuple(vis.settings["input_size"]) == (64, 64)
+
+
+def test_channels_last_layers_are_read_channels_last_by_default():
+    from captum_topk.featvis import layer_layout
+
+    model = convnext_nhwc()  # stages.1 MLP: (N, 4, 4, 128) at 32 px, channels last
+    layer = "stages.1.blocks.0.mlp.fc1"
+    _, to_mined, key = layer_layout(model, layer, 32)
+    assert key.startswith("NHWC")
+    raw = torch.randn(1, 4, 4, 128)
+    assert torch.equal(to_mined(raw)[0, 100, 2, 3], raw[0, 2, 3, 100])
+    vis = visualize(model, layer, [100], size=32, steps=1, transforms=SMALL, progress=False)  # > H: NCHW would refuse
+    assert vis.images.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="channels-last"):  # forced NCHW: the miner's refusal
+        visualize(model, layer, [100], size=32, steps=1, layout="NCHW", progress=False)
+
+
+def test_default_size_is_the_models_own():
+    vis = visualize(vit(), "blocks.1", [0], steps=1, transforms=SMALL, progress=False)
+    assert vis.images.shape == (1, 3, 32, 32) and vis.settings["size"] == 32

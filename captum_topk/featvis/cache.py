@@ -39,7 +39,7 @@ from ..utils.files import PathLike, atomic_torch_save, atomic_write_text
 from ..utils.naming import slug
 from ..viz.plot import save_png, to_display
 from .param import FourierImage
-from .render import FeatureVisualization, _normalisation, _Units, direction_digest, visualize
+from .render import FeatureVisualization, _normalisation, _Units, default_size, direction_digest, visualize
 from .transforms import default_transforms
 
 __all__ = ["cached_visualize", "cached_channels", "cache_dir", "model_digest"]
@@ -135,6 +135,8 @@ def _cache_entry(folder: PathLike, model: nn.Module, layer: LayerSpec, weights_d
         name = resolve_layers(model, base_layer(layer))[0][0] + PREFIX_SUFFIX
     else:
         name = resolve_layers(model, layer)[0][0]
+    if settings.get("size") is None:  # what visualize will use
+        settings = {**settings, "size": default_size(model)}
     keyed = _key_settings(name, weights_digest, settings)
     key = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
     return name, keyed, Path(folder) / slug(name, keep="_.-") / key

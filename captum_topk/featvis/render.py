@@ -48,7 +48,7 @@ from .param import FourierImage
 from .transforms import Compose, Fit, Transform, default_transforms
 
 __all__ = ["FeatureVisualization", "visualize", "render", "responses", "image_seed", "frozen_eval",
-           "channel_list", "as_directions", "direction_digest"]
+           "channel_list", "as_directions", "direction_digest", "default_size"]
 
 Layout = Callable[[Tensor], Tensor]
 
@@ -369,6 +369,14 @@ def render(
                 progress.update(1)
 
 
+def default_size(model: nn.Module) -> int:
+    r"""The image side ``visualize(size=None)`` optimises at: the model's fixed input side
+    (:func:`~captum_topk.featvis.layouts.fixed_input_size`) when it is square, else
+    :data:`DEFAULT_SIZE` (128)."""
+    fixed = fixed_input_size(model)
+    return fixed[0] if fixed is not None and fixed[0] == fixed[1] else DEFAULT_SIZE
+
+
 def _normalisation(info: Optional[ModelInfo], mean: Optional[Sequence[float]],
                    std: Optional[Sequence[float]]) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     if info is not None and (mean is not None or std is not None):
@@ -591,9 +599,7 @@ def visualize(
         >>> vis.images.shape, vis.values.shape
         (torch.Size([2, 3, 64, 64]), torch.Size([2]))
     """
-    if size is None:
-        fixed = fixed_input_size(model)
-        size = fixed[0] if fixed is not None and fixed[0] == fixed[1] else DEFAULT_SIZE
+    size = default_size(model) if size is None else size
     if int(size) != size or size < 8:
         raise ValueError(f"size must be an integer >= 8 px, got {size}.")
     if int(steps) != steps or steps < 0:
