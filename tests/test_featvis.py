@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -660,3 +661,128 @@ def test_token_and_channels_last_layers_through_the_miners_layouts():
     assert vis.images.shape == (2, 3, 32, 32)
     head = visualize(vit, layer + "[prefix]", [2], size=32, steps=4, layout="auto", progress=False)
     assert head.images.shape == (1, 3, 32, 32)
+
+
+# ------------------------------------------------------------------ keys, units, batches
+def test_cache_key_follows_the_parametrization_and_transform_defaults(tmp_path, monkeypatch):
+    from captum_topk.featvis.transforms import Fit, default_transforms
+
+    model = tiny_net()
+    kw = dict(**IDENTITY, size=16, steps=1, progress=False)
+    digest = model_digest(model)
+    key = cache_dir(tmp_path, model, "2", weights_digest=digest, **kw)
+    assert cache_dir(tmp_path, model, "2", weights_digest=digest, **kw) == key
+    # a changed default of the parametrization (sd) or of a transform (the pad's grey) changes the key
+    monkeypatch.setattr(FourierImage.__init__, "__defaults__",
+                        tuple(0.02 if d == 0.01 else d for d in FourierImage.__init__.__defaults__))
+    assert FourierImage.config()["sd"] == 0.02
+    sd_key = cache_dir(tmp_path, model, "2", weights_digest=digest, **kw)
+    assert sd_key != key
+    monkeypatch.undo()
+    assert cache_dir(tmp_path, model, "2", weights_digest=digest, **kw) == key
+    monkeypatch.setattr(Pad.__init__, "__defaults__", ("constant", 0.4))
+    assert default_transforms().config()["transforms"][0]["value"] == 0.4
+    assert cache_dir(tmp_path, model, "2", weights_digest=digest, **kw) not in (key, sd_key)
+    monkeypatch.undo()
+    monkeypatch.setattr(FourierImage, "SATURATION", 5.0)
+    assert cache_dir(tmp_path, model, "2", weights_digest=digest, **kw) != key
+    monkeypatch.undo()
+    assert Fit(16).config() == {"transform": "Fit", "size": [16, 16], "scale": [1.0, 1.0]}
+    with pytest.raises(TypeError, match="depend on which units"):
+        cached_visualize(tmp_path, model, "2", [1], weights_digest=digest, batch_size=4, **kw)
+
+
+def test_fit_crops_the_centre_or_rescales_to_the_model_size():
+    from captum_topk.featvis.transforms import Fit
+
+    x = torch.rand(2, 3, 20, 20)
+    torch.testing.assert_close(Fit(16)(x, []), x[..., 2:18, 2:18], atol=0, rtol=0)  # no interpolation
+    up = Fit((32, 32), scale=2.0)(x, [])
+    torch.testing.assert_close(up, F.interpolate(x, size=(40, 40), mode="bilinear", align_corners=False)[..., 4:36, 4:36])
+    assert Fit(24)(x, []).shape == (2, 3, 24, 24)  # too small: resized up
+
+
+def test_channels_of_any_integer_type():
+    model = tiny_net()
+    kw = dict(**IDENTITY, size=16, steps=2, progress=False)
+    ref = visualize(model, "2", [1, 5], **kw)
+    for chans in (np.array([1, 5]), [np.int64(1), torch.tensor(5)], torch.tensor([1, 5])):
+        got = visualize(model, "2", chans, **kw)
+        assert got.channels == [1, 5] and torch.equal(got.images, ref.images)
+    one = visualize(model, "2", np.int64(5), **kw)
+    assert one.channels == [5] and torch.equal(one.images, ref.of(torch.tensor(5)))
+    with pytest.raises(TypeError, match="not an integer"):
+        visualize(model, "2", [1.0], **kw)
+
+
+def test_bn_folding_warns_when_hooks_sit_on_the_pair():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3)).eval()
+    handle = model[0].register_forward_hook(lambda *a: None)  # another library's leftover
+    try:
+        with pytest.warns(UserWarning, match=r"not folded because hooks sit on them \(0\)"):
+            _, n = fold_batchnorm(model)
+        assert n == 0
+    finally:
+        handle.remove()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fold_batchnorm(model)[1] == 1
+
+
+@pytest.mark.slow
+def test_a_channel_is_the_same_whatever_shares_its_run_on_mobilenet():
+    """Kernels round differently for different batch sizes and the optimisation amplifies it
+    (0.16 after 32 steps when channels shared one batch): each unit now has a forward of its own."""
+    from captum_topk.models import load_model
+
+    model, info = load_model("mobilenet_v2-imagenet")
+    kw = dict(info=info, size=48, steps=12, progress=False)
+    alone = visualize(model, "features.7", [5], **kw)
+    shared = visualize(model, "features.7", [0, 5, 12, 20], **kw)
+    assert torch.equal(alone.of(5), shared.of(5)) and torch.equal(alone.values, shared.values_of(5))
+
+
+def test_directions_one_image_each_dot_product_objective(tmp_path):
+    from captum_topk.featvis import direction
+
+    model = tiny_net()
+    kw = dict(**IDENTITY, size=16, steps=6, progress=False)
+    acts = torch.randn(3, 8, 5, 5)
+    eye = torch.eye(8)
+    torch.testing.assert_close(direction(eye[[1, 4, 6]])(acts), channel([1, 4, 6])(acts))
+    torch.testing.assert_close(direction(eye[[1, 4, 6]], center=True)(acts), neuron([1, 4, 6])(acts))
+    v = torch.randn(3, 8)
+    torch.testing.assert_close(direction(v)(acts), torch.einsum("nc,nchw->n", v, acts) / 25)
+    weighted = direction(v, cossim_pow=1.0)(acts)
+    cos = F.cosine_similarity(v[:, :, None, None], acts, dim=1).clamp(min=0.1)
+    torch.testing.assert_close(weighted, (torch.einsum("nc,nchw->nhw", v, acts) * cos).mean(dim=(1, 2)))
+
+    # a one-hot direction is its channel; directions keep their images whatever set they come in
+    dirs = torch.stack([eye[5], torch.rand(8), -eye[2]])
+    vis = visualize(model, "2", dirs, **kw)
+    assert vis.images.shape == (3, 3, 16, 16) and vis.channels == [0, 1, 2] and torch.equal(vis.directions, dirs)
+    start = visualize(model, "2", dirs, **{**kw, "steps": 0})
+    assert torch.all(vis.values > start.values)
+    alone = visualize(model, "2", dirs[1:2], **kw)
+    assert torch.equal(alone.images, vis.of(1))
+
+    class Concepts:  # duck-typed: .directions and .layer
+        directions, layer = dirs, "2"
+
+    by_object = visualize(model, None, Concepts(), **kw)
+    assert torch.equal(by_object.images, vis.images)
+    with pytest.raises(ValueError, match="belong to layer '2'"):
+        visualize(model, "0", Concepts(), **kw)
+    with pytest.raises(ValueError, match="3 components"):
+        visualize(model, "2", torch.rand(2, 3), **kw)
+
+    digest = model_digest(model)
+    first = cached_visualize(tmp_path, model, "2", dirs, weights_digest=digest, **kw)
+    assert torch.equal(first.images, vis.images) and first.seconds > 0
+    files = sorted(p.name for p in cache_dir(tmp_path, model, "2", weights_digest=digest, **kw).glob("dir*.pt"))
+    assert len(files) == 3
+    again = cached_visualize(tmp_path, model, None, Concepts(), weights_digest=digest, **kw)
+    assert again.seconds == 0 and torch.equal(again.images, vis.images)
+    moved = dirs.clone()
+    moved[1, 0] += 0.5  # another value: another direction, computed
+    assert cached_channels(tmp_path, model, "2", moved, weights_digest=digest, **kw) == [0, 2]

@@ -33,7 +33,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     for c in vis.channels:
         vals = ", ".join(f"{float(v):.3f}" for v in vis.values_of(c))
         print(f"{vis.layer} channel {c}: {vis.objective} = {vals}")
-    title = f"{args.model} {vis.layer}: {vis.objective}, {args.size} px, {args.steps} steps, seed {args.seed}"
+    title = f"{args.model} {vis.layer}: {vis.objective}, {vis.settings['size']} px, {args.steps} steps, seed {args.seed}"
     path = save_png(sheet(vis, ncols=args.ncols, title=title), args.out)
     print(path)
     return 0
@@ -48,7 +48,8 @@ def add_visualize_command(sub: Any) -> None:
     sp.add_argument("--layer", required=True, help="the layer's dotted name (see `captum-topk layers`)")
     sp.add_argument("--channels", nargs="+", type=int, required=True, help="channel indices")
     sp.add_argument("--out", default="vis.png", help="the PNG sheet (default vis.png)")
-    sp.add_argument("--size", type=int, default=128, help="image side in px (default 128)")
+    sp.add_argument("--size", type=int, default=None,
+                    help="image side in px (default: the model's input side when it takes one size only, else 128)")
     sp.add_argument("--steps", type=int, default=256, help="Adam steps (default 256)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--objective", default="channel",

@@ -7,8 +7,9 @@ Four separable pieces, as in Lucid / Lucent's ``optvis``:
 * :mod:`.param`: the image parametrization (Fourier coefficients scaled by ``1/f``,
   decorrelated ImageNet colours, sigmoid to [0, 1]);
 * :mod:`.transforms`: random pad / jitter / scale / rotate at every step, from per-image
-  generators;
-* :mod:`.objectives`: per-image objectives that add and scale like numbers;
+  generators, and a final fit to the input size the model needs;
+* :mod:`.objectives`: per-image objectives that add and scale like numbers (channels, neurons,
+  directions in channel space);
 * :mod:`.render`: the Adam loop and :func:`visualize`.
 
 :mod:`.cache` keeps results in a folder (:func:`cached_visualize`); :mod:`.sheet` draws them
@@ -22,12 +23,12 @@ Example::
 """
 
 from .cache import cached_channels, cached_visualize, model_digest
-from .layouts import layer_layout
-from .objectives import Objective, channel, diversity, neuron
+from .layouts import layer_layout, model_input_size
+from .objectives import Objective, channel, direction, diversity, neuron
 from .param import FourierImage, color_sqrt, imagenet_color_covariance, spectrum_scale
 from .render import FeatureVisualization, responses, visualize
 from .sheet import sheet
-from .transforms import Compose, Jitter, Pad, Rotate, Scale, default_transforms
+from .transforms import Compose, Fit, Jitter, Pad, Rotate, Scale, default_transforms
 
 __all__ = [
     "visualize",
@@ -37,10 +38,12 @@ __all__ = [
     "cached_channels",
     "model_digest",
     "layer_layout",
+    "model_input_size",
     "sheet",
     "Objective",
     "channel",
     "neuron",
+    "direction",
     "diversity",
     "FourierImage",
     "color_sqrt",
@@ -51,5 +54,6 @@ __all__ = [
     "Jitter",
     "Scale",
     "Rotate",
+    "Fit",
     "default_transforms",
 ]

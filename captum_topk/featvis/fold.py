@@ -13,7 +13,8 @@ model itself is never modified.
 from __future__ import annotations
 
 import copy
-from typing import Collection, Optional, Tuple
+import warnings
+from typing import Collection, List, Optional, Tuple
 
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -53,6 +54,7 @@ def fold_batchnorm(model: nn.Module, keep: Collection[str] = ()) -> Tuple[nn.Mod
     for _, mod in model.named_modules(remove_duplicate=False):
         uses[id(mod)] = uses.get(id(mod), 0) + 1
     pairs = []
+    hooked: List[str] = []
     for name, mod in named.items():
         if not isinstance(mod, nn.Sequential):
             continue
@@ -64,14 +66,25 @@ def fold_batchnorm(model: nn.Module, keep: Collection[str] = ()) -> Tuple[nn.Mod
                 ca is not None and cb is not None and _foldable(ca, cb)
                 and full_a not in keep and full_b not in keep
                 and uses[id(ca)] == 1 and uses[id(cb)] == 1  # not shared with another place
-                and not _hooked(ca) and not _hooked(cb)  # the user's hooks stay where they are
             ):
-                pairs.append((name, a, b))
+                if _hooked(ca) or _hooked(cb):  # the hooks must see what they were put on
+                    hooked.append(full_a if _hooked(ca) else full_b)
+                else:
+                    pairs.append((name, a, b))
+    if hooked:
+        warnings.warn(
+            f"{len(hooked)} Conv2d -> BatchNorm2d pair(s) not folded because hooks sit on them "
+            f"({', '.join(hooked[:3])}{', ...' if len(hooked) > 3 else ''}): folding would change "
+            "what those hooks see (leftovers of another library? remove them with "
+            "handle.remove()). Visualization stays correct, only slower; fold_bn=False silences this.",
+            UserWarning, stacklevel=3)
     if not pairs:
         return model, 0
     try:
         clone = copy.deepcopy(model)
-    except Exception:  # a model that cannot be copied is visualized as it is
+    except Exception as exc:  # a model that cannot be copied is visualized as it is
+        warnings.warn(f"BatchNorm not folded: the model cannot be copied ({type(exc).__name__}: {exc}); "
+                      "visualizing the model itself (correct, only slower).", UserWarning, stacklevel=3)
         return model, 0
     clone.eval()
     cloned = dict(clone.named_modules())

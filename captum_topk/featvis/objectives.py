@@ -13,6 +13,9 @@ subtract and scale like numbers::
 * :func:`channel`: the channel's mean over all positions (Olah et al.'s "channel").
 * :func:`neuron`: the channel at one position, by default the centre (``(H // 2, W // 2)``).
 * negatives (``-channel(...)``): what drives the channel most negative.
+* :func:`direction`: the dot product of a direction in channel space (a concept, a CAV, any
+  vector) with the activation vector, averaged over positions or at the centre (Lucid / Lucent's
+  ``direction`` and ``direction_neuron``; optionally weighted by their cosine, ``cossim_pow``).
 * :func:`diversity`: minus the mean cosine similarity of an image's Gram matrix to the other
   images of its group (Olah et al.'s diversity term, per image): several samples of one channel
   pushed apart.
@@ -26,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Objective", "channel", "neuron", "diversity", "from_name", "OBJECTIVES"]
+__all__ = ["Objective", "channel", "neuron", "direction", "diversity", "from_name", "direction_from_name",
+           "OBJECTIVES"]
 
 Channels = Union[int, Sequence[int], Tensor]
 Number = Union[int, float]
@@ -168,6 +172,58 @@ def neuron(channels: Channels, y: Optional[int] = None, x: Optional[int] = None)
     return Objective(fn, "neuron")
 
 
+def direction(vectors: Tensor, center: bool = False, cossim_pow: float = 0.0,
+              y: Optional[int] = None, x: Optional[int] = None) -> Objective:
+    r"""Image ``i``'s activation along the direction ``vectors[i]``: at every position the dot
+    product ``v · a`` of the direction with the activation vector (all channels), averaged over
+    positions (Lucent's ``direction``) or taken at one position (``center=True``: the centre,
+    or ``(y, x)``; Lucent's ``direction_neuron``). With ``cossim_pow > 0`` each dot product is
+    multiplied by ``max(cos(v, a), 0.1) ** cossim_pow`` (Lucid's ``_dot_cossim``): the image is
+    pushed to point *along* the direction rather than only to grow large.
+
+    Args:
+        vectors (Tensor): ``(n, C)`` one direction per image, or ``(C,)`` for all.
+        center (bool): one position instead of the mean over positions.
+        cossim_pow (float): the exponent of the cosine weighting; 0 is the plain dot product.
+        y, x (int, optional): the position with ``center=True``; default the centre.
+
+    Returns:
+        Objective: ``(n,)``.
+
+    Example::
+
+        >>> acts = torch.randn(2, 8, 5, 5)
+        >>> direction(torch.eye(8)[[3, 5]])(acts)          # == channel([3, 5])(acts)
+    """
+    vecs = torch.as_tensor(vectors)
+    if vecs.dim() not in (1, 2) or not vecs.is_floating_point():
+        raise ValueError(f"Directions must be a float (C,) or (n, C) tensor, got {tuple(vecs.shape)} {vecs.dtype}.")
+
+    def fn(acts: Tensor) -> Tensor:
+        _check_dims(acts, "direction")
+        n, c = acts.shape[0], acts.shape[1]
+        v = vecs.to(acts.device, acts.dtype)
+        v = v.expand(n, -1) if v.dim() == 1 or v.shape[0] == 1 else v.reshape(v.shape[0], -1)
+        if v.shape != (n, c):
+            raise ValueError(f"Got directions of shape {tuple(vecs.shape)} for {n} images of {c} channels: "
+                             f"give one ({c},) direction per image.")
+        a = acts if acts.dim() == 4 else acts[:, :, None, None]
+        if center:
+            h, w = a.shape[-2:]
+            yy, xx = h // 2 if y is None else int(y), w // 2 if x is None else int(x)
+            if not (0 <= yy < h and 0 <= xx < w):
+                raise IndexError(f"Position ({yy}, {xx}) is outside the layer's {h} x {w} grid.")
+            a = a[:, :, yy : yy + 1, xx : xx + 1]
+        dot = torch.einsum("nc,nchw->nhw", v, a)
+        if cossim_pow:
+            norms = torch.linalg.vector_norm(v, dim=1)[:, None, None] * torch.linalg.vector_norm(a, dim=1)
+            cos = dot / norms.clamp(min=1e-8)
+            dot = dot * cos.clamp(min=0.1) ** float(cossim_pow)
+        return dot.flatten(1).mean(dim=1)
+
+    return Objective(fn, "direction_neuron" if center else "direction")
+
+
 def diversity(groups: Union[Sequence[int], Tensor]) -> Objective:
     r"""Minus each image's mean cosine similarity to the other images of its group, computed
     on the Gram matrices of the whole layer (style, not position: Olah et al. 2017).
@@ -230,4 +286,25 @@ def from_name(name: Union[str, Callable[[Tensor], Objective]], channels: Channel
             "channels -> Objective."
         )
     obj = table[base](channels)
+    return -obj if name.startswith("-") else obj
+
+
+def direction_from_name(name: Union[str, Callable[[Tensor], Objective]], vectors: Tensor,
+                        cossim_pow: float = 0.0) -> Objective:
+    r"""The objective ``name`` for per-image directions ``vectors`` (``(n, C)``): ``"channel"`` /
+    ``"direction"`` the mean over positions of :func:`direction`, ``"neuron"`` /
+    ``"direction_neuron"`` its value at the centre, a leading ``"-"`` the negative; a callable
+    ``vectors -> Objective`` as it is.
+
+    Returns:
+        Objective
+    """
+    if callable(name):
+        return from_name(name, vectors)
+    base = name[1:] if name.startswith("-") else name
+    table = {"channel": False, "direction": False, "neuron": True, "direction_neuron": True}
+    if base not in table:
+        raise ValueError(f"Unknown objective {name!r} for directions: use channel / direction (mean over "
+                         "positions), neuron / direction_neuron (the centre), their negatives, or a callable.")
+    obj = direction(vectors, center=table[base], cossim_pow=cossim_pow)
     return -obj if name.startswith("-") else obj

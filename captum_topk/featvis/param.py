@@ -23,7 +23,8 @@ RGB pixel covariance published with AlexNet's PCA colour augmentation (Krizhevsk
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import inspect
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -181,6 +182,34 @@ class FourierImage(nn.Module):
     #: Lucid's constant: the inverse FFT is divided by it before the colour map (a smaller
     #: initial contrast and a gentler sigmoid).
     SATURATION = 4.0
+    #: The constructor arguments that decide the images (the rest say how many and where).
+    CONFIG_ARGS = ("sd", "decay_power", "decorrelate", "color_method")
+
+    @classmethod
+    def config(cls, **settings: Any) -> Dict[str, Any]:
+        r"""Everything that decides the parametrization, JSON-able, without building one: the
+        constructor's defaults for :attr:`CONFIG_ARGS` (read from its signature, so a changed
+        default changes the result) overridden by ``settings``, :attr:`SATURATION` and the
+        colour matrix itself. Feature-visualization cache keys are made of it.
+
+        Args:
+            **settings: values of :attr:`CONFIG_ARGS` that differ from the defaults.
+        Returns:
+            dict
+        Example::
+            >>> FourierImage.config(decorrelate=False)["decorrelate"]
+            False
+        """
+        unknown = set(settings) - set(cls.CONFIG_ARGS)
+        if unknown:
+            raise TypeError(f"Unknown FourierImage setting(s) {sorted(unknown)}; known: {cls.CONFIG_ARGS}.")
+        params = inspect.signature(cls.__init__).parameters
+        out: Dict[str, Any] = {"param": cls.__qualname__, "saturation": float(cls.SATURATION)}
+        out.update({name: params[name].default for name in cls.CONFIG_ARGS})
+        out.update(settings)
+        m = color_sqrt(out["color_method"]) if out["decorrelate"] else torch.eye(3)
+        out["color"] = [[round(float(v), 6) for v in row] for row in m.tolist()]
+        return out
 
     def __init__(
         self,

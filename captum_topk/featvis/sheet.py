@@ -76,7 +76,7 @@ def sheet(
     dataset top-k patches when given.
 
     One block per channel of ``vis`` (in its order): the channel's ``samples`` images in a row,
-    titled ``"ch N: <objective>"``, each labelled with its value; when ``patches`` has the
+    titled ``"ch N: <objective>"`` (``"dir N"`` for directions), each labelled with its value; when ``patches`` has the
     channel, its patch grid (``grid_ncols`` per row, titled ``patches_title``) to the right.
     Blocks are tiled ``ncols`` per row on a light grey sheet.
 
@@ -113,7 +113,7 @@ def sheet(
         imgs = fit(vis.of(c), vis_px) if vis_px != vis.images.shape[-1] else vis.of(c)
         labels = [fmt.format(float(v)) for v in vis.values_of(c)]
         left = patch_grid(imgs, labels, ncols=vis.samples, pad=pad,
-                          title=f"ch {c}: {vis.objective}", fmt=fmt)
+                          title=f"{'dir' if vis.directions is not None else 'ch'} {c}: {vis.objective}", fmt=fmt)
         if c in patches:
             p = fit(patches[c], patch_px)
             vals = patch_values.get(c)

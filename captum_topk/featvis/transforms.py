@@ -21,15 +21,27 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Transform", "Pad", "Jitter", "Affine", "Scale", "Rotate", "Compose", "default_transforms"]
+__all__ = ["Transform", "Pad", "Jitter", "Affine", "Scale", "Rotate", "Compose", "Fit",
+           "default_transforms"]
 
 Generators = Sequence[torch.Generator]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Transform):
+        return value.config()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    raise TypeError(f"A transform's setting must be a number, string, list or transform to be keyed, "
+                    f"got {type(value).__name__}.")
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -50,6 +62,13 @@ class Transform:
     def output_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
         r"""``(h, w)`` of the output for an input of ``size``."""
         return size
+
+    def config(self) -> Dict[str, Any]:
+        r"""Everything that decides what the transform does, JSON-able: its class and its public
+        attributes (nested transforms as their own configs). Cache keys are made of it, so a
+        changed default or a new option changes the key without anyone updating a string."""
+        return {"transform": type(self).__qualname__,
+                **{k: _jsonable(v) for k, v in sorted(vars(self).items()) if not k.startswith("_")}}
 
     def __add__(self, other: "Transform") -> "Compose":
         return Compose([self, other])
@@ -251,28 +270,51 @@ class Compose(Transform):
         return f"Compose([{', '.join(map(repr, self.transforms))}])"
 
 
-class Resize(Transform):
-    r"""Resize every image to ``size`` x ``size`` (bilinear, antialiased): the last transform for
-    models that take one input size only (torchvision / timm Vision Transformers), after the
-    pad and jitter that change it.
+class Fit(Transform):
+    r"""Bring every image to exactly the size the model takes, as the last transform: rescale by
+    ``scale`` (the model's input side over the optimised image's side), then crop the centre to
+    ``size`` (the border a :class:`Pad` added and the shifts a :class:`Jitter` drew stay
+    pixel-exact: no interpolation when ``scale`` is 1); an image still smaller than ``size``
+    after rescaling is resized to it. Deterministic: no generator is used.
 
     Args:
-        size (int): the model's input side.
+        size (int or (int, int)): ``(H, W)`` of the model input.
+        scale (float or (float, float)): resize factor(s) before the crop. Default 1.
+
+    Example::
+
+        >>> Fit(128)(torch.rand(2, 3, 140, 140), gens).shape       # the default chain's 140 px back to 128
+        torch.Size([2, 3, 128, 128])
+        >>> Fit(224, scale=224 / 128)(torch.rand(2, 3, 140, 140), gens).shape
+        torch.Size([2, 3, 224, 224])
     """
 
-    def __init__(self, size: int) -> None:
-        if int(size) < 1:
-            raise ValueError(f"size must be >= 1, got {size}.")
-        self.size = int(size)
+    def __init__(self, size: Union[int, Tuple[int, int]], scale: Union[float, Tuple[float, float]] = 1.0) -> None:
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        sy, sx = (scale, scale) if isinstance(scale, (int, float)) else (float(scale[0]), float(scale[1]))
+        if h < 1 or w < 1 or sy <= 0 or sx <= 0:
+            raise ValueError(f"Fit needs a size >= 1 and a scale > 0, got size={size}, scale={scale}.")
+        self.size, self.scale = [h, w], [float(sy), float(sx)]
+
+    def output_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
+        return self.size[0], self.size[1]
 
     def __call__(self, images: Tensor, generators: Generators) -> Tensor:
-        if tuple(images.shape[-2:]) == (self.size, self.size):
-            return images
-        return F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                             antialias=True)
+        h, w = images.shape[-2:]
+        H, W = self.size
+        if self.scale != [1.0, 1.0]:
+            rh, rw = max(H, round(h * self.scale[0])), max(W, round(w * self.scale[1]))
+            if (rh, rw) != (h, w):
+                images = F.interpolate(images, size=(rh, rw), mode="bilinear", align_corners=False,
+                                       antialias=rh < h or rw < w)
+                h, w = rh, rw
+        if h < H or w < W:
+            return F.interpolate(images, size=(H, W), mode="bilinear", align_corners=False)
+        top, left = (h - H) // 2, (w - W) // 2
+        return images[..., top : top + H, left : left + W]
 
     def __repr__(self) -> str:
-        return f"Resize({self.size})"
+        return f"Fit({tuple(self.size)}, scale={tuple(self.scale)})"
 
 
 def default_transforms() -> Compose:

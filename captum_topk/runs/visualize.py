@@ -36,7 +36,7 @@ def _settings(run: Run, layer: str, **overrides: Any) -> dict:
     return {**VIS_SETTINGS, "layout": layout if layout != "NCHW" else "auto", "info": run.info, **overrides}
 
 
-def visualized_channels(run: Run, layer: str, channels: Sequence[int], **settings: Any) -> List[int]:
+def visualized_channels(run: Run, layer: str, channels: Any, **settings: Any) -> List[int]:
     r"""Which of ``channels`` already have a cached visualization (nothing is computed)."""
     if run.model is None:
         return []
@@ -44,14 +44,15 @@ def visualized_channels(run: Run, layer: str, channels: Sequence[int], **setting
                            **_settings(run, layer, **settings))
 
 
-def run_visualizations(run: Run, layer: str, channels: Sequence[int], progress: bool = False,
+def run_visualizations(run: Run, layer: str, channels: Any, progress: bool = False,
                        **settings: Any) -> FeatureVisualization:
     r"""The visualizations of ``channels`` of ``layer`` (computed for the missing ones, cached).
 
     Args:
         run (Run): an opened run with its PyTorch model.
         layer (str): a mined layer (its recorded layout is used).
-        channels (sequence of int): channels.
+        channels: channels (integers of any kind), or directions in the layer's channel space
+            (a float ``(K, C)`` tensor or a ``Concepts``: one image each, keyed by their values).
         progress (bool): a bar over the optimisation steps.
         **settings: overrides of :data:`VIS_SETTINGS` (``size``, ``steps``, ``seed``, ``objective``).
     Returns:
@@ -61,7 +62,7 @@ def run_visualizations(run: Run, layer: str, channels: Sequence[int], progress: 
     """
     if run.model is None:
         raise ValueError("Feature visualization needs the PyTorch model; this run is of an ONNX file.")
-    return cached_visualize(run.path / "featvis", run.model, layer, list(channels), weights_digest=_digest(run),
+    return cached_visualize(run.path / "featvis", run.model, layer, channels, weights_digest=_digest(run),
                             progress=progress, **_settings(run, layer, **settings))
 
 
