@@ -27,6 +27,7 @@ from .accumulators.base import AccumulatorCollection
 from .accumulators.stats import ChannelStats
 from .accumulators.topk import TopKState
 from .loop import feed
+from .relevance import RelevanceRanking, TargetSpec
 from .result import TopKResult
 from .sources.base import ActivationSource, LayerInfo
 from .sources.layouts import base_layer
@@ -71,6 +72,9 @@ class LayerTopKPatches(LayerAttribution):
         layout: Union[str, Dict[str, str]] = "auto",
         token_grid: Optional[Tuple[int, int]] = None,
         prefix_tokens: Optional[int] = None,
+        rank_by: Any = None,
+        target: Optional[TargetSpec] = None,
+        rank_kwargs: Optional[Dict[str, Any]] = None,
     ) -> None:
         r"""
         Args:
@@ -101,6 +105,18 @@ class LayerTopKPatches(LayerAttribution):
                 model does not expose it.
             prefix_tokens (int, optional): class / distillation / register tokens before the
                 patches; they are mined as a layer of their own, ``"<layer>[prefix]"``.
+            rank_by (type or instance, optional): rank by relevance (RelMax) instead of
+                activation: a Captum layer attribution class (``captum.attr.LayerGradientXActivation``,
+                ``LayerLRP``, ``LayerIntegratedGradients``, ...) or an instance built on exactly the
+                mined layers. Each channel's records are then its most positive (top) and most
+                negative (bottom) per-position attributions toward ``target`` (values are
+                attributions; statistics too); each batch costs a full forward and backward.
+                See :mod:`captum_topk.core.relevance`. Default None: activations.
+            target (optional): with ``rank_by``: a class index, ``"label"``, ``"predicted"``,
+                per-image targets indexed by the global image index, or
+                ``callable(labels, logits) -> targets``.
+            rank_kwargs (dict, optional): further arguments of the attribution's ``attribute``
+                (``baselines``, ``n_steps``, ...).
         Raises:
             TypeError: ``device_ids`` given as an int (``LayerTopKPatches(model, layer, 3)``:
                 ``k`` is keyword-only: write ``k=3``).
@@ -119,6 +135,11 @@ class LayerTopKPatches(LayerAttribution):
         LayerAttribution.__init__(self, forward_func, modules[0] if _single(layer) else modules, device_ids)
         self._bind(source, k=k, distinct_images=distinct_images, stats=stats, single=_single(layer))
         self.attribute_to_layer_input = bool(attribute_to_layer_input)
+        if rank_by is not None:
+            self._relevance = RelevanceRanking(source, rank_by, target, rank_kwargs)
+        elif target is not None or rank_kwargs:
+            raise ValueError("target= and rank_kwargs= go with rank_by= (a Captum layer attribution class); "
+                             "without it records are ranked by activation.")
 
     @classmethod
     def from_source(cls, source: ActivationSource, *, k: int = 9, distinct_images: bool = True,
@@ -147,6 +168,7 @@ class LayerTopKPatches(LayerAttribution):
         self._stats_edges = _parse_stats(stats, source.names)
         self._progress = True
         self.attribute_to_layer_input = False
+        self._relevance: Optional[RelevanceRanking] = None
         self.reset()
 
     # ------------------------------------------------------------------ captum
@@ -215,6 +237,8 @@ class LayerTopKPatches(LayerAttribution):
                 members["stats"] = ChannelStats(info.channels, self._stats_edges[base_layer(info.name)])
             acc = self._acc[info.name] = AccumulatorCollection(members)
             self._layer_meta[info.name] = info.describe()
+            if self._relevance is not None:
+                self._layer_meta[info.name]["ranked_by"] = self._relevance.describe()
         elif acc["topk"].channels != info.channels:
             raise ValueError(
                 f"This batch gives the layer {info.name!r} {info.channels} channels but earlier "
@@ -258,7 +282,10 @@ class LayerTopKPatches(LayerAttribution):
         if n == 0:  # every image of the batch failed to load: nothing to mine
             return
         self.source.check_images(images)
-        acts = self.source(images, additional_forward_args)
+        if self._relevance is not None:  # a full forward and backward (gradients enabled inside)
+            acts = self._relevance(images, labels, idx, additional_forward_args)
+        else:
+            acts = self.source(images, additional_forward_args)
         self.accumulate(acts, self.source.layer_infos(images), idx, labels, ids)
 
     def accumulate(
@@ -335,6 +362,7 @@ class LayerTopKPatches(LayerAttribution):
             "distinct_images": self.distinct_images,
             "attribute_to_layer_input": self.attribute_to_layer_input,
             "stats": sorted(self._stats_edges or {}),
+            **({"rank_by": self._relevance.describe()} if self._relevance is not None else {}),
             "skipped": [list(s) for s in self._skipped],
             **({"categories": list(self.categories)} if self.categories else {}),
             "captum_topk_version": __version__,
@@ -387,6 +415,10 @@ class LayerTopKPatches(LayerAttribution):
                              f"{self.layer_names}.")
         if snap.states and snap.k != self.k:
             raise ValueError(f"The state was mined with k={snap.k}, this miner has k={self.k}.")
+        ranked = self._relevance.describe() if self._relevance is not None else None
+        if snap.states and snap.metadata.get("rank_by") != ranked:
+            raise ValueError(f"The state was ranked by {snap.metadata.get('rank_by') or 'activation'}, this "
+                             f"miner by {ranked or 'activation'}: merge / resume with the same rank_by and target.")
         for name in snap.states:
             wanted = self._gathers_stats(name)
             cs = snap.channel_stats.get(name)

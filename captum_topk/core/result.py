@@ -61,6 +61,15 @@ class TopKResult:
         state = self._state(layer)
         return str(self.layer_info.get(layer, {}).get("box_kind", "receptive_field" if state.spatial else "image"))
 
+    def ranked_by(self, layer: str) -> Optional[Dict[str, Any]]:
+        r"""How the layer's records were ranked: None for activations, else
+        ``{"method": "LayerGradientXActivation", "target": 207, "ranked": "per-position layer
+        attribution"}`` (``LayerTopKPatches(..., rank_by=..., target=...)``): its values are
+        attributions toward the target (see :mod:`captum_topk.core.relevance`)."""
+        self._state(layer)
+        ranked = self.layer_info.get(layer, {}).get("ranked_by")
+        return dict(ranked) if isinstance(ranked, dict) else None
+
     def _state(self, layer: str) -> TopKState:
         if layer not in self.states:
             raise KeyError(f"Layer {layer!r} was not mined; mined layers: {', '.join(self.states)}.")
@@ -237,6 +246,12 @@ class TopKResult:
                 "Cannot merge a result mined with stats=True with one mined without (or on "
                 "other layers): mine every shard with the same stats option."
             )
+        for name in self.states:
+            mine, theirs = self.layer_info.get(name, {}), other.layer_info.get(name, {})
+            for key in ("ranked_by", "concept"):  # what the values are must agree
+                if mine.get(key) != theirs.get(key):
+                    raise ValueError(f"Layer {name!r}: cannot merge values of {theirs.get(key) or 'activations'} "
+                                     f"into values of {mine.get(key) or 'activations'} (other rank_by / concepts).")
         for name, cs in other.channel_stats.items():  # validate all before changing anything
             if not torch.equal(cs.edges, self.channel_stats[name].edges):
                 raise ValueError(f"Layer {name!r}: statistics mined with different histogram edges.")
