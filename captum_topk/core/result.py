@@ -70,6 +70,13 @@ class TopKResult:
         ranked = self.layer_info.get(layer, {}).get("ranked_by")
         return dict(ranked) if isinstance(ranked, dict) else None
 
+    def concept(self, layer: str) -> Optional[Dict[str, Any]]:
+        r"""For a concept layer (``"<layer>:<name>"``, mined with ``concepts=``): ``{"layer",
+        "name", "result_layer", "n_concepts", "method", "digest"}``; None for a model layer."""
+        self._state(layer)
+        meta = self.layer_info.get(layer, {}).get("concept")
+        return dict(meta) if isinstance(meta, dict) else None
+
     def _state(self, layer: str) -> TopKState:
         if layer not in self.states:
             raise KeyError(f"Layer {layer!r} was not mined; mined layers: {', '.join(self.states)}.")
@@ -204,7 +211,8 @@ class TopKResult:
         return label_histogram(self, layer, channel, which, num_classes)
 
     def activation_maps(self, images_source: ImageSource, layer: str, channel: int, model: Any = None,
-                        which: str = "top", n: Optional[int] = None, transform: Optional[Callable] = None) -> Tensor:
+                        which: str = "top", n: Optional[int] = None, transform: Optional[Callable] = None,
+                        concepts: Optional[List[Any]] = None) -> Tensor:
         r"""``(n, h, w)`` raw maps of a channel on its records' images (``maps[i, y, x]`` is record
         i's value at its position). See :func:`captum_topk.core.activation_maps.activation_maps`.
 
@@ -213,7 +221,7 @@ class TopKResult:
         """
         from .activation_maps import activation_maps
 
-        return activation_maps(self, images_source, layer, channel, model, which, n, transform)
+        return activation_maps(self, images_source, layer, channel, model, which, n, transform, concepts)
 
     def neurons(self, layer: str, channel: int, which: str = "top", n: Optional[int] = None) -> List[Any]:
         r"""``(record, neuron_selector)`` pairs of a channel, for any Captum neuron method.
