@@ -186,3 +186,49 @@ def test_onnx_runtime_mines_concepts_like_pytorch(tmp_path):
         assert torch.equal(got.indices(layer), ref.indices(layer))
         torch.testing.assert_close(got.values(layer), ref.values(layer), atol=1e-5, rtol=1e-5)
         assert got.records(layer, 0)[0].box == ref.records(layer, 0)[0].box
+
+
+def test_run_folder_with_concepts_file_and_relevance(tmp_path):
+    from captum_topk.dashboard import channel_overlays
+    from captum_topk.runs.folder import open_run
+    from captum_topk.runs.mine import mine_run
+    from captum_topk.runs.render import render_run
+    from captum_topk.runs.spec import RunSpec
+    from captum_topk.runs.mine import find_run
+
+    from ._dashboard_fixture import make_images
+
+    make_images(tmp_path / "data", n_per_class=3, size=40)
+    cfile = tmp_path / "c.pt"
+    Concepts.from_vectors("layer2", torch.randn(3, 128, generator=torch.Generator().manual_seed(0)),
+                          name="v3").save(cfile)
+    spec = RunSpec(model="resnet18", random_init=True, layers=("layer1",), data=str(tmp_path / "data"), k=3,
+                   batch_size=4, input_size=32, backend="torch", stats_bins=8, concepts=(str(cfile),))
+    mine_run(spec, tmp_path / "run", progress=False)
+    run = open_run(tmp_path / "run")
+    assert run.result.layers == ["layer1", "layer2", "layer2:v3"]  # the concepts' layer was added
+    assert run.spec.concepts == (str(cfile),) and len(run.spec.concepts_sha1[0]) == 40
+    z = run.concepts[0].encode(full_activations(run.model, run.model.layer2,
+                                                torch.stack([run.dataset[i][0] for i in range(6)])))
+    _assert_twin(run.result, "layer2:v3", z, 3)
+    rgb = channel_overlays(run, "layer2:v3", 1)
+    assert rgb.shape[0] == 3 and rgb.shape[-1] == 3
+    assert any("layer2" in p.name and "v3" in p.name
+               for p in render_run(run, layers=["layer2:v3"], out_dir=tmp_path / "png"))
+    # a concepts file replaced under the same name is another run
+    resolved = RunSpec.from_dict(run.settings["spec"])
+    assert find_run(resolved, tmp_path / "run") is not None
+    Concepts.from_vectors("layer2", torch.randn(3, 128), name="v3").save(cfile)
+    assert find_run(resolved.resolve(), tmp_path / "run") is None
+    assert "concepts file changed" in resolved.explain(resolved.resolve())
+    with pytest.raises(ValueError, match="changed since"):
+        open_run(tmp_path / "run").concepts
+    # relevance-ranked run: PyTorch backend, recorded in the result
+    ranked = RunSpec(model="resnet18", random_init=True, layers=("layer2",), data=str(tmp_path / "data"), k=2,
+                     batch_size=4, input_size=32, stats_bins=0, rank_by="gxa", target="predicted")
+    mine_run(ranked, tmp_path / "ranked", progress=False)
+    run = open_run(tmp_path / "ranked")
+    assert run.backend == "torch" and run.result.ranked_by("layer2")["method"] == "LayerGradientXActivation"
+    assert run.result.ranked_by("layer2")["target"] == "predicted"
+    with pytest.raises(ValueError, match="go together"):
+        RunSpec(rank_by="gxa")

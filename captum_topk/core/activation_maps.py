@@ -18,10 +18,13 @@ from .sources.concepts import ConceptSource, find_concepts
 from .sources.layouts import base_layer
 from .sources.torch import TorchSource
 
-__all__ = ["activation_maps"]
+__all__ = ["activation_maps", "maps_source"]
 
 
-def _source_for(result: Any, layer: str, model: Any, concepts: Optional[Sequence[Any]] = None) -> ActivationSource:
+def maps_source(result: Any, layer: str, model: Any, concepts: Optional[Sequence[Any]] = None) -> ActivationSource:
+    r"""The source that computes ``layer``'s maps: ``model`` itself when it is a source, a miner's
+    source, else a :class:`~.sources.torch.TorchSource` on the layer's recorded layout (wrapped in
+    a :class:`~.sources.concepts.ConceptSource` with the matching ``concepts`` for a concept layer)."""
     if isinstance(model, ActivationSource):
         return model
     source = getattr(model, "source", None)  # a miner
@@ -32,7 +35,7 @@ def _source_for(result: Any, layer: str, model: Any, concepts: Optional[Sequence
     concept = (result.layer_info.get(layer) or {}).get("concept")
     if concept:  # a concept layer: its base layer's activations, encoded
         found = find_concepts(concepts, layer, concept)
-        return ConceptSource(_source_for(result, concept["layer"], model), [found])
+        return ConceptSource(maps_source(result, concept["layer"], model), [found])
     base = base_layer(layer)
     meta = result.layer_info.get(base, {})
     layout = meta.get("layout", "auto")
@@ -83,6 +86,6 @@ def activation_maps(
     if not records:
         return torch.empty(0)
     images = torch.stack([record_image(images_source, r, transform) for r in records])
-    acts = _source_for(result, layer, model, concepts)(images)[layer]
+    acts = maps_source(result, layer, model, concepts)(images)[layer]
     maps = acts[:, channel].float().cpu()
     return maps if maps.dim() == 3 else maps.reshape(-1, 1, 1)

@@ -59,6 +59,7 @@ class Run:
     stale_data: Optional[str] = None
     _source: Optional[Callable[[int], Tensor]] = field(default=None, repr=False)
     _model: Optional[nn.Module] = field(default=None, repr=False)
+    _concepts: Optional[List[Any]] = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ images
     def image_source(self) -> Callable[[int], Tensor]:
@@ -97,6 +98,26 @@ class Run:
                                             self.info.input_size[0], bool(meta.get("random_init")))
             self._model.eval()
         return self._model
+
+    @property
+    def concepts(self) -> List[Any]:
+        r"""The :class:`~captum_topk.concepts.Concepts` the run mined beside the channels (loaded
+        from the spec's files on first use; a file changed since is refused)."""
+        if self._concepts is None:
+            from .mine import load_concepts
+
+            self._concepts = load_concepts(self.spec) if self.spec is not None and self.spec.concepts else []
+        return self._concepts
+
+    def maps_model(self, layer: str) -> Any:
+        r"""What computes ``layer``'s activation maps: the PyTorch model, or for a concept layer
+        (``"<layer>:<name>"``) the model's source with the run's concepts (None without a model)."""
+        model = self.model
+        if model is None or not self.result.concept(layer):
+            return model
+        from ..core.activation_maps import maps_source
+
+        return maps_source(self.result, layer, model, self.concepts)
 
     # ------------------------------------------------------------------ labels
     @property
