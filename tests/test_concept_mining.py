@@ -213,6 +213,7 @@ def test_run_folder_with_concepts_file_and_relevance(tmp_path):
     z = run.concepts[0].encode(full_activations(run.model, run.model.layer2,
                                                 torch.stack([run.dataset[i][0] for i in range(6)])))
     _assert_twin(run.result, "layer2:v3", z, 3)
+    assert run.describe().endswith("concepts layer2:v3")
     rgb = channel_overlays(run, "layer2:v3", 1)
     assert rgb.shape[0] == 3 and rgb.shape[-1] == 3
     assert any("layer2" in p.name and "v3" in p.name
@@ -231,6 +232,7 @@ def test_run_folder_with_concepts_file_and_relevance(tmp_path):
     mine_run(ranked, tmp_path / "ranked", progress=False)
     run = open_run(tmp_path / "ranked")
     assert run.backend == "torch" and run.result.ranked_by("layer2")["method"] == "LayerGradientXActivation"
+    assert "ranked by LayerGradientXActivation relevance toward predicted" in run.describe()
     assert run.result.ranked_by("layer2")["target"] == "predicted"
     with pytest.raises(ValueError, match="go together"):
         RunSpec(rank_by="gxa")

@@ -150,8 +150,14 @@ class Run:
                 what += " (random weights)"
         engine = (f"; mined through ONNX Runtime ({m.get('provider', '?')})"
                   if self.backend == "onnxruntime" and self.has_torch_model else "")
+        ranked = m.get("rank_by")
+        ranking = (f"; ranked by {ranked.get('method')} relevance toward {ranked.get('target')}"
+                   if isinstance(ranked, dict) else "")
+        concepts = [c.get("result_layer") for c in m.get("concepts") or [] if isinstance(c, dict)]
+        concepts_text = f"; concepts {', '.join(concepts)}" if concepts else ""
         return (f"{what}; {self.result.n_images} images ({data_label(m.get('data'))}); "
-                f"top-{self.result.k} per channel; input {self.info.input_size[0]}x{self.info.input_size[1]}{engine}")
+                f"top-{self.result.k} per channel; input {self.info.input_size[0]}x{self.info.input_size[1]}{engine}"
+                f"{ranking}{concepts_text}")
 
 
 def open_run(path: PathLike, check_weights: bool = True,
