@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from captum.attr import LayerGradientXActivation, LayerLRP
+from captum.attr import LayerGradCam, LayerGradientXActivation, LayerLRP
 from torch import nn
 
 from captum_topk import LayerTopKPatches, TopKResult
@@ -177,3 +177,5 @@ def test_bad_arguments():
         LayerTopKPatches(model, "3", rank_by="gxa", target=1)
     with pytest.raises(ValueError, match="'label', 'predicted'"):
         LayerTopKPatches(model, "3", rank_by=LayerGradientXActivation, target="labels")
+    with pytest.raises(ValueError, match="one attribution per channel and position"):
+        LayerTopKPatches(model, "3", rank_by=LayerGradCam, target=1).mine(_images(2), progress=False)

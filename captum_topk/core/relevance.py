@@ -192,6 +192,12 @@ class RelevanceRanking:
                 raws.extend(_one_tensor(g, source.names[len(raws)]) for g in got)
         out: Dict[str, Tensor] = {}
         for name, raw in zip(source.names, raws):
+            if tuple(raw.shape[1:]) != tuple(infos[name].raw_shape):
+                raise ValueError(
+                    f"{self.method_name} gives layer {name!r} attributions of shape {tuple(raw.shape[1:])}, "
+                    f"not the layer's output shape {tuple(infos[name].raw_shape)}: rank_by needs one attribution "
+                    "per channel and position (LayerGradientXActivation, LayerLRP, LayerIntegratedGradients, "
+                    "LayerDeepLift, LayerConductance; not LayerGradCam, which sums the channels).")
             check_shape(raw, infos[name])
             out.update(canonical(raw, infos[name], infos.get(name + PREFIX_SUFFIX)))
         return out
