@@ -179,3 +179,29 @@ def test_bad_arguments():
         LayerTopKPatches(model, "3", rank_by=LayerGradientXActivation, target="labels")
     with pytest.raises(ValueError, match="one attribution per channel and position"):
         LayerTopKPatches(model, "3", rank_by=LayerGradCam, target=1).mine(_images(2), progress=False)
+
+
+def test_concept_relevance_is_gradient_times_concept_activation():
+    from captum.attr import LayerActivation
+
+    from captum_topk import Concepts
+
+    model = _net()
+    images = _images(9)
+    g = torch.Generator().manual_seed(2)
+    concepts = [Concepts.from_vectors("3", torch.randn(4, 8, generator=g), name="v4"),
+                Concepts.from_vectors("0", torch.randn(3, 6, generator=g), name="v3")]
+    result = LayerTopKPatches(model, ["0", "3"], k=3, rank_by=LayerGradientXActivation, target=2,
+                              concepts=concepts).mine([images[:5], images[5:]], progress=False)
+    targets = torch.full((9,), 2)
+    for c in concepts:
+        layer = model.get_submodule(c.layer)
+        grads = torch.cat([LayerGradientXActivation(model, layer, multiply_by_inputs=False).attribute(
+            images[i : i + 1], target=2).detach() for i in range(9)])
+        acts = LayerActivation(model, layer).attribute(images)
+        expected = c.encode(acts) * torch.einsum("nchw,kc->nkhw", grads, c.directions)
+        _assert_ranked(result, f"{c.layer}:{c.name}", expected, 3)
+        _assert_ranked(result, c.layer, _per_image(LayerGradientXActivation, model, layer, images, targets), 3)
+        assert result.ranked_by(f"{c.layer}:{c.name}")["concepts"].startswith("gradient x concept activation")
+    with pytest.raises(ValueError, match="gradient x concept activation"):
+        LayerTopKPatches(model, ["3"], rank_by=LayerLRP, target=2, concepts=concepts[:1])

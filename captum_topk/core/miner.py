@@ -113,7 +113,9 @@ class LayerTopKPatches(LayerAttribution):
                 mined layers. Each channel's records are then its most positive (top) and most
                 negative (bottom) per-position attributions toward ``target`` (values are
                 attributions; statistics too); each batch costs a full forward and backward.
-                See :mod:`captum_topk.core.relevance`. Default None: activations.
+                With ``concepts``: ``LayerGradientXActivation`` only, a concept's relevance being
+                its gradient x concept activation. See :mod:`captum_topk.core.relevance`.
+                Default None: activations.
             target (optional): with ``rank_by``: a class index, ``"label"``, ``"predicted"``,
                 per-image targets indexed by the global image index, or
                 ``callable(labels, logits) -> targets``.
@@ -142,14 +144,11 @@ class LayerTopKPatches(LayerAttribution):
                              token_grid=token_grid, prefix_tokens=prefix_tokens)
         modules = source.modules
         LayerAttribution.__init__(self, forward_func, modules[0] if _single(layer) else modules, device_ids)
-        if rank_by is not None and concepts:
-            raise ValueError("rank_by= ranks channels; relevance of concept directions is not available yet: "
-                             "mine the concepts without rank_by (or the channels with it, in another miner).")
         self._bind(ConceptSource(source, concepts) if concepts else source, k=k, distinct_images=distinct_images,
                    stats=stats, single=_single(layer))
         self.attribute_to_layer_input = bool(attribute_to_layer_input)
         if rank_by is not None:
-            self._relevance = RelevanceRanking(source, rank_by, target, rank_kwargs)
+            self._relevance = RelevanceRanking(source, rank_by, target, rank_kwargs, concepts or ())
         elif target is not None or rank_kwargs:
             raise ValueError("target= and rank_kwargs= go with rank_by= (a Captum layer attribution class); "
                              "without it records are ranked by activation.")

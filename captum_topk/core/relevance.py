@@ -67,10 +67,16 @@ class RelevanceRanking:
             ``logits`` the model's output, one extra forward without gradients).
         attribute_kwargs (dict, optional): further arguments of ``method.attribute``
             (``baselines``, ``n_steps``, ...).
+        concepts (sequence, optional): concept sets mined beside the channels (``.layer``,
+            ``.name``, ``.directions`` (K, C), ``.encode``); with ``method`` the class
+            ``LayerGradientXActivation`` only. A concept's relevance at a position is its
+            gradient x concept activation, ``z_k * (d_k . dF/da)`` (``z = encode(a)``, the gradient
+            reaching the concept through the decoder ``a ~ sum_k z_k d_k``: CRAFT's importance),
+            and the channels' is ``a * dF/da``, from one gradient pass.
     """
 
     def __init__(self, source: TorchSource, method: Any, target: TargetSpec,
-                 attribute_kwargs: Optional[Dict[str, Any]] = None) -> None:
+                 attribute_kwargs: Optional[Dict[str, Any]] = None, concepts: Sequence[Any] = ()) -> None:
         if not isinstance(source, TorchSource):
             raise TypeError("rank_by needs a PyTorch model (gradients): it is not available for "
                             f"a {type(source).__name__}.")
@@ -91,7 +97,21 @@ class RelevanceRanking:
         else:
             self._table = None
         modules = source.modules
-        if inspect.isclass(method):
+        self.concepts = list(concepts)
+        if self.concepts:
+            from captum.attr import LayerGradientXActivation
+
+            if method is not LayerGradientXActivation:
+                raise ValueError("Relevance of concept directions is gradient x concept activation: mine concepts "
+                                 "with rank_by=LayerGradientXActivation (the class), or without rank_by.")
+            missing = [c.name for c in self.concepts if not isinstance(getattr(c, "directions", None), Tensor)]
+            if missing:
+                raise TypeError(f"Concepts {missing} have no .directions (K, C) tensor: their relevance needs it.")
+            layer = list(modules) if len(modules) > 1 else modules[0]
+            self._methods = [LayerGradientXActivation(source.forward_func, layer, device_ids=source.device_ids,
+                                                      multiply_by_inputs=False)]  # the layer gradients
+            self.method_name = "LayerGradientXActivation"
+        elif inspect.isclass(method):
             if _takes_layer_list(method) and len(modules) > 1:
                 self._methods = [method(source.forward_func, list(modules), device_ids=source.device_ids)
                                  if "device_ids" in inspect.signature(method.__init__).parameters
@@ -191,6 +211,19 @@ class RelevanceRanking:
                 got = list(got) if isinstance(got, list) and len(self._methods) == 1 and len(source.names) > 1 else [got]
                 raws.extend(_one_tensor(g, source.names[len(raws)]) for g in got)
         out: Dict[str, Tensor] = {}
+        if self.concepts:  # raws are gradients: a * g for the channels, z * (d . g) for the concepts
+            acts = source(images, additional_forward_args)
+            grads: Dict[str, Tensor] = {}
+            for name, raw in zip(source.names, raws):
+                check_shape(raw, infos[name])
+                grads.update(canonical(raw, infos[name], infos.get(name + PREFIX_SUFFIX)))
+            out = {name: acts[name] * g for name, g in grads.items()}
+            for c in self.concepts:
+                d = c.directions.to(grads[c.layer].device, grads[c.layer].dtype)
+                g = grads[c.layer]
+                along = torch.einsum("nchw,kc->nkhw", g, d) if g.dim() == 4 else g @ d.T
+                out[f"{c.layer}:{c.name}"] = c.encode(acts[c.layer]).to(along.dtype) * along
+            return out
         for name, raw in zip(source.names, raws):
             if tuple(raw.shape[1:]) != tuple(infos[name].raw_shape):
                 raise ValueError(
@@ -214,7 +247,10 @@ class RelevanceRanking:
             target = int(t)
         else:
             target = f"callable {getattr(t, '__qualname__', type(t).__name__)}"
-        return {"method": self.method_name, "target": target, "ranked": "per-position layer attribution"}
+        out = {"method": self.method_name, "target": target, "ranked": "per-position layer attribution"}
+        if self.concepts:
+            out["concepts"] = "gradient x concept activation: z_k * (d_k . dF/da)"
+        return out
 
 
 def _one_tensor(value: Any, name: str) -> Tensor:
