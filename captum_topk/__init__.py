@@ -55,6 +55,7 @@ _LAZY = {
     "match_units": ("compare.matching", "match_units"),
     "RunSpec": ("runs.spec", "RunSpec"),
     "mine_run": ("runs.mine", "mine_run"),
+    "Concepts": ("concepts.base", "Concepts"),
 }
 
 __all__ = [

@@ -85,6 +85,9 @@ def cmd_mine(args: argparse.Namespace) -> int:
         backend=args.backend,
         token_grid=tuple(args.token_grid) if args.token_grid else None,
         prefix_tokens=args.prefix_tokens,
+        concepts=tuple(args.concepts or ()),
+        rank_by=args.rank_by,
+        target=args.target,
     )
     if out is not None:  # None on the non-zero ranks of a torchrun job
         print(f"result written to {out}")
@@ -209,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stats", action=argparse.BooleanOptionalAction, default=True,
                     help="per-channel histogram / mean / fraction > 0 in the same pass (default on; "
                          "a few percent of the mining time)")
+    sp.add_argument("--concepts", nargs="+", default=None, metavar="FILE",
+                    help="saved concepts (Concepts.save) mined beside the channels as layers "
+                         "'<layer>:<name>' (their layers are added to --layers)")
+    sp.add_argument("--rank-by", default=None, metavar="METHOD",
+                    help="rank records by relevance toward --target instead of activation: gxa, lrp, ig "
+                         "or a Captum layer attribution class name (PyTorch backend; forward + backward)")
+    sp.add_argument("--target", default=None,
+                    help="with --rank-by: label, predicted, or a class index")
     sp.set_defaults(func=cmd_mine)
 
     sp = sub.add_parser("show", help="PNG grids of top-1 / top-9 patches per channel")

@@ -7,20 +7,24 @@ receptive field is the whole image, but its map shows which patches drive the ch
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from .records import ImageSource, record_image
 from .sources.base import ActivationSource
+from .sources.concepts import ConceptSource, find_concepts
 from .sources.layouts import base_layer
 from .sources.torch import TorchSource
 
-__all__ = ["activation_maps"]
+__all__ = ["activation_maps", "maps_source"]
 
 
-def _source_for(result: Any, layer: str, model: Any) -> ActivationSource:
+def maps_source(result: Any, layer: str, model: Any, concepts: Optional[Sequence[Any]] = None) -> ActivationSource:
+    r"""The source that computes ``layer``'s maps: ``model`` itself when it is a source, a miner's
+    source, else a :class:`~.sources.torch.TorchSource` on the layer's recorded layout (wrapped in
+    a :class:`~.sources.concepts.ConceptSource` with the matching ``concepts`` for a concept layer)."""
     if isinstance(model, ActivationSource):
         return model
     source = getattr(model, "source", None)  # a miner
@@ -28,6 +32,10 @@ def _source_for(result: Any, layer: str, model: Any) -> ActivationSource:
         return source
     if model is None:
         raise ValueError("activation_maps needs the model (model=...) or an activation source that ran it.")
+    concept = (result.layer_info.get(layer) or {}).get("concept")
+    if concept:  # a concept layer: its base layer's activations, encoded
+        found = find_concepts(concepts, layer, concept)
+        return ConceptSource(maps_source(result, concept["layer"], model), [found])
     base = base_layer(layer)
     meta = result.layer_info.get(base, {})
     layout = meta.get("layout", "auto")
@@ -48,6 +56,7 @@ def activation_maps(
     which: str = "top",
     n: Optional[int] = None,
     transform: Optional[Any] = None,
+    concepts: Optional[Sequence[Any]] = None,
 ) -> Tensor:
     r"""The raw activation maps of one channel on the images of its records.
 
@@ -61,6 +70,9 @@ def activation_maps(
         which (str): ``"top"`` or ``"bottom"``.
         n (int, optional): only the ``n`` strongest records.
         transform (callable, optional): applied to PIL items of ``images_source``.
+        concepts (list, optional): for a concept layer (``"<layer>:<name>"``) with ``model`` a
+            model: the concepts it was mined with (checked against the recorded digest); a miner
+            or its source brings its own.
     Returns:
         Tensor: ``(n, h, w)`` float32 on the layer's grid: ``maps[i, y, x]`` is the channel's
         activation at ``(y, x)`` in record ``i``'s image, so ``maps[i, r.y, r.x] == r.value``
@@ -74,6 +86,6 @@ def activation_maps(
     if not records:
         return torch.empty(0)
     images = torch.stack([record_image(images_source, r, transform) for r in records])
-    acts = _source_for(result, layer, model)(images)[layer]
+    acts = maps_source(result, layer, model, concepts)(images)[layer]
     maps = acts[:, channel].float().cpu()
     return maps if maps.dim() == 3 else maps.reshape(-1, 1, 1)

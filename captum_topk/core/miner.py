@@ -27,8 +27,10 @@ from .accumulators.base import AccumulatorCollection
 from .accumulators.stats import ChannelStats
 from .accumulators.topk import TopKState
 from .loop import feed
+from .relevance import RelevanceRanking, TargetSpec
 from .result import TopKResult
 from .sources.base import ActivationSource, LayerInfo
+from .sources.concepts import ConceptSource, concept_layer, describe_concepts
 from .sources.layouts import base_layer
 from .sources.torch import TorchSource
 
@@ -71,6 +73,10 @@ class LayerTopKPatches(LayerAttribution):
         layout: Union[str, Dict[str, str]] = "auto",
         token_grid: Optional[Tuple[int, int]] = None,
         prefix_tokens: Optional[int] = None,
+        rank_by: Any = None,
+        target: Optional[TargetSpec] = None,
+        rank_kwargs: Optional[Dict[str, Any]] = None,
+        concepts: Optional[Sequence[Any]] = None,
     ) -> None:
         r"""
         Args:
@@ -101,6 +107,27 @@ class LayerTopKPatches(LayerAttribution):
                 model does not expose it.
             prefix_tokens (int, optional): class / distillation / register tokens before the
                 patches; they are mined as a layer of their own, ``"<layer>[prefix]"``.
+            rank_by (type or instance, optional): rank by relevance (RelMax) instead of
+                activation: a Captum layer attribution class (``captum.attr.LayerGradientXActivation``,
+                ``LayerLRP``, ``LayerIntegratedGradients``, ...) or an instance built on exactly the
+                mined layers. Each channel's records are then its most positive (top) and most
+                negative (bottom) per-position attributions toward ``target`` (values are
+                attributions; statistics too); each batch costs a full forward and backward.
+                With ``concepts``: ``LayerGradientXActivation`` only, a concept's relevance being
+                its gradient x concept activation. See :mod:`captum_topk.core.relevance`.
+                Default None: activations.
+            target (optional): with ``rank_by``: a class index, ``"label"``, ``"predicted"``,
+                per-image targets indexed by the global image index, or
+                ``callable(labels, logits) -> targets``.
+            rank_kwargs (dict, optional): further arguments of the attribution's ``attribute``
+                (``baselines``, ``n_steps``, ...).
+            concepts (list, optional): sets of concept directions
+                (:class:`captum_topk.Concepts`, or any object with ``.layer``, ``.name``,
+                ``.n_concepts``, ``.encode``: :class:`~.sources.concepts.ConceptLike`), each of a
+                mined layer. Each set is mined in the same forward pass as a result layer of its
+                own, ``f"{c.layer}:{c.name}"`` (e.g. ``"features.14:nmf16"``), whose "channels"
+                are its K concepts: top-k, bottom-k and statistics of ``c.encode(activation)``,
+                with the base layer's receptive fields.
         Raises:
             TypeError: ``device_ids`` given as an int (``LayerTopKPatches(model, layer, 3)``:
                 ``k`` is keyword-only: write ``k=3``).
@@ -117,20 +144,27 @@ class LayerTopKPatches(LayerAttribution):
                              token_grid=token_grid, prefix_tokens=prefix_tokens)
         modules = source.modules
         LayerAttribution.__init__(self, forward_func, modules[0] if _single(layer) else modules, device_ids)
-        self._bind(source, k=k, distinct_images=distinct_images, stats=stats, single=_single(layer))
+        self._bind(ConceptSource(source, concepts) if concepts else source, k=k, distinct_images=distinct_images,
+                   stats=stats, single=_single(layer))
         self.attribute_to_layer_input = bool(attribute_to_layer_input)
+        if rank_by is not None:
+            self._relevance = RelevanceRanking(source, rank_by, target, rank_kwargs, concepts or ())
+        elif target is not None or rank_kwargs:
+            raise ValueError("target= and rank_kwargs= go with rank_by= (a Captum layer attribution class); "
+                             "without it records are ranked by activation.")
 
     @classmethod
     def from_source(cls, source: ActivationSource, *, k: int = 9, distinct_images: bool = True,
-                    stats: StatsSpec = False) -> "LayerTopKPatches":
+                    stats: StatsSpec = False, concepts: Optional[Sequence[Any]] = None) -> "LayerTopKPatches":
         r"""A miner over any :class:`~.sources.base.ActivationSource` (PyTorch hooks, ONNX
-        Runtime, or one of your own).
+        Runtime, or one of your own); ``concepts`` as in :class:`LayerTopKPatches`.
 
         Example::
             >>> source = TorchSource(model, ["features.3", "features.7"])
             >>> miner = LayerTopKPatches.from_source(source, k=9)
         """
         miner = cls.__new__(cls)
+        source = ConceptSource(source, concepts) if concepts else source
         LayerAttribution.__init__(miner, source, source.names)
         miner._bind(source, k=k, distinct_images=distinct_images, stats=stats, single=len(source.names) == 1)
         return miner
@@ -141,12 +175,15 @@ class LayerTopKPatches(LayerAttribution):
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
         self.source = source
+        self._concept_meta: Dict[str, Dict[str, Any]] = {
+            concept_layer(c): describe_concepts(c) for c in getattr(source, "concepts", ())}
         self.k = k
         self.distinct_images = bool(distinct_images)
         self._single = single
         self._stats_edges = _parse_stats(stats, source.names)
         self._progress = True
         self.attribute_to_layer_input = False
+        self._relevance: Optional[RelevanceRanking] = None
         self.reset()
 
     # ------------------------------------------------------------------ captum
@@ -204,17 +241,32 @@ class LayerTopKPatches(LayerAttribution):
         self._n = 0  # images seen
         self._next = 0  # default index of the next image
 
+    def _base_of(self, name: str) -> str:
+        r"""The mined model layer a result layer comes from (``"x:nmf16"``, ``"x[prefix]"`` -> ``"x"``)."""
+        meta = self._concept_meta.get(name)
+        return base_layer(meta["layer"] if meta else name)
+
+    @property
+    def concept_layers(self) -> List[str]:
+        r"""The result layers of the concepts mined beside the channels (``"<layer>:<name>"``)."""
+        return list(self._concept_meta)
+
     def _gathers_stats(self, name: str) -> bool:
-        return self._stats_edges is not None and base_layer(name) in self._stats_edges
+        return self._stats_edges is not None and self._base_of(name) in self._stats_edges
 
     def _accumulators(self, info: LayerInfo) -> AccumulatorCollection:
         acc = self._acc.get(info.name)
         if acc is None:
             members = {"topk": TopKState(self.k, info.channels, info.spatial, self.distinct_images)}
             if self._gathers_stats(info.name):
-                members["stats"] = ChannelStats(info.channels, self._stats_edges[base_layer(info.name)])
+                members["stats"] = ChannelStats(info.channels, self._stats_edges[self._base_of(info.name)])
             acc = self._acc[info.name] = AccumulatorCollection(members)
             self._layer_meta[info.name] = info.describe()
+            if self._relevance is not None:
+                self._layer_meta[info.name]["ranked_by"] = self._relevance.describe()
+            if info.name in self._concept_meta:
+                self._layer_meta[info.name].update(concept=dict(self._concept_meta[info.name]),
+                                                   base_layer=self._concept_meta[info.name]["layer"])
         elif acc["topk"].channels != info.channels:
             raise ValueError(
                 f"This batch gives the layer {info.name!r} {info.channels} channels but earlier "
@@ -258,7 +310,10 @@ class LayerTopKPatches(LayerAttribution):
         if n == 0:  # every image of the batch failed to load: nothing to mine
             return
         self.source.check_images(images)
-        acts = self.source(images, additional_forward_args)
+        if self._relevance is not None:  # a full forward and backward (gradients enabled inside)
+            acts = self._relevance(images, labels, idx, additional_forward_args)
+        else:
+            acts = self.source(images, additional_forward_args)
         self.accumulate(acts, self.source.layer_infos(images), idx, labels, ids)
 
     def accumulate(
@@ -335,6 +390,7 @@ class LayerTopKPatches(LayerAttribution):
             "distinct_images": self.distinct_images,
             "attribute_to_layer_input": self.attribute_to_layer_input,
             "stats": sorted(self._stats_edges or {}),
+            **({"rank_by": self._relevance.describe()} if self._relevance is not None else {}),
             "skipped": [list(s) for s in self._skipped],
             **({"categories": list(self.categories)} if self.categories else {}),
             "captum_topk_version": __version__,
@@ -381,12 +437,26 @@ class LayerTopKPatches(LayerAttribution):
     def _check_stats(self, snap: TopKResult) -> None:
         r"""Statistics can only be combined exactly when both sides gathered them, with the
         same edges, over all their images."""
-        unknown = {base_layer(n) for n in snap.states} - set(self.layer_names)
+        unknown = {base_layer((snap.layer_info.get(n) or {}).get("base_layer", n)) for n in snap.states}
+        unknown -= set(self.layer_names)
         if unknown:
             raise ValueError(f"The state holds layers {sorted(snap.states)} but this miner mines "
                              f"{self.layer_names}.")
         if snap.states and snap.k != self.k:
             raise ValueError(f"The state was mined with k={snap.k}, this miner has k={self.k}.")
+        if snap.states:
+            theirs = {n for n in snap.states if (snap.layer_info.get(n) or {}).get("concept")}
+            if theirs != set(self._concept_meta):
+                raise ValueError(f"The state holds the concept layers {sorted(theirs)}, this miner mines "
+                                 f"{sorted(self._concept_meta)}: merge / resume with the same concepts.")
+            for n in theirs:
+                if snap.layer_info[n]["concept"].get("digest") != self._concept_meta[n]["digest"]:
+                    raise ValueError(f"The state's {n!r} was mined with other concepts (other directions or "
+                                     "encoding) than this miner's.")
+        ranked = self._relevance.describe() if self._relevance is not None else None
+        if snap.states and snap.metadata.get("rank_by") != ranked:
+            raise ValueError(f"The state was ranked by {snap.metadata.get('rank_by') or 'activation'}, this "
+                             f"miner by {ranked or 'activation'}: merge / resume with the same rank_by and target.")
         for name in snap.states:
             wanted = self._gathers_stats(name)
             cs = snap.channel_stats.get(name)
@@ -397,7 +467,7 @@ class LayerTopKPatches(LayerAttribution):
                     "the same stats option for every shard / resumed run."
                 )
             if wanted:
-                edges = self._stats_edges[base_layer(name)]
+                edges = self._stats_edges[self._base_of(name)]
                 edges = edges if edges is not None else ChannelStats(1).edges
                 if not torch.equal(cs.edges, edges):
                     raise ValueError(f"Statistics of {name!r} were gathered with other histogram edges.")

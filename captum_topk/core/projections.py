@@ -141,6 +141,9 @@ def raw_selector(result: Any, record: PatchRecord) -> Selector:
     for tokens (``prefix + y * w + x`` for patches, ``y`` for prefix tokens) and ``c`` for vectors.
     """
     meta = result.layer_info.get(record.layer) or {}
+    if meta.get("concept"):
+        raise ValueError(f"{record.layer!r} is a concept layer: its units are directions, not neurons of the "
+                         "model's output, so Captum neuron methods and projections do not apply to them.")
     layout = meta.get("layout", "NCHW" if result.states[record.layer].spatial else "NC")
     if layout == "NC":
         return record.channel
@@ -453,6 +456,9 @@ def projections(
             "records, not the network."
         )
     state = result._state(layer)
+    if (result.layer_info.get(layer) or {}).get("concept"):
+        raise ValueError(f"{layer!r} is a concept layer: projections exist for channels of the model's layers, "
+                         "not for directions (look at its patches and activation maps).")
     if layer_module is None:
         module = resolve_layers(model, base_layer(layer))[0][1]
     else:

@@ -61,6 +61,22 @@ class TopKResult:
         state = self._state(layer)
         return str(self.layer_info.get(layer, {}).get("box_kind", "receptive_field" if state.spatial else "image"))
 
+    def ranked_by(self, layer: str) -> Optional[Dict[str, Any]]:
+        r"""How the layer's records were ranked: None for activations, else
+        ``{"method": "LayerGradientXActivation", "target": 207, "ranked": "per-position layer
+        attribution"}`` (``LayerTopKPatches(..., rank_by=..., target=...)``): its values are
+        attributions toward the target (see :mod:`captum_topk.core.relevance`)."""
+        self._state(layer)
+        ranked = self.layer_info.get(layer, {}).get("ranked_by")
+        return dict(ranked) if isinstance(ranked, dict) else None
+
+    def concept(self, layer: str) -> Optional[Dict[str, Any]]:
+        r"""For a concept layer (``"<layer>:<name>"``, mined with ``concepts=``): ``{"layer",
+        "name", "result_layer", "n_concepts", "method", "digest"}``; None for a model layer."""
+        self._state(layer)
+        meta = self.layer_info.get(layer, {}).get("concept")
+        return dict(meta) if isinstance(meta, dict) else None
+
     def _state(self, layer: str) -> TopKState:
         if layer not in self.states:
             raise KeyError(f"Layer {layer!r} was not mined; mined layers: {', '.join(self.states)}.")
@@ -195,7 +211,8 @@ class TopKResult:
         return label_histogram(self, layer, channel, which, num_classes)
 
     def activation_maps(self, images_source: ImageSource, layer: str, channel: int, model: Any = None,
-                        which: str = "top", n: Optional[int] = None, transform: Optional[Callable] = None) -> Tensor:
+                        which: str = "top", n: Optional[int] = None, transform: Optional[Callable] = None,
+                        concepts: Optional[List[Any]] = None) -> Tensor:
         r"""``(n, h, w)`` raw maps of a channel on its records' images (``maps[i, y, x]`` is record
         i's value at its position). See :func:`captum_topk.core.activation_maps.activation_maps`.
 
@@ -204,7 +221,7 @@ class TopKResult:
         """
         from .activation_maps import activation_maps
 
-        return activation_maps(self, images_source, layer, channel, model, which, n, transform)
+        return activation_maps(self, images_source, layer, channel, model, which, n, transform, concepts)
 
     def neurons(self, layer: str, channel: int, which: str = "top", n: Optional[int] = None) -> List[Any]:
         r"""``(record, neuron_selector)`` pairs of a channel, for any Captum neuron method.
@@ -237,6 +254,12 @@ class TopKResult:
                 "Cannot merge a result mined with stats=True with one mined without (or on "
                 "other layers): mine every shard with the same stats option."
             )
+        for name in self.states:
+            mine, theirs = self.layer_info.get(name, {}), other.layer_info.get(name, {})
+            for key in ("ranked_by", "concept"):  # what the values are must agree
+                if mine.get(key) != theirs.get(key):
+                    raise ValueError(f"Layer {name!r}: cannot merge values of {theirs.get(key) or 'activations'} "
+                                     f"into values of {mine.get(key) or 'activations'} (other rank_by / concepts).")
         for name, cs in other.channel_stats.items():  # validate all before changing anything
             if not torch.equal(cs.edges, self.channel_stats[name].edges):
                 raise ValueError(f"Layer {name!r}: statistics mined with different histogram edges.")

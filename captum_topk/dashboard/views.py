@@ -94,7 +94,7 @@ def channel_overlays(run: Run, layer: str, channel: int, which: str = "top",
 
     if run.model is None:
         raise ValueError("Activation maps need the PyTorch model; this run was mined through ONNX Runtime.")
-    return record_overlays(run.result, run.image_source(), layer, channel, model=run.model, which=which,
+    return record_overlays(run.result, run.image_source(), layer, channel, model=run.maps_model(layer), which=which,
                            n=n, quantile=quantile, mean=run.info.mean, std=run.info.std)
 
 

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from captum.attr import LayerAttribution
 
 from ..core.miner import LayerTopKPatches, StatsSpec, _check_device_ids
+from ..core.sources.concepts import ConceptSource
 from .graph import ModelLike
 from .source import OnnxSource
 
@@ -48,6 +49,7 @@ class OnnxTopKPatches(LayerTopKPatches):
         layout: Union[str, Dict[str, str]] = "auto",
         token_grid: Optional[Tuple[int, int]] = None,
         prefix_tokens: Optional[int] = None,
+        concepts: Optional[Sequence[Any]] = None,
     ) -> None:
         r"""
         Args:
@@ -73,6 +75,9 @@ class OnnxTopKPatches(LayerTopKPatches):
             progress_rf (bool): tqdm bar while probing receptive fields.
             layout, token_grid, prefix_tokens: as in :class:`~captum_topk.LayerTopKPatches`
                 (the export sidecar records them for exported layers).
+            concepts (list, optional): concept directions mined beside the channels, each as a
+                layer ``f"{c.layer}:{c.name}"``, as in :class:`~captum_topk.LayerTopKPatches`
+                (the encoding runs in PyTorch on ONNX Runtime's activations).
         Example::
             >>> from captum_topk.onnx import export, OnnxTopKPatches
             >>> exp = export(model, ["layer2", "layer3"], "onnx_models/r18.onnx", input_size=224)
@@ -88,6 +93,8 @@ class OnnxTopKPatches(LayerTopKPatches):
                             activation_layout=activation_layout, threads=threads,
                             rf_batch_size=rf_batch_size, progress=progress_rf, layout=layout,
                             token_grid=token_grid, prefix_tokens=prefix_tokens)
+        if concepts:
+            source = ConceptSource(source, concepts)
         LayerAttribution.__init__(self, source, source.names)
         self._bind(source, k=k, distinct_images=distinct_images, stats=stats,
                    single=isinstance(layer, str))

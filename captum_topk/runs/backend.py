@@ -89,6 +89,11 @@ def choose_backend(spec: RunSpec, device: torch.device, root: Optional[PathLike]
         (RunSpec, Path or None, str): the spec with ``backend`` set, the ONNX file ONNX Runtime
         mines (None for PyTorch, or when the spec names its own ONNX file), and why.
     """
+    if spec.rank_by is not None:  # relevance needs gradients
+        if spec.onnx or spec.backend == "onnxruntime":
+            raise ValueError("rank_by needs gradients: mine a PyTorch model with the PyTorch backend "
+                             "(not an ONNX file, not --backend onnxruntime).")
+        return dataclasses.replace(spec, backend="torch"), None, "rank_by needs gradients (PyTorch)"
     if spec.onnx:
         return dataclasses.replace(spec, backend="onnxruntime"), None, "an ONNX file was given"
     if spec.backend == "torch":

@@ -59,6 +59,7 @@ class Run:
     stale_data: Optional[str] = None
     _source: Optional[Callable[[int], Tensor]] = field(default=None, repr=False)
     _model: Optional[nn.Module] = field(default=None, repr=False)
+    _concepts: Optional[List[Any]] = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ images
     def image_source(self) -> Callable[[int], Tensor]:
@@ -98,6 +99,26 @@ class Run:
             self._model.eval()
         return self._model
 
+    @property
+    def concepts(self) -> List[Any]:
+        r"""The :class:`~captum_topk.concepts.Concepts` the run mined beside the channels (loaded
+        from the spec's files on first use; a file changed since is refused)."""
+        if self._concepts is None:
+            from .mine import load_concepts
+
+            self._concepts = load_concepts(self.spec) if self.spec is not None and self.spec.concepts else []
+        return self._concepts
+
+    def maps_model(self, layer: str) -> Any:
+        r"""What computes ``layer``'s activation maps: the PyTorch model, or for a concept layer
+        (``"<layer>:<name>"``) the model's source with the run's concepts (None without a model)."""
+        model = self.model
+        if model is None or not self.result.concept(layer):
+            return model
+        from ..core.activation_maps import maps_source
+
+        return maps_source(self.result, layer, model, self.concepts)
+
     # ------------------------------------------------------------------ labels
     @property
     def layers(self) -> List[str]:
@@ -129,8 +150,14 @@ class Run:
                 what += " (random weights)"
         engine = (f"; mined through ONNX Runtime ({m.get('provider', '?')})"
                   if self.backend == "onnxruntime" and self.has_torch_model else "")
+        ranked = m.get("rank_by")
+        ranking = (f"; ranked by {ranked.get('method')} relevance toward {ranked.get('target')}"
+                   if isinstance(ranked, dict) else "")
+        concepts = [c.get("result_layer") for c in m.get("concepts") or [] if isinstance(c, dict)]
+        concepts_text = f"; concepts {', '.join(concepts)}" if concepts else ""
         return (f"{what}; {self.result.n_images} images ({data_label(m.get('data'))}); "
-                f"top-{self.result.k} per channel; input {self.info.input_size[0]}x{self.info.input_size[1]}{engine}")
+                f"top-{self.result.k} per channel; input {self.info.input_size[0]}x{self.info.input_size[1]}{engine}"
+                f"{ranking}{concepts_text}")
 
 
 def open_run(path: PathLike, check_weights: bool = True,

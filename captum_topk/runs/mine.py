@@ -37,7 +37,7 @@ from .lock import RunLock
 from .models import load_run_model, onnx_model_info
 from .spec import RUN_FORMAT, RunSpec
 
-__all__ = ["mine_run", "find_run", "default_layers", "resolve_device", "read_run_json", "Progress", "notify"]
+__all__ = ["mine_run", "find_run", "default_layers", "load_concepts", "with_concept_layers", "resolve_device", "read_run_json", "Progress", "notify"]
 
 #: ``progress(phase, done, total)``: phases ``"loading"``, ``"mining"`` (images done / total after
 #: every batch), ``"saving"``, ``"done"``.
@@ -124,6 +124,7 @@ def mine_run(
     spec = _spec_from(spec, settings)
     if not spec.layers:
         spec = dataclasses.replace(spec, layers=tuple(default_layers(spec)))
+    spec = with_concept_layers(spec)
     out = Path(out)
     callback = progress if callable(progress) else None
     env = dist_env()
@@ -131,7 +132,7 @@ def mine_run(
     dev = resolve_device(device, env)
     lock_name = ".lock" if env.world == 1 else f".lock.rank{env.rank}-of-{env.world}"
     with RunLock(out, lock_name):
-        engines = [spec.backend] if spec.backend != "auto" else ["onnxruntime", "torch"]
+        engines = [spec.backend] if spec.backend != "auto" else (["torch"] if spec.rank_by else ["onnxruntime", "torch"])
         if reuse and env.world == 1 and any(find_run(dataclasses.replace(spec, backend=e), out) for e in engines):
             notify(callback, "done", 1, 1)
             return out / "result.pt"
@@ -153,6 +154,7 @@ def _spec_from(spec: Optional[RunSpec], settings: Dict[str, Any]) -> RunSpec:
         s["checkpoint"] = str(Path(s["checkpoint"]).resolve())
     if s.get("onnx"):
         s["onnx"] = str(Path(s["onnx"]).resolve())
+    s["concepts"] = tuple(str(Path(c).resolve()) for c in s.get("concepts") or ())
     if s.get("data") is not None and str(s["data"]) != "demo":
         s["data"] = str(Path(s["data"]).resolve())
     elif "data" in s:
@@ -178,6 +180,58 @@ def default_layers(spec: RunSpec) -> List[str]:
     return suggest_layers([n for n, _ in net.named_modules() if n], model=net)
 
 
+def load_concepts(spec: RunSpec) -> List[Any]:
+    r"""The :class:`~captum_topk.concepts.Concepts` of a spec's concept files, in order; when the
+    spec is resolved, each file must still have the recorded SHA-1."""
+    from ..concepts.base import Concepts
+    from ..utils.files import file_digest
+
+    out = []
+    for i, path in enumerate(spec.concepts):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Concepts file {path} not found (save concepts with Concepts.save or "
+                                    "`captum-topk concepts learn`).")
+        if spec.concepts_sha1 and i < len(spec.concepts_sha1) and file_digest(path) != spec.concepts_sha1[i]:
+            raise ValueError(f"The concepts file {path} changed since the run was set up (same name, other bytes).")
+        out.append(Concepts.load(path))
+    return out
+
+
+def with_concept_layers(spec: RunSpec) -> RunSpec:
+    r"""``spec`` with the layers its concept files live in added to ``layers`` (when missing)."""
+    if not spec.concepts:
+        return spec
+    from ..core.sources.layouts import base_layer
+
+    missing = []
+    for c in load_concepts(dataclasses.replace(spec, concepts_sha1=())):
+        layer = base_layer(c.layer)
+        if layer not in spec.layers and layer not in missing:
+            missing.append(layer)
+    return dataclasses.replace(spec, layers=spec.layers + tuple(missing)) if missing else spec
+
+
+def _rank_by_class(name: str) -> Any:
+    r"""A Captum layer attribution class by name (``"gxa"`` / ``"lrp"`` / ``"ig"`` or the class name)."""
+    import captum.attr as attr
+
+    short = {"gxa": "LayerGradientXActivation", "lrp": "LayerLRP", "ig": "LayerIntegratedGradients"}
+    cls = getattr(attr, short.get(name.lower(), name), None)
+    if not (isinstance(cls, type) and cls.__name__.startswith("Layer") and hasattr(cls, "attribute")):
+        raise ValueError(f"rank_by {name!r} is not a Captum layer attribution (e.g. gxa, lrp, ig, "
+                         "LayerGradientXActivation, LayerLRP).")
+    return cls
+
+
+def _target(value: Optional[str]) -> Any:
+    if value is None or value in ("label", "predicted"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"target must be 'label', 'predicted' or a class index, got {value!r}.") from None
+
+
 def _miner_for(spec: RunSpec, dev: torch.device, onnx_file: Optional[Path] = None):
     r"""The miner and the model's preprocessing of a spec (``onnx_file``: the export ONNX
     Runtime mines for a PyTorch model)."""
@@ -190,13 +244,14 @@ def _miner_for(spec: RunSpec, dev: torch.device, onnx_file: Optional[Path] = Non
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if dev.type == "cuda" else ["CPUExecutionProvider"]
         miner = OnnxTopKPatches(path, list(spec.layers), k=spec.k, distinct_images=spec.distinct_images,
                                 stats=edges, providers=providers, layout=spec.layout, token_grid=spec.token_grid,
-                                prefix_tokens=spec.prefix_tokens)
+                                prefix_tokens=spec.prefix_tokens, concepts=load_concepts(spec) or None)
         return miner, info
     net, info = load_run_model(spec.model, spec.checkpoint, spec.input_size, spec.random_init)
     net = net.to(dev).half() if spec.half else net.to(dev)
+    ranking = dict(rank_by=_rank_by_class(spec.rank_by), target=_target(spec.target)) if spec.rank_by else {}
     miner = LayerTopKPatches(net.eval(), list(spec.layers), k=spec.k, distinct_images=spec.distinct_images,
                              stats=edges, layout=spec.layout, token_grid=spec.token_grid,
-                             prefix_tokens=spec.prefix_tokens)
+                             prefix_tokens=spec.prefix_tokens, concepts=load_concepts(spec) or None, **ranking)
     return miner, info
 
 

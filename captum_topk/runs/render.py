@@ -97,7 +97,7 @@ def render_overlays(
         chosen = list(channels) if channels else list(range(min(n, max_channels)))
         sets, values = {}, {}
         for c in chosen:
-            rgb = record_overlays(run.result, run.image_source(), layer, c, model=model, which=which,
+            rgb = record_overlays(run.result, run.image_source(), layer, c, model=run.maps_model(layer), which=which,
                                   quantile=quantile, mean=run.info.mean, std=run.info.std)
             if len(rgb):
                 sets[c] = fit_patches(torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0, image_px)

@@ -28,7 +28,7 @@ __all__ = ["RunSpec", "RUN_FORMAT", "BACKENDS"]
 RUN_FORMAT = "captum-topk-run/2"
 #: Mining backends: PyTorch eager (hooks) or ONNX Runtime; "auto" picks (see runs.backend).
 BACKENDS = ("auto", "torch", "onnxruntime")
-_RESOLVED = ("weights_sha1", "data_fingerprint")
+_RESOLVED = ("weights_sha1", "data_fingerprint", "concepts_sha1")
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,15 @@ class RunSpec:
             ``"NC"``; see :class:`~captum_topk.core.sources.torch.TorchSource`).
         token_grid (tuple of int, optional), prefix_tokens (int, optional): for token layers
             whose model does not expose them.
+        concepts (tuple of str): saved :class:`~captum_topk.concepts.Concepts` files (absolute
+            paths), mined beside the channels as layers ``"<layer>:<name>"``.
+        rank_by (str, optional): rank records by relevance instead of activation: the name of a
+            Captum layer attribution class (``"LayerGradientXActivation"``, ``"LayerLRP"``, ...,
+            or the short ``"gxa"`` / ``"lrp"``); PyTorch only.
+        target (str, optional): with ``rank_by``: ``"label"``, ``"predicted"`` or a class index.
         weights_sha1 (str, optional): SHA-1 of the checkpoint / ONNX / model file (resolved).
         data_fingerprint (str, optional): of the image files (resolved).
+        concepts_sha1 (tuple of str): SHA-1 of each concepts file (resolved).
     """
 
     model: str = DEFAULT_MODEL
@@ -82,11 +89,21 @@ class RunSpec:
     layout: str = "auto"
     token_grid: Optional[Tuple[int, int]] = None
     prefix_tokens: Optional[int] = None
+    concepts: Tuple[str, ...] = ()
+    rank_by: Optional[str] = None
+    target: Optional[str] = None
     weights_sha1: Optional[str] = None
     data_fingerprint: Optional[str] = None
+    concepts_sha1: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(str(v) for v in self.layers))
+        object.__setattr__(self, "concepts", tuple(str(v) for v in self.concepts or ()))
+        object.__setattr__(self, "concepts_sha1", tuple(str(v) for v in self.concepts_sha1 or ()))
+        if self.target is not None:
+            object.__setattr__(self, "target", str(self.target))
+        if (self.target is None) != (self.rank_by is None):
+            raise ValueError("rank_by and target go together (e.g. rank_by='gxa', target='label').")
         if self.token_grid is not None:
             object.__setattr__(self, "token_grid", tuple(int(v) for v in self.token_grid))
         if self.backend not in BACKENDS:
@@ -107,13 +124,14 @@ class RunSpec:
         d = dataclasses.asdict(self)
         d["layers"] = list(self.layers)
         d["token_grid"] = list(self.token_grid) if self.token_grid else None
+        d["concepts"], d["concepts_sha1"] = list(self.concepts), list(self.concepts_sha1)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
         r"""A spec from :meth:`to_dict` (unknown keys are ignored, missing ones default)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: (tuple(v) if k in ("layers", "token_grid") and v is not None else v)
+        return cls(**{k: (tuple(v) if k in ("layers", "token_grid", "concepts", "concepts_sha1") and v is not None else v)
                       for k, v in d.items() if k in names})
 
     def key(self) -> str:
@@ -144,7 +162,8 @@ class RunSpec:
         weights = self.weights_file()
         return dataclasses.replace(
             self, weights_sha1=file_digest(weights) if weights else None,
-            data_fingerprint=data_fingerprint(describe_data(self.data)))
+            data_fingerprint=data_fingerprint(describe_data(self.data)),
+            concepts_sha1=tuple(file_digest(c) for c in self.concepts))
 
     def differences(self, other: "RunSpec") -> Dict[str, Tuple[Any, Any]]:
         r"""``{field: (self's, other's)}`` for every field that differs."""
@@ -159,6 +178,8 @@ class RunSpec:
             words.append("the weights file changed since (same name, other bytes)")
         if "data_fingerprint" in diff:
             words.append("the images changed since (files added, removed or modified)")
+        if "concepts_sha1" in diff and "concepts" not in diff:
+            words.append("a concepts file changed since (same name, other bytes)")
         rest = {k: v for k, v in diff.items() if k not in _RESOLVED}
         if rest:
             words.append("other settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in rest.items()))
