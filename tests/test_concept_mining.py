@@ -132,9 +132,12 @@ def test_shards_merge_exactly_save_load_and_refuse_other_concepts(tmp_path):
     for s in (0, 6):
         a.update(images[s : s + 3], indices=range(s, s + 3))
         b.update(images[s + 3 : s + 6], indices=range(s + 3, s + 6))
-    from captum_topk.runs.distributed import _from_bytes, _to_bytes
+    import io
 
-    merged = a.merge(_from_bytes(_to_bytes(b.snapshot()))).compute()  # what torchrun's rank 0 gathers
+    buf = io.BytesIO()  # what torchrun's rank 0 gathers (core.accumulators.base.gather_payloads)
+    torch.save(b.snapshot().to_payload(), buf)
+    buf.seek(0)
+    merged = a.merge(TopKResult.from_payload(torch.load(buf, weights_only=True))).compute()
     for layer in one.layers:
         for name, t in one.states[layer].tensors.items():
             assert torch.equal(t, merged.states[layer].tensors[name]), (layer, name)
