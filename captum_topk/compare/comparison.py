@@ -64,7 +64,7 @@ from ..core.result import TopKResult
 from ..core.accumulators.moments import ChannelMoments
 from .inputs import count_images, eval_mode, image_batches
 from .matching import LayerPair, PairAccumulator, UnitMatching, _pairs, fold_pair, match_layers
-from .similarity import SimilarityMatrix, SimilarityMeasure, similarity_matrices
+from .similarity import SimilarityMatrix, SimilarityMeasure, _num, similarity_matrices
 
 
 def channel_weights(model: nn.Module, layer: str, channels: int) -> Tuple[Optional[str], Optional[Tensor]]:
@@ -165,11 +165,6 @@ class ChannelChanges:
                         "jaccard": _num(self.jaccard[c]), "drift": _num(self.drift[c]),
                         "weight_change": _num(self.weight_change[c]) if self.weight_change is not None else None})
         return out
-
-
-def _num(v: Any) -> Optional[float]:
-    v = float(v)
-    return None if np.isnan(v) else v
 
 
 @dataclass

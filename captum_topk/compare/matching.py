@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from ..capture.hooks import resolve_layers, run_capture
 from ..core.accumulators.crosscorr import CrossCorrelation, POSITIONS
 from .inputs import count_images, eval_mode, image_batches
+from .similarity import _num
 
 __all__ = ["UnitMatching", "match_units", "match_layers", "PairAccumulator", "KEEP_MATRIX_MAX"]
 
@@ -47,11 +48,6 @@ __all__ = ["UnitMatching", "match_units", "match_layers", "PairAccumulator", "KE
 KEEP_MATRIX_MAX = 1 << 20
 
 LayerPair = Tuple[str, str]
-
-
-def _num(v: Any) -> Optional[float]:
-    v = float(v)
-    return None if np.isnan(v) else v
 
 
 @dataclass

@@ -543,7 +543,8 @@ class SimilarityScore:
                 "permutations": int(self.chance.size)}
 
 
-def _num(v: float) -> Optional[float]:
+def _num(v: Any) -> Optional[float]:
+    r"""A number for JSON: ``float(v)``, or None for NaN (JSON has no NaN)."""
     v = float(v)
     return None if math.isnan(v) else v
 
