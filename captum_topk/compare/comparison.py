@@ -56,13 +56,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+from ..utils.modules import eval_mode
 from ..capture.hooks import resolve_layers
 from ..core.accumulators.cka import MinibatchCKA
 from ..core.miner import LayerTopKPatches
 from ..core.sources.torch import TorchSource
 from ..core.result import TopKResult
 from ..core.accumulators.moments import ChannelMoments
-from .inputs import count_images, eval_mode, image_batches
+from .inputs import count_images, image_batches
 from .matching import LayerPair, PairAccumulator, UnitMatching, _pairs, fold_pair, match_layers
 from .similarity import SimilarityMatrix, SimilarityMeasure, _num, similarity_matrices
 
@@ -389,7 +390,7 @@ def compare_models(
     bar = tqdm(total=count_images(data, max_images), unit="img", desc="compare", disable=not progress)
     seen = 0
     try:
-        with eval_mode(model_a, model_b):
+        with eval_mode(model_a, model_b), torch.no_grad():
             for images, labels, ids, start in image_batches(data, batch_size, max_images):
                 n = images.shape[0]
                 idx = torch.arange(start, start + n)
