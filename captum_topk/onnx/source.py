@@ -17,7 +17,7 @@ from torch import Tensor
 from ..capture.layouts import ChannelsLastError
 from ..core.sources.mapped import MappedSource
 from .graph import ModelLike, load_onnx, resolve_tensors
-from .runtime import OnnxForward, model_digest, onnx_receptive_fields
+from .runtime import OnnxForward, onnx_digest, onnx_receptive_fields
 from .sidecar import Sidecar, load_sidecar
 
 __all__ = ["OnnxSource"]
@@ -153,7 +153,7 @@ class OnnxSource(MappedSource):
         if not names:
             return {}
         if self._digest is None:
-            self._digest = model_digest(self.proto)
+            self._digest = onnx_digest(self.proto)
         tensor_of = dict(self.pairs)
         probed = onnx_receptive_fields(
             self.proto, [tensor_of[n] for n in names], size,
