@@ -35,7 +35,8 @@ class OnnxSource(MappedSource):
             CUDA, then CPU, filtered to those available.
         input_layout (str): ``"auto"``, ``"NCHW"`` or ``"NHWC"`` (images are always given NCHW).
         activation_layout (str): ``"NCHW"`` or ``"NHWC"``: layout of every chosen 4-D tensor
-            (the first version's switch; ``layout=`` says it per tensor).
+            (one switch for all of them, used where ``layout`` is ``"auto"``; ``layout=`` says it
+            per tensor).
         layout (str or dict): ``"auto"`` (default), ``"NCHW"``, ``"NHWC"``, ``"NLC"``, ``"NC"``
             for every tensor or per layer name. ``"auto"``: what the export sidecar recorded,
             else 2-D tensors are vectors, 3-D ones tokens, 4-D ones channels-first unless the

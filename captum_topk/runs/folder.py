@@ -44,7 +44,8 @@ class Run:
             transform applied).
         backend (str): ``"torch"`` or ``"onnxruntime"``.
         settings (dict): the run's ``run.json`` (empty for a bare ``result.pt``).
-        spec (RunSpec or None): what was mined (None for runs of the first version).
+        spec (RunSpec or None): what was mined (None for a ``run.json`` without a ``spec``,
+            whose settings are flat keys).
         stale_data (str or None): why the images may differ from those mined (files changed
             since): patches are then cropped from the current files.
     """
@@ -285,7 +286,7 @@ def list_runs(runs_root: PathLike, walk_folders: Optional[Callable[[Path], Any]]
                 entry.model = Path(spec.onnx).name if spec.onnx else spec.model
                 entry.checkpoint, entry.layers, entry.k = spec.checkpoint, list(spec.layers), spec.k
                 entry.backend, entry.stats = spec.backend, spec.stats_bins > 0
-            else:  # a run of the first version
+            else:  # a run.json without a spec: the settings are flat keys
                 entry.model = str(info.get("model", "?"))
                 entry.checkpoint = info.get("checkpoint")
                 entry.layers = [str(v) for v in info.get("layers", [])]
