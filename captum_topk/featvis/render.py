@@ -29,9 +29,8 @@ from __future__ import annotations
 import hashlib
 import operator
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -40,14 +39,14 @@ from tqdm.auto import tqdm
 from ..capture.hooks import LayerSpec, _StopForward, capture_hooks, resolve_layers
 from ..core.sources.layouts import PREFIX_SUFFIX, base_layer
 from ..models.info import IMAGENET_MEAN, IMAGENET_STD, ModelInfo
-from ..utils.modules import device_dtype
+from ..utils.modules import device_dtype, eval_mode
 from .fold import fold_batchnorm
 from .layouts import declared_input_size, fixed_input_size, layer_layout, model_input_size
 from .objectives import Objective, direction_from_name, diversity as diversity_objective, from_name
 from .param import FourierImage
 from .transforms import Compose, Fit, Transform, default_transforms
 
-__all__ = ["FeatureVisualization", "visualize", "render", "responses", "image_seed", "frozen_eval",
+__all__ = ["FeatureVisualization", "visualize", "render", "responses", "image_seed",
            "channel_list", "as_directions", "direction_digest", "default_size"]
 
 Layout = Callable[[Tensor], Tensor]
@@ -182,25 +181,6 @@ def direction_digest(vector: Tensor) -> str:
     so the same direction gets the same image in any set of directions."""
     v = vector.detach().to("cpu", torch.float32).contiguous()
     return hashlib.sha1(v.numpy().tobytes()).hexdigest()[:16]
-
-
-@contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
-    r"""Eval mode and no parameter gradients inside; every module's ``training`` flag and every
-    parameter's ``requires_grad`` restored on exit, also after an exception.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in grads:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in grads:
-            p.requires_grad_(flag)
 
 
 def _layer_forward(model: nn.Module, store: Dict[int, Any], module: nn.Module, x: Tensor,
@@ -338,7 +318,8 @@ def render(
     progress: Any = None,
 ) -> None:
     r"""Optimise ``image`` in place: ``steps`` Adam steps maximising ``objective(layer output)``
-    summed over the batch. The caller sets the model up (:func:`frozen_eval`).
+    summed over the batch. The caller sets the model up (eval mode, frozen parameters:
+    :func:`~captum_topk.utils.modules.eval_mode`).
 
     Args:
         model (nn.Module): the model, on the device of ``image``.
@@ -478,7 +459,7 @@ def responses(
     st = torch.tensor(s, device=dev).view(1, 3, 1, 1)
     h, w = images.shape[-2:]
     rows = []
-    with frozen_eval(model):
+    with eval_mode(model, frozen=True):
         setup = _setup(model, _layer_of(layer, units), int(w), layout, dev)
         units.check(setup.name, setup.channels)
         fit = Fit(setup.input_size, scale=(setup.input_size[0] / h, setup.input_size[1] / w))
@@ -632,7 +613,7 @@ def visualize(
     images: List[Tensor] = []
     values: List[Tensor] = []
     t0 = time.perf_counter()
-    with frozen_eval(model):
+    with eval_mode(model, frozen=True):
         # One grey image first: the layer's layout, the input size and the units, before any work.
         final = _setup(model, layer, size, layout, dev)
         units.check(final.name, final.channels)
@@ -650,7 +631,7 @@ def visualize(
                     _try_channels_last(work, work_module, opt.input_size, dev, opt.layout)
         bar = tqdm(total=steps * len(chunks), desc=f"featvis {name}", disable=not progress, leave=False)
         try:
-            with frozen_eval(work):
+            with eval_mode(work, frozen=True):
                 for chunk in chunks:
                     per_image = [c for c in chunk for _ in range(samples)]
                     sample_ids = [j for _ in chunk for j in range(samples)]

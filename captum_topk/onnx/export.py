@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -42,7 +43,7 @@ from .graph import list_tensors, load_onnx
 from .runtime import make_session, resolve_providers
 from .sidecar import Sidecar, sidecar_path
 from ..utils.files import PathLike
-from ..utils.modules import device_dtype, first_conv
+from ..utils.modules import device_dtype, eval_mode, first_conv
 
 DEFAULT_DIR = "onnx_models"
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript-based)"
@@ -213,12 +214,12 @@ def export(
 
     store: Dict[str, Any] = {}
     calls: Dict[str, int] = {}
-    flags = [(m, m.training) for m in model.modules()]
+    modes = ExitStack()  # every module's training flag, restored in finally
     handles = []
     steps = ["check layers", "export", "verify graph", "compare with onnxruntime", "receptive fields", "write"]
     bar = tqdm(total=len(steps), desc="onnx export", unit="step", disable=not progress)
     try:
-        model.eval()
+        modes.enter_context(eval_mode(model))
 
         def make_hook(name: str):
             def hook(_m: nn.Module, _args: Any, output: Any) -> None:
@@ -376,8 +377,7 @@ def export(
     finally:
         for h in handles:
             h.remove()
-        for m, flag in flags:
-            m.training = flag
+        modes.close()
         bar.close()
 
     # 6. write: the ONNX file, then its sidecar, both atomically
