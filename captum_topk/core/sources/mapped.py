@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ...capture.tokens import token_footprints, token_layout
 from .base import ActivationSource, LayerInfo
-from .layouts import PREFIX_SUFFIX, canonical, check_shape, layout_of, size_key, whole_image_field
+from .layouts import PREFIX_SUFFIX, canonical, check_batch, check_shape, layout_of, size_key, whole_image_field
 
 __all__ = ["MappedSource"]
 
@@ -44,6 +44,7 @@ class MappedSource(ActivationSource):
 
     def __call__(self, images: Tensor, additional_forward_args: Any = None) -> Dict[str, Tensor]:
         raws = self._raw(images, additional_forward_args)
+        check_batch(self.names, raws, images)
         infos = self._infos_for(images, raws)
         out: Dict[str, Tensor] = {}
         for name, raw in zip(self.names, raws):
@@ -55,7 +56,9 @@ class MappedSource(ActivationSource):
         key = size_key(images)
         if key not in self._info_cache():
             with torch.no_grad():
-                self._infos_for(images[:1], self._raw(images[:1]))
+                raws = self._raw(images[:1])
+                check_batch(self.names, raws, images[:1])
+                self._infos_for(images[:1], raws)
         return self._info_cache()[key]
 
     def _info_cache(self) -> Dict[Tuple[int, int, int], Dict[str, LayerInfo]]:

@@ -14,7 +14,7 @@ from ...capture.layouts import ChannelsLastError
 from ...receptive_field.probe import receptive_fields
 from ...utils.modules import device_dtype, first_conv, root_module
 from .mapped import MappedSource
-from .layouts import LAYOUT_CHOICES
+from .layouts import LAYOUT_CHOICES, check_per_layer, per_layer
 
 __all__ = ["TorchSource"]
 
@@ -40,10 +40,12 @@ class TorchSource(MappedSource):
             ``"NC"``, for every layer or per layer name. ``"auto"``: 2-D outputs are ``NC``,
             3-D outputs tokens ``NLC``, 4-D outputs ``NCHW`` unless the receptive-field probe
             finds dimension 1 behaving like an image axis (channels-last: ``NHWC``).
-        token_grid (tuple of int, optional): ``(h, w)`` patch grid of token layers, when the
-            model does not expose it (see :mod:`captum_topk.capture.tokens`).
-        prefix_tokens (int, optional): tokens before the patch grid (class, distillation,
-            registers); mined as a layer of their own, ``"<name>[prefix]"``.
+        token_grid (tuple of int or dict, optional): ``(h, w)`` patch grid of token layers, when
+            the model and the token count do not settle it (see :mod:`captum_topk.capture.tokens`);
+            one for every layer or a dict by layer name.
+        prefix_tokens (int or dict, optional): tokens before the patch grid (class, distillation,
+            registers), one count or a dict by layer name; mined as a layer of their own,
+            ``"<name>[prefix]"``.
         probe_batch_size (int): images per forward of the receptive-field probe.
         progress (bool): a progress bar while receptive fields are measured.
 
@@ -63,8 +65,8 @@ class TorchSource(MappedSource):
         device_ids: Optional[Sequence[int]] = None,
         attribute_to_layer_input: bool = False,
         layout: Union[str, Dict[str, str]] = "auto",
-        token_grid: Optional[Tuple[int, int]] = None,
-        prefix_tokens: Optional[int] = None,
+        token_grid: Union[None, Tuple[int, int], Dict[str, Tuple[int, int]]] = None,
+        prefix_tokens: Union[None, int, Dict[str, int]] = None,
         probe_batch_size: int = 8,
         progress: bool = True,
     ) -> None:
@@ -79,6 +81,8 @@ class TorchSource(MappedSource):
         if isinstance(layout, dict) and set(layout) - set(self.names):
             raise ValueError(f"layout names layers {sorted(set(layout) - set(self.names))} that are not mined.")
         self.layout = layout
+        check_per_layer("token_grid", token_grid, self.names)
+        check_per_layer("prefix_tokens", prefix_tokens, self.names)
         self.token_grid = token_grid
         self.prefix_tokens = prefix_tokens
         self.probe_batch_size = int(probe_batch_size)
@@ -98,7 +102,7 @@ class TorchSource(MappedSource):
         try:
             return run_capture(self.forward_func, self.modules, images, additional_forward_args,
                                attribute_to_layer_input=self.attribute_to_layer_input,
-                               stop_early=True, device_ids=self.device_ids)
+                               stop_early=True, device_ids=self.device_ids, names=self.names)
         except RuntimeError as exc:
             hint = self._channel_hint(images)
             if hint is not None and "channel" in str(exc):
@@ -107,9 +111,20 @@ class TorchSource(MappedSource):
 
     def attribute(self, inputs: Any, additional_forward_args: Any = None,
                   attribute_to_layer_input: bool = False) -> Any:
+        r"""As ``captum.attr.LayerActivation``; a layer returning a tuple or a ``ModelOutput``
+        (transformers blocks) gives its hidden state (:func:`~captum_topk.capture.hooks.hidden_state`),
+        which Captum's hook cannot copy (it clones every element, ``None`` included)."""
         layer = self.modules[0] if len(self.modules) == 1 else self.modules
-        return LayerActivation(self.forward_func, layer, self.device_ids).attribute(
-            inputs, additional_forward_args, attribute_to_layer_input)
+        try:
+            return LayerActivation(self.forward_func, layer, self.device_ids).attribute(
+                inputs, additional_forward_args, attribute_to_layer_input)
+        except (AttributeError, TypeError) as exc:
+            if "clone" not in str(exc) and "tuple" not in str(exc):
+                raise
+        outs = run_capture(self.forward_func, self.modules, inputs, additional_forward_args,
+                           attribute_to_layer_input=attribute_to_layer_input, stop_early=True,
+                           device_ids=self.device_ids, names=self.names)
+        return outs[0] if len(outs) == 1 else outs
 
     # ------------------------------------------------------------------ checks
     def check_images(self, images: Tensor) -> None:
@@ -137,7 +152,7 @@ class TorchSource(MappedSource):
         return self.layout.get(name, "auto") if isinstance(self.layout, dict) else self.layout
 
     def _token_options(self, name: str) -> Tuple[Any, Optional[int], Optional[Tuple[int, int]]]:
-        return self.root, self.prefix_tokens, self.token_grid
+        return self.root, per_layer(self.prefix_tokens, name), per_layer(self.token_grid, name)
 
     def _fields(self, names: Sequence[str], layouts: Dict[str, str], size: Tuple[int, int],
                 channels: int) -> Dict[str, Any]:
