@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ...capture.hooks import LayersSpec, resolve_layers, run_capture
 from ...capture.layouts import ChannelsLastError
-from ...receptive_field.probe import receptive_fields
+from ...receptive_field.probe import receptive_fields, token_fields
 from ...utils.modules import device_dtype, first_conv, root_module
 from .mapped import MappedSource
 from .layouts import LAYOUT_CHOICES, check_per_layer, per_layer
@@ -153,6 +153,15 @@ class TorchSource(MappedSource):
 
     def _token_options(self, name: str) -> Tuple[Any, Optional[int], Optional[Tuple[int, int]]]:
         return self.root, per_layer(self.prefix_tokens, name), per_layer(self.token_grid, name)
+
+    def _token_fields(self, tokens: Dict[str, Tuple[int, Tuple[int, int]]], size: Tuple[int, int],
+                      channels: int) -> Dict[str, Any]:
+        r"""Global token layers keep their patch footprint; window-local ones (Swin, patch
+        embeddings) get their measured field (:func:`~captum_topk.receptive_field.probe.token_fields`)."""
+        module_of = dict(self.named)
+        return token_fields(self.forward_func, [(n, module_of[n], p, g) for n, (p, g) in tokens.items()], size,
+                            attribute_to_layer_input=self.attribute_to_layer_input, in_channels=channels,
+                            batch_size=self.probe_batch_size, progress=self.progress)
 
     def _fields(self, names: Sequence[str], layouts: Dict[str, str], size: Tuple[int, int],
                 channels: int) -> Dict[str, Any]:
