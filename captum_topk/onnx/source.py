@@ -126,6 +126,14 @@ class OnnxSource(MappedSource):
         prefix, grid = per_layer(self.prefix_tokens, name), per_layer(self.token_grid, name)
         return None, prefix if prefix is not None else declared.get("prefix_tokens"), grid or declared.get("grid")
 
+    def _token_fields(self, tokens: Dict[str, Tuple[int, Tuple[int, int]]], size: Tuple[int, int],
+                      channels: int) -> Dict[str, Any]:
+        r"""Window-local token layers: the field the export measured (its sidecar), at its size;
+        every other token layer keeps its patch footprint."""
+        sc = self.sidecar
+        fields = {name: sc.receptive_fields.get(name) for name in tokens} if sc is not None else {}
+        return {n: rf for n, rf in fields.items() if rf is not None and tuple(rf.input_size) == tuple(size)}
+
     def _fields(self, names: Sequence[str], layouts: Dict[str, str], size: Tuple[int, int],
                 channels: int = 3) -> Dict[str, Any]:
         r"""Receptive fields: the sidecar's for the exported size, else probed through ONNX

@@ -16,7 +16,7 @@ from ...utils.modules import device_dtype, first_conv, root_module
 from .mapped import MappedSource
 from .layouts import LAYOUT_CHOICES, check_per_layer, per_layer
 
-__all__ = ["TorchSource"]
+__all__ = ["TorchSource", "layer_infos"]
 
 
 
@@ -200,3 +200,45 @@ class TorchSource(MappedSource):
         return {"backend": "pytorch",
                 "model": root.__class__.__name__ if root is not None
                 else getattr(self.forward_func, "__name__", "forward_func")}
+
+
+def layer_infos(
+    model: Callable[..., Any],
+    layers: LayersSpec,
+    input_size: Union[int, Tuple[int, int]],
+    *,
+    in_channels: int = 3,
+    layout: Union[str, Dict[str, str]] = "auto",
+    token_grid: Union[None, Tuple[int, int], Dict[str, Tuple[int, int]]] = None,
+    prefix_tokens: Union[None, int, Dict[str, int]] = None,
+) -> Dict[str, Any]:
+    r"""What the miner finds for each layer at one input size, without mining: layout, channels,
+    grid, prefix tokens, boxes (a :class:`~.base.LayerInfo` per layer, and per ``"<layer>[prefix]"``).
+
+    The detection is the miner's (one zero image through the model, then the layout checks and
+    receptive fields, cached per architecture): feature visualization and other tools that hook
+    a layer read its layout here rather than guess it.
+
+    Args:
+        model (nn.Module or Callable): the network.
+        layers: as in :class:`TorchSource`.
+        input_size (int or tuple of int): ``H`` or ``(H, W)``.
+        in_channels (int): input channels. Default: 3.
+        layout, token_grid, prefix_tokens: as in :class:`TorchSource` (one value or a dict by layer).
+    Returns:
+        dict of str to LayerInfo.
+    Raises:
+        ValueError: a layer whose layout cannot be mined (the message says what to pass).
+    Example::
+        >>> info = layer_infos(vit, "blocks.3", 224)["blocks.3"]
+        >>> info.layout, info.prefix_tokens, info.grid
+        ('NLC', 1, (14, 14))
+    """
+    import torch
+
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    source = TorchSource(model, layers, layout=layout, token_grid=token_grid, prefix_tokens=prefix_tokens,
+                         progress=False)
+    device, dtype = device_dtype(source.root) if source.root is not None else (None, None)
+    images = torch.zeros(1, in_channels, *size, device=device, dtype=dtype or torch.float32)
+    return source.layer_infos(images)
