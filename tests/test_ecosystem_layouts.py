@@ -50,6 +50,8 @@ CASES = [
     ("pvt_v2_b0", _timm("pvt_v2_b0"), 32, "stages.1", "NCHW"),
     pytest.param(("coatnet", _timm("coatnet_nano_rw_224", img_size=64), 64, "stages.2", "NCHW"),
                  marks=pytest.mark.slow, id="coatnet:stages.2"),
+    pytest.param(("maxvit", _timm("maxvit_nano_rw_256", img_size=64), 64, "stages.1", "NCHW"),
+                 marks=pytest.mark.slow, id="maxvit:stages.1"),
     ("efficientvit", _timm("efficientvit_b0"), 32, "stages.1", "NCHW"),
     ("poolformer", _timm("poolformer_s12"), 32, "stages.1", "NCHW"),
     ("convnext_atto", _timm("convnext_atto"), 32, "stages.0", "NCHW"),
@@ -191,6 +193,9 @@ def test_transformers_batches_and_attribute_on_tuple_outputs():
     assert res.n_images == 4
     got = miner.attribute(images)
     assert torch.equal(got, _raw(model, "layers.0.attention", images))
+    maps = res.activation_maps(images, "layers.0.attention", 3, model=model)  # the hidden state, on its grid
+    for m, r in zip(maps, res.records("layers.0.attention", 3)):
+        assert float(m[r.y, r.x]) == pytest.approx(r.value, abs=1e-5)
 
 
 def _gradient_support(model, layer, images, expected, y, x):
