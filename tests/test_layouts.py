@@ -49,7 +49,9 @@ def test_vit_tokens_mined_on_their_grid_with_prefix_tokens_apart():
 
 
 def test_token_grid_from_the_model_from_arguments_or_a_clear_error():
-    assert token_layout(197, (224, 224)) == (1, (14, 14))                  # ViT-B/16, inferred
+    assert token_layout(196, (224, 224)) == (0, (14, 14))                  # 14 x 14 patches, inferred
+    with pytest.raises(TokenLayoutError, match="prefix_tokens="):           # a prefix is never a remainder
+        token_layout(197, (224, 224))
     assert token_layout(17, (32, 32), _vit()) == (1, (4, 4))                # torchvision attributes
     assert token_layout(20, (32, 32), prefix_tokens=4) == (4, (4, 4))
     with pytest.raises(TokenLayoutError, match="token_grid=.*prefix_tokens="):

@@ -6,11 +6,11 @@ Data loaders yield batches in several shapes; every consumer reads them through
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 from torch import Tensor
 
-Batch = Union[Tensor, Sequence[Any], Dict[str, Any]]
+Batch = Union[Tensor, Sequence[Any], Mapping[str, Any]]
 
 __all__ = ["Batch", "Parts", "split_batch", "cut_batch"]
 
@@ -34,8 +34,10 @@ class Parts(NamedTuple):
 def split_batch(batch: Batch) -> Parts:
     r"""Images, labels, ids (and global indices) of a batch.
 
-    Accepts an image tensor, ``(images, labels)``, ``(images, labels, ids)`` or a dict with
-    ``image(s)`` / ``label(s)`` / ``id(s)`` / ``indices`` keys. Labels may be a tensor or a list.
+    Accepts an image tensor, ``(images, labels)``, ``(images, labels, ids)`` or any mapping
+    (a dict, transformers' ``BatchFeature``) with ``image(s)`` or ``pixel_values`` (the
+    transformers name) / ``label(s)`` / ``id(s)`` / ``indices`` keys. Labels may be a tensor or
+    a list.
 
     Args:
         batch: one batch as a DataLoader yields it.
@@ -49,8 +51,8 @@ def split_batch(batch: Batch) -> Parts:
         [1, 2]
     """
     labels = ids = indices = None
-    if isinstance(batch, dict):
-        images = batch.get("images", batch.get("image"))
+    if isinstance(batch, Mapping):
+        images = next((batch[k] for k in ("images", "image", "pixel_values") if batch.get(k) is not None), None)
         labels = batch.get("labels", batch.get("label"))
         ids = batch.get("ids", batch.get("id"))
         indices = batch.get("indices")
@@ -65,8 +67,10 @@ def split_batch(batch: Batch) -> Parts:
     if not isinstance(images, Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(batch).__name__
         raise TypeError(
-            f"A batch must be an (N, C, H, W) image tensor, (images, labels[, ids]) or a dict "
-            f"with 'images'; got {shape}. Wrap single images with .unsqueeze(0)."
+            f"A batch must be an (N, C, H, W) image tensor, (images, labels[, ids]) or a mapping "
+            f"with 'images' or 'pixel_values'; got {shape}"
+            + (f" (keys {sorted(map(str, batch))})" if isinstance(batch, Mapping) else "")
+            + ". Wrap single images with .unsqueeze(0)."
         )
     if isinstance(labels, Tensor):
         labels = labels.reshape(-1).tolist()

@@ -8,6 +8,7 @@ forward raises, and the forward is cut short once the deepest requested layer ra
 from __future__ import annotations
 
 import difflib
+import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence, Tuple, Union
 
@@ -104,14 +105,55 @@ def resolve_layers(forward_func: Callable, layer: LayersSpec) -> List[Tuple[str,
     return out
 
 
-def _first_tensor(value: Any) -> Tensor:
+_UNWRAPPED: set = set()
+
+
+def hidden_state(value: Any, name: str = "layer") -> Tensor:
+    r"""The one tensor of a layer's output: the output itself, or the hidden state of a tuple or
+    a ``ModelOutput``.
+
+    transformers blocks and attention modules return ``(hidden, None)``, ``(hidden, (h, w))``
+    or a ``ModelOutput``; the hidden state is the first tensor (``last_hidden_state`` of a
+    ``ModelOutput``) when nothing else in the output is a tensor. Said once per layer (a
+    ``UserWarning`` naming it).
+
+    Args:
+        value: the layer's output (or input tuple).
+        name (str): the layer, for messages.
+    Returns:
+        Tensor: the hidden state.
+    Raises:
+        TypeError: an output with several tensors or none (the message names the layer).
+    Example::
+        >>> hidden_state((torch.zeros(2, 17, 8), None), "layers.0.attention").shape
+        torch.Size([2, 17, 8])
+    """
     if isinstance(value, Tensor):
         return value
-    if isinstance(value, (tuple, list)) and len(value) == 1 and isinstance(value[0], Tensor):
-        return value[0]
+    if isinstance(value, Mapping):  # a ModelOutput (an OrderedDict of its non-None fields)
+        items = list(value.items())
+        first = value.get("last_hidden_state", items[0][1] if items else None)
+        others = [k for k, v in items if isinstance(v, Tensor) and v is not first]
+    elif isinstance(value, (tuple, list)):
+        first = value[0] if value else None
+        others = [str(i) for i, v in enumerate(value) if isinstance(v, Tensor) and i > 0]
+    else:
+        first, others = None, []
+    if isinstance(first, Tensor) and not others:
+        if not isinstance(value, (tuple, list)) or len(value) != 1:
+            key = (name, type(value).__name__)
+            if key not in _UNWRAPPED:
+                _UNWRAPPED.add(key)
+                warnings.warn(f"Layer {name!r} returns a {type(value).__name__}; its hidden state (the "
+                              f"{'last_hidden_state' if isinstance(value, Mapping) else 'first element'}, "
+                              f"shape {tuple(first.shape)}) is mined.", UserWarning, stacklevel=2)
+        return first
+    what = (f"{type(value).__name__} with several tensors (also at {', '.join(others[:4])})" if others
+            else type(value).__name__)
     raise TypeError(
-        f"The layer produced {type(value).__name__}, not a single tensor; choose a layer whose "
-        "output (or input) is one tensor."
+        f"Layer {name!r} produced a {what}, not one tensor (a hidden state alone, or with None / "
+        "non-tensor companions, is taken); choose a layer whose output (or input) is one tensor, "
+        "e.g. a submodule of this one."
     )
 
 
@@ -121,20 +163,25 @@ def capture_hooks(
     attribute_to_layer_input: bool = False,
     stop_early: bool = True,
     raw: bool = False,
+    names: Sequence[str] | None = None,
 ) -> Iterator[Dict[int, Any]]:
     r"""Context manager collecting each module's output (or input), keyed by ``id(module)``.
 
     With ``stop_early``, the forward is aborted by :class:`_StopForward` once all modules
     have run; :func:`run_capture` swallows it. Hooks are removed on exit, whatever happens.
-    With several devices (``DataParallel``), outputs are kept per device in a dict.
+    With several devices (``DataParallel``), outputs are kept per device in a dict. Outputs
+    are reduced to one tensor by :func:`hidden_state` (``raw=False``); ``names`` name the
+    modules in its messages.
     """
     store: Dict[int, Any] = {}
     ids = [id(m) for m in modules]
     handles = []
 
+    label = {id(m): (names[i] if names is not None else m.__class__.__name__) for i, m in enumerate(modules)}
+
     def make_hook(mod_id: int):
         def keep(value: Any) -> None:
-            value = value if raw else _first_tensor(value)
+            value = value if raw else hidden_state(value, label[mod_id])
             dev = value.device if isinstance(value, Tensor) else None
             slot = store.setdefault(mod_id, {})
             # Per device, so that DataParallel replicas each run up to the deepest layer.
@@ -191,6 +238,7 @@ def run_capture(
     stop_early: bool = True,
     raw: bool = False,
     device_ids: Sequence[int] | None = None,
+    names: Sequence[str] | None = None,
 ) -> List[Any]:
     r"""Run ``forward_func`` on ``inputs`` and return each module's output, in ``modules`` order.
 
@@ -198,10 +246,13 @@ def run_capture(
     is done past the deepest requested layer. Outputs from several devices are concatenated
     along the batch dimension in ``device_ids`` order.
 
+    ``names`` name the modules in messages (default: their class names).
+
     Raises:
         RuntimeError: when a module never ran during the forward.
+        TypeError: a module's output is not one tensor (:func:`hidden_state`).
     """
-    with capture_hooks(modules, attribute_to_layer_input, stop_early, raw) as store:
+    with capture_hooks(modules, attribute_to_layer_input, stop_early, raw, names) as store:
         try:
             _call(forward_func, inputs, additional_forward_args)
         except _StopForward:
@@ -210,11 +261,11 @@ def run_capture(
             if type(exc).__name__ != "_StopForward":
                 raise
     out = []
-    for m in modules:
+    for i, m in enumerate(modules):
         per_dev = store.get(id(m))
         if not per_dev:
             raise RuntimeError(
-                f"Layer {m.__class__.__name__} did not run during the forward pass; is it used "
+                f"Layer {names[i] if names is not None else m.__class__.__name__!r} did not run during the forward pass; is it used "
                 "by the model's forward()?"
             )
         if len(per_dev) == 1:

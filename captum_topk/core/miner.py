@@ -71,8 +71,8 @@ class LayerTopKPatches(LayerAttribution):
         attribute_to_layer_input: bool = False,
         stats: StatsSpec = False,
         layout: Union[str, Dict[str, str]] = "auto",
-        token_grid: Optional[Tuple[int, int]] = None,
-        prefix_tokens: Optional[int] = None,
+        token_grid: Union[None, Tuple[int, int], Dict[str, Tuple[int, int]]] = None,
+        prefix_tokens: Union[None, int, Dict[str, int]] = None,
         rank_by: Any = None,
         target: Optional[TargetSpec] = None,
         rank_kwargs: Optional[Dict[str, Any]] = None,
@@ -103,10 +103,12 @@ class LayerTopKPatches(LayerAttribution):
                 ``"NLC"`` (tokens of ViT-style encoders) or ``"NC"``; one for all layers or a
                 dict by layer name. Every layout is mined as its ``(N, C, h, w)`` /
                 ``(N, C)`` equivalent; see :class:`~captum_topk.core.sources.torch.TorchSource`.
-            token_grid (tuple of int, optional): ``(h, w)`` patch grid of token layers whose
-                model does not expose it.
-            prefix_tokens (int, optional): class / distillation / register tokens before the
-                patches; they are mined as a layer of their own, ``"<layer>[prefix]"``.
+            token_grid (tuple of int or dict, optional): ``(h, w)`` patch grid of token layers
+                that neither the model nor the token count settles; one for all layers or a
+                dict by layer name (``{"blocks.3": (7, 7)}``).
+            prefix_tokens (int or dict, optional): class / distillation / register tokens before
+                the patches (one count, or a dict by layer name); they are mined as a layer of
+                their own, ``"<layer>[prefix]"``.
             rank_by (type or instance, optional): rank by relevance (RelMax) instead of
                 activation: a Captum layer attribution class (``captum.attr.LayerGradientXActivation``,
                 ``LayerLRP``, ``LayerIntegratedGradients``, ...) or an instance built on exactly the

@@ -15,6 +15,7 @@ import onnx  # the real package
 from torch import Tensor
 
 from ..capture.layouts import ChannelsLastError
+from ..core.sources.layouts import check_per_layer, per_layer
 from ..core.sources.mapped import MappedSource
 from .graph import ModelLike, load_onnx, resolve_tensors
 from .runtime import OnnxForward, onnx_digest, onnx_receptive_fields
@@ -65,8 +66,8 @@ class OnnxSource(MappedSource):
         rf_batch_size: int = 16,
         progress: bool = True,
         layout: Union[str, Dict[str, str]] = "auto",
-        token_grid: Optional[Tuple[int, int]] = None,
-        prefix_tokens: Optional[int] = None,
+        token_grid: Union[None, Tuple[int, int], Dict[str, Tuple[int, int]]] = None,
+        prefix_tokens: Union[None, int, Dict[str, int]] = None,
     ) -> None:
         self.onnx_path = None if isinstance(onnx_model, (bytes, bytearray, onnx.ModelProto)) else str(onnx_model)
         self.sidecar: Optional[Sidecar] = load_sidecar(self.onnx_path) if self.onnx_path else None
@@ -88,6 +89,8 @@ class OnnxSource(MappedSource):
             raise ValueError(f"activation_layout must be 'NCHW' or 'NHWC', got {activation_layout!r}.")
         self.layout = layout
         self._maps_channels_last = activation_layout.upper() == "NHWC"
+        check_per_layer("token_grid", token_grid, self.names)
+        check_per_layer("prefix_tokens", prefix_tokens, self.names)
         self.token_grid, self.prefix_tokens = token_grid, prefix_tokens
         self.rf_batch_size = int(rf_batch_size)
         self.progress = progress
@@ -121,8 +124,16 @@ class OnnxSource(MappedSource):
 
     def _token_options(self, name: str) -> Tuple[Any, Optional[int], Optional[Tuple[int, int]]]:
         declared = self.sidecar.layouts.get(name, {}) if self.sidecar is not None else {}
-        prefix = self.prefix_tokens if self.prefix_tokens is not None else declared.get("prefix_tokens")
-        return None, prefix, self.token_grid or declared.get("grid")
+        prefix, grid = per_layer(self.prefix_tokens, name), per_layer(self.token_grid, name)
+        return None, prefix if prefix is not None else declared.get("prefix_tokens"), grid or declared.get("grid")
+
+    def _token_fields(self, tokens: Dict[str, Tuple[int, Tuple[int, int]]], size: Tuple[int, int],
+                      channels: int) -> Dict[str, Any]:
+        r"""Window-local token layers: the field the export measured (its sidecar), at its size;
+        every other token layer keeps its patch footprint."""
+        sc = self.sidecar
+        fields = {name: sc.receptive_fields.get(name) for name in tokens} if sc is not None else {}
+        return {n: rf for n, rf in fields.items() if rf is not None and tuple(rf.input_size) == tuple(size)}
 
     def _fields(self, names: Sequence[str], layouts: Dict[str, str], size: Tuple[int, int],
                 channels: int = 3) -> Dict[str, Any]:

@@ -590,7 +590,81 @@ def fields_from_probe(
         dict name -> :class:`ReceptiveField`.
     """
     masks = probe_masks(forward, names, size, channels, batch_size, device, dtype, bar)
+    masks = _without_wrapped_nan(forward, names, masks, size, channels, batch_size, device, dtype)
     return {name: _field_from_masks(r, c, size) for name, (r, c) in masks.items()}
+
+
+def _changed_masks(forward: Callable[[Tensor], Sequence[Tensor]], n_out: int, size: Tuple[int, int],
+                   channels: int, batch_size: int, device: Optional[torch.device], dtype: Optional[torch.dtype],
+                   rows: Sequence[int], cols: Sequence[int], pixels: Sequence[Tuple[int, int]] = ()) -> List[Tensor]:
+    r"""The probe with *finite* changes: per output, ``(len(rows) + len(cols) + len(pixels), h, w)``
+    bool, which positions change when an input row, column or pixel gets other finite values
+    (``1 - background``) instead of NaN."""
+    H, W = size
+    background = _background(size, channels, device, dtype)
+    plan = [("r", r) for r in rows] + [("c", c) for c in cols] + [("p", p) for p in pixels]
+    clean = forward(background[None])
+    step = max(1, int(batch_size))
+    hits: List[List[Tensor]] = [[] for _ in range(n_out)]
+    for start in range(0, len(plan), step):
+        part = plan[start : start + step]
+        batch = background.expand(len(part), channels, H, W).clone()
+        for k, (kind, where) in enumerate(part):
+            if kind == "r":
+                batch[k, :, where, :] = 1.0 - batch[k, :, where, :]
+            elif kind == "c":
+                batch[k, :, :, where] = 1.0 - batch[k, :, :, where]
+            else:
+                batch[k, :, where[0], where[1]] = 1.0 - batch[k, :, where[0], where[1]]
+        for i, (o, c) in enumerate(zip(forward(batch), clean)):
+            changed = (o != c) & ~torch.isnan(o)
+            hits[i].append((changed.any(dim=1) if o.dim() == 4 else changed.any(dim=1).reshape(-1, 1, 1)).cpu())
+    return [torch.cat(h) for h in hits]
+
+
+def _without_wrapped_nan(forward: Callable[[Tensor], Sequence[Tensor]], names: Sequence[str],
+                         masks: Dict[str, Tuple[Tensor, Tensor]], size: Tuple[int, int], channels: int,
+                         batch_size: int, device: Optional[torch.device],
+                         dtype: Optional[torch.dtype]) -> Dict[str, Tuple[Tensor, Tensor]]:
+    r"""Full-probe masks with the NaN that only wrapped around the image taken out.
+
+    Shifted-window attention (Swin) rolls the map by half a window and masks the pairs that the
+    roll brought together with ``-100`` before the softmax: their weight, ``exp(-100)``, is lost
+    to float32 rounding, so a finite change of the input's top row never reaches the bottom of
+    the map, but NaN does (``NaN - 100`` is NaN, and so is the softmax of its row). The
+    signature: NaN from a border row (column) of the input reaching the far border of the map.
+    Where the finite change of the same border row or column does not, the layer's masks are
+    those of NaN *and* a finite change, for every probed row and column; elsewhere NaN alone
+    decides (a finite change can vanish where a dependency is real: a max-pool, a dead ReLU)."""
+    H, W = size
+    suspects = []
+    for name in names:
+        rows, cols = masks[name]
+        tall, wide = rows.shape[1] > 1, rows.shape[2] > 1
+        if ((tall and bool(rows[0, -1].any() or rows[-1, 0].any()))
+                or (wide and bool(cols[0][:, -1].any() or cols[-1][:, 0].any()))):
+            suspects.append(name)
+    if not suspects:
+        return masks
+    index = [names.index(n) for n in suspects]
+
+    def chosen(batch: Tensor) -> List[Tensor]:
+        outs = forward(batch)
+        return [outs[i] for i in index]
+
+    border = _changed_masks(chosen, len(index), size, channels, batch_size, device, dtype, [0, H - 1], [0, W - 1])
+    out = dict(masks)
+    for name, b in zip(suspects, border):
+        rows, cols = masks[name]
+        nan = torch.stack([rows[0], rows[-1], cols[0], cols[-1]])
+        if torch.equal(nan & b, nan):
+            continue  # a real wrap (torch.roll without a mask): finite changes go as far as NaN
+        logger.info("receptive field of %r: NaN wraps around the image where finite changes do not "
+                    "(a masked shifted window); measured with finite changes within NaN's reach", name)
+        finite = _changed_masks(chosen, len(index), size, channels, batch_size, device, dtype,
+                                range(H), range(W))[suspects.index(name)]
+        out[name] = (rows & finite[:H], cols & finite[H:])
+    return out
 
 
 def confirmation_indices(n: int, count: int = CONFIRM_PER_AXIS) -> List[int]:
@@ -876,3 +950,117 @@ def _stride(lo: Tensor, hi: Tensor, valid: Tensor, n_in: int, n_out: int, dim: i
     if values.numel():
         return int(torch.bincount(values).argmax())
     return max(1, int(round(n_in / n_out)))
+
+
+def token_fields(
+    model: Union[nn.Module, Callable[..., Any]],
+    layers: Sequence[Tuple[str, nn.Module, int, Tuple[int, int]]],
+    input_size: SizeSpec,
+    *,
+    attribute_to_layer_input: bool = False,
+    batch_size: int = 32,
+    in_channels: int | None = None,
+    cache: bool = True,
+    progress: bool = True,
+) -> Dict[str, Optional[ReceptiveField]]:
+    r"""Receptive fields of token layers ``(N, prefix + h * w, C)``, or None where every token
+    sees the whole image (global attention).
+
+    Global: the NaN in the input's top-left pixel and the one in its bottom-right pixel each
+    reach every patch token, and so do finite changes of the same pixels (5 images): the
+    token's box would be the whole image, and its patch footprint says more. Otherwise (windowed
+    attention: Swin, a patch embedding, a convolutional stem's tokens) the patch tokens are
+    measured on their ``(h, w)`` grid by the full probe (:func:`fields_from_probe`, shifted-window
+    wrap-around taken out), ``method="probe"``; cached like every field.
+
+    Args:
+        model (nn.Module or Callable): the network or its forward function.
+        layers (sequence): ``(name, module, prefix, (h, w))`` of each token layer.
+        input_size (int or tuple of int): ``H`` or ``(H, W)``.
+        attribute_to_layer_input, batch_size, in_channels, cache, progress: as in
+            :func:`receptive_field`.
+    Returns:
+        dict name -> :class:`ReceptiveField` of the patch grid, or None (global).
+    Example::
+        >>> token_fields(swin, [("layers.0.blocks.1.mlp", swin.layers[0].blocks[1].mlp, 0, (16, 16))], 64)
+    """
+    size = _parse_size(input_size)
+    owner = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
+    owner = owner if isinstance(owner, nn.Module) else None
+    scope = nn.ModuleList([m for _, m, _, _ in layers]) if owner is None else owner
+    conv = first_conv(owner)
+    channels = int(in_channels) if in_channels is not None else (int(conv[1].in_channels) if conv else 3)
+    device, dtype = device_dtype(scope)
+    device = device or torch.device("cpu")
+    keys: Dict[str, tuple] = {}
+    results: Dict[str, Optional[ReceptiveField]] = {}
+    if cache and owner is not None:
+        signature = _structural_signature(owner)
+        for name, _, prefix, grid in layers:
+            keys[name] = (signature, name, size, bool(attribute_to_layer_input), channels, device.type, dtype,
+                          "NLC", int(prefix), tuple(grid))
+            with _CACHE_LOCK:
+                hit = _CACHE.get(keys[name], False)
+            if hit is False:
+                hit = _disk_get(keys[name])
+                hit = False if hit is None else hit
+            if hit is not False:
+                results[name] = None if isinstance(hit, str) else hit
+    todo = [entry for entry in layers if entry[0] not in results]
+    if todo:
+        _check_nan_propagation(device, dtype)
+        modules = [m for _, m, _, _ in todo]
+        names = [n for n, _, _, _ in todo]
+
+        def forward(batch: Tensor) -> List[Tensor]:
+            outs = run_capture(model, modules, batch, attribute_to_layer_input=attribute_to_layer_input,
+                               stop_early=True, names=names)
+            return [o[:, p:, :].transpose(1, 2).reshape(o.shape[0], o.shape[2], g[0], g[1])
+                    for o, (_, _, p, g) in zip(outs, todo)]
+
+        H, W = size
+        corners = [(0, 0), (H - 1, W - 1)]
+        with _eval_mode(scope, catch_all=True), torch.no_grad():
+            nan = []
+            batch = _background(size, channels, device, dtype).expand(3, channels, H, W).clone()
+            for k, (y, x) in enumerate(corners, start=1):
+                batch[k, :, y, x] = float("nan")
+            for o in forward(batch):
+                reach = torch.isnan(o).any(dim=1)
+                if bool(reach[0].any()):
+                    raise ValueError("A token layer outputs NaN for a finite input; its receptive field cannot be probed.")
+                nan.append(bool(reach[1:].all()))
+            finite = _changed_masks(forward, len(todo), size, channels, batch_size, device, dtype, [], [], corners)
+            local = [entry for entry, n, f in zip(todo, nan, finite) if not (n and bool(f.all()))]
+            for entry in todo:
+                results[entry[0]] = None
+            if local:
+                names_l = [n for n, _, _, _ in local]
+                modules_l = [m for _, m, _, _ in local]
+
+                def forward_local(batch: Tensor) -> List[Tensor]:
+                    outs = run_capture(model, modules_l, batch, attribute_to_layer_input=attribute_to_layer_input,
+                                       stop_early=True, names=names_l)
+                    return [o[:, p:, :].transpose(1, 2).reshape(o.shape[0], o.shape[2], g[0], g[1])
+                            for o, (_, _, p, g) in zip(outs, local)]
+
+                total = 1 + H + W
+                with tqdm(total=total, desc="receptive-field probe of token layers (cached per architecture)",
+                          unit="img", disable=not progress or total < 4 * batch_size, leave=False) as bar:
+                    masks = probe_masks(forward_local, names_l, size, channels, batch_size, device, dtype, bar,
+                                        check_layout=False)
+                masks = _without_wrapped_nan(forward_local, names_l, masks, size, channels, batch_size, device, dtype)
+                for name in names_l:
+                    results[name] = _field_from_masks(*masks[name], size)
+        for name, _, _, _ in todo:
+            if name in keys:
+                with _CACHE_LOCK:
+                    _CACHE[keys[name]] = results[name] if results[name] is not None else "global"
+                    while len(_CACHE) > _CACHE_MAXSIZE:
+                        _CACHE.popitem(last=False)
+                if results[name] is not None:  # a global layer costs 5 images: kept in memory only
+                    _disk_put(keys[name], results[name])
+    return {name: (None if results[name] is None else
+                   ReceptiveField(results[name].boxes.clone(), results[name].input_size, results[name].size,
+                                  results[name].stride, results[name].method))
+            for name, _, _, _ in layers}

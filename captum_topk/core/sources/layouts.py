@@ -5,7 +5,7 @@ tokens)."""
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -14,7 +14,7 @@ from ...capture.tokens import split_tokens
 from ...receptive_field.field import ReceptiveField
 from .base import LayerInfo
 
-__all__ = ["LAYOUT_CHOICES", "PREFIX_SUFFIX", "base_layer", "layout_of", "canonical", "check_shape", "whole_image_field", "size_key"]
+__all__ = ["LAYOUT_CHOICES", "PREFIX_SUFFIX", "base_layer", "per_layer", "check_per_layer", "check_batch", "layout_of", "canonical", "check_shape", "whole_image_field", "size_key"]
 
 #: What a user may ask for: a layout, or "auto".
 LAYOUT_CHOICES = ("auto", "NCHW", "NHWC", "NLC", "NC")
@@ -25,6 +25,20 @@ PREFIX_SUFFIX = "[prefix]"
 def base_layer(name: str) -> str:
     r"""The mined layer a result layer comes from: ``"x[prefix]"`` -> ``"x"``, others unchanged."""
     return name[: -len(PREFIX_SUFFIX)] if name.endswith(PREFIX_SUFFIX) else name
+
+
+def per_layer(value: Any, name: str) -> Any:
+    r"""A per-layer option's value for ``name``: the value itself, or its entry in a dict by
+    layer name (None where the dict has none). ``token_grid=(7, 7)`` is every layer's grid,
+    ``token_grid={"blocks.3": (7, 7)}`` one layer's."""
+    return value.get(name) if isinstance(value, Mapping) else value
+
+
+def check_per_layer(option: str, value: Any, names: Sequence[str]) -> None:
+    r"""Refuse a per-layer dict naming layers that are not mined."""
+    if isinstance(value, Mapping) and set(value) - set(names):
+        raise ValueError(f"{option} names layers {sorted(set(value) - set(names))} that are not mined "
+                         f"(mined: {list(names)}).")
 
 
 def size_key(images: Tensor) -> Tuple[int, int, int]:
@@ -56,6 +70,23 @@ def layout_of(name: str, raw: Tensor, wanted: str) -> str:
 def whole_image_field(grid: Tuple[int, int], size: Tuple[int, int]) -> ReceptiveField:
     boxes = torch.tensor([0, 0, size[0], size[1]]).expand(grid[0], grid[1], 4)
     return ReceptiveField(boxes=boxes, input_size=size, size=size, stride=size)
+
+
+def check_batch(names: Sequence[str], raws: Sequence[Any], images: Tensor) -> None:
+    r"""Refuse outputs whose first dimension is not the batch: windowed attention (Swin's
+    ``attn``, ``o_proj``) and unfolded patches (MobileViT's transformer) run on ``(N * k, L, C)``
+    windows, whose tokens are not one image's."""
+    n = int(images.shape[0])
+    for name, raw in zip(names, raws):
+        if isinstance(raw, Tensor) and raw.dim() >= 2 and int(raw.shape[0]) != n:
+            raise ValueError(
+                f"Layer {name!r} outputs shape {tuple(raw.shape)} for a batch of {n} image(s): its first "
+                "dimension is not the batch but the batch reshaped (windowed attention or unfolded "
+                f"patches: {int(raw.shape[0])} = {n} x {int(raw.shape[0]) // max(n, 1)} windows"
+                f"{'' if int(raw.shape[0]) % max(n, 1) == 0 else ', or another reshape'}), so its positions "
+                "are not one image's. Mine the module after the windows are merged back into the "
+                "image (the block or the stage that contains this layer)."
+            )
 
 
 def check_shape(raw: Tensor, info: LayerInfo) -> None:

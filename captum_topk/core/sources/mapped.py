@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ...capture.tokens import token_footprints, token_layout
 from .base import ActivationSource, LayerInfo
-from .layouts import PREFIX_SUFFIX, canonical, check_shape, layout_of, size_key, whole_image_field
+from .layouts import PREFIX_SUFFIX, canonical, check_batch, check_shape, layout_of, size_key, whole_image_field
 
 __all__ = ["MappedSource"]
 
@@ -42,8 +42,16 @@ class MappedSource(ActivationSource):
         r"""``(model, prefix_tokens, token_grid)`` for :func:`~captum_topk.capture.tokens.token_layout`."""
         return None, None, None
 
+    def _token_fields(self, tokens: Dict[str, Tuple[int, Tuple[int, int]]], size: Tuple[int, int],
+                      channels: int) -> Dict[str, Any]:
+        r"""Receptive fields of window-local token layers (``name -> (prefix, grid)``): a field
+        where tokens see part of the image, None (or absent) where they see all of it (their
+        patch footprint is their box)."""
+        return {}
+
     def __call__(self, images: Tensor, additional_forward_args: Any = None) -> Dict[str, Tensor]:
         raws = self._raw(images, additional_forward_args)
+        check_batch(self.names, raws, images)
         infos = self._infos_for(images, raws)
         out: Dict[str, Tensor] = {}
         for name, raw in zip(self.names, raws):
@@ -55,7 +63,9 @@ class MappedSource(ActivationSource):
         key = size_key(images)
         if key not in self._info_cache():
             with torch.no_grad():
-                self._infos_for(images[:1], self._raw(images[:1]))
+                raws = self._raw(images[:1])
+                check_batch(self.names, raws, images[:1])
+                self._infos_for(images[:1], raws)
         return self._info_cache()[key]
 
     def _info_cache(self) -> Dict[Tuple[int, int, int], Dict[str, LayerInfo]]:
@@ -72,6 +82,12 @@ class MappedSource(ActivationSource):
         layouts = {name: layout_of(name, raw, self._wanted(name, raw)) for name, raw in zip(self.names, raws)}
         fields = self._fields([n for n in self.names if layouts[n] in ("NCHW", "NHWC", "auto4")],
                               layouts, size, channels)
+        tokens: Dict[str, Tuple[int, Tuple[int, int]]] = {}
+        for name, raw in zip(self.names, raws):
+            if layouts[name] == "NLC":
+                model, prefix_tokens, token_grid = self._token_options(name)
+                tokens[name] = token_layout(int(raw.shape[1]), size, model, prefix_tokens, token_grid, name)
+        local = self._token_fields(tokens, size, channels) if tokens else {}
         infos: Dict[str, LayerInfo] = {}
         for name, raw in zip(self.names, raws):
             shape = tuple(int(d) for d in raw.shape[1:])
@@ -79,10 +95,11 @@ class MappedSource(ActivationSource):
             if layout == "NC":
                 infos[name] = LayerInfo(name, "NC", shape[0], (1, 1), shape, size, None, "image")
             elif layout == "NLC":
-                model, prefix_tokens, token_grid = self._token_options(name)
-                prefix, grid = token_layout(shape[0], size, model, prefix_tokens, token_grid, name)
+                prefix, grid = tokens[name]
+                field = local.get(name)
                 infos[name] = LayerInfo(name, "NLC", shape[1], grid, shape, size,
-                                        token_footprints(grid, size), "token", prefix)
+                                        field if field is not None else token_footprints(grid, size),
+                                        "receptive_field" if field is not None else "token", prefix)
                 if prefix:
                     infos[name + PREFIX_SUFFIX] = LayerInfo(
                         name + PREFIX_SUFFIX, "NLC", shape[1], (prefix, 1), shape, size,

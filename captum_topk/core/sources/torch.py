@@ -11,12 +11,12 @@ from torch import Tensor, nn
 
 from ...capture.hooks import LayersSpec, resolve_layers, run_capture
 from ...capture.layouts import ChannelsLastError
-from ...receptive_field.probe import receptive_fields
+from ...receptive_field.probe import receptive_fields, token_fields
 from ...utils.modules import device_dtype, first_conv, root_module
 from .mapped import MappedSource
-from .layouts import LAYOUT_CHOICES
+from .layouts import LAYOUT_CHOICES, check_per_layer, per_layer
 
-__all__ = ["TorchSource"]
+__all__ = ["TorchSource", "layer_infos"]
 
 
 
@@ -40,10 +40,12 @@ class TorchSource(MappedSource):
             ``"NC"``, for every layer or per layer name. ``"auto"``: 2-D outputs are ``NC``,
             3-D outputs tokens ``NLC``, 4-D outputs ``NCHW`` unless the receptive-field probe
             finds dimension 1 behaving like an image axis (channels-last: ``NHWC``).
-        token_grid (tuple of int, optional): ``(h, w)`` patch grid of token layers, when the
-            model does not expose it (see :mod:`captum_topk.capture.tokens`).
-        prefix_tokens (int, optional): tokens before the patch grid (class, distillation,
-            registers); mined as a layer of their own, ``"<name>[prefix]"``.
+        token_grid (tuple of int or dict, optional): ``(h, w)`` patch grid of token layers, when
+            the model and the token count do not settle it (see :mod:`captum_topk.capture.tokens`);
+            one for every layer or a dict by layer name.
+        prefix_tokens (int or dict, optional): tokens before the patch grid (class, distillation,
+            registers), one count or a dict by layer name; mined as a layer of their own,
+            ``"<name>[prefix]"``.
         probe_batch_size (int): images per forward of the receptive-field probe.
         progress (bool): a progress bar while receptive fields are measured.
 
@@ -63,8 +65,8 @@ class TorchSource(MappedSource):
         device_ids: Optional[Sequence[int]] = None,
         attribute_to_layer_input: bool = False,
         layout: Union[str, Dict[str, str]] = "auto",
-        token_grid: Optional[Tuple[int, int]] = None,
-        prefix_tokens: Optional[int] = None,
+        token_grid: Union[None, Tuple[int, int], Dict[str, Tuple[int, int]]] = None,
+        prefix_tokens: Union[None, int, Dict[str, int]] = None,
         probe_batch_size: int = 8,
         progress: bool = True,
     ) -> None:
@@ -79,6 +81,8 @@ class TorchSource(MappedSource):
         if isinstance(layout, dict) and set(layout) - set(self.names):
             raise ValueError(f"layout names layers {sorted(set(layout) - set(self.names))} that are not mined.")
         self.layout = layout
+        check_per_layer("token_grid", token_grid, self.names)
+        check_per_layer("prefix_tokens", prefix_tokens, self.names)
         self.token_grid = token_grid
         self.prefix_tokens = prefix_tokens
         self.probe_batch_size = int(probe_batch_size)
@@ -98,7 +102,7 @@ class TorchSource(MappedSource):
         try:
             return run_capture(self.forward_func, self.modules, images, additional_forward_args,
                                attribute_to_layer_input=self.attribute_to_layer_input,
-                               stop_early=True, device_ids=self.device_ids)
+                               stop_early=True, device_ids=self.device_ids, names=self.names)
         except RuntimeError as exc:
             hint = self._channel_hint(images)
             if hint is not None and "channel" in str(exc):
@@ -107,9 +111,20 @@ class TorchSource(MappedSource):
 
     def attribute(self, inputs: Any, additional_forward_args: Any = None,
                   attribute_to_layer_input: bool = False) -> Any:
+        r"""As ``captum.attr.LayerActivation``; a layer returning a tuple or a ``ModelOutput``
+        (transformers blocks) gives its hidden state (:func:`~captum_topk.capture.hooks.hidden_state`),
+        which Captum's hook cannot copy (it clones every element, ``None`` included)."""
         layer = self.modules[0] if len(self.modules) == 1 else self.modules
-        return LayerActivation(self.forward_func, layer, self.device_ids).attribute(
-            inputs, additional_forward_args, attribute_to_layer_input)
+        try:
+            return LayerActivation(self.forward_func, layer, self.device_ids).attribute(
+                inputs, additional_forward_args, attribute_to_layer_input)
+        except (AttributeError, TypeError) as exc:
+            if "clone" not in str(exc) and "tuple" not in str(exc):
+                raise
+        outs = run_capture(self.forward_func, self.modules, inputs, additional_forward_args,
+                           attribute_to_layer_input=attribute_to_layer_input, stop_early=True,
+                           device_ids=self.device_ids, names=self.names)
+        return outs[0] if len(outs) == 1 else outs
 
     # ------------------------------------------------------------------ checks
     def check_images(self, images: Tensor) -> None:
@@ -137,7 +152,16 @@ class TorchSource(MappedSource):
         return self.layout.get(name, "auto") if isinstance(self.layout, dict) else self.layout
 
     def _token_options(self, name: str) -> Tuple[Any, Optional[int], Optional[Tuple[int, int]]]:
-        return self.root, self.prefix_tokens, self.token_grid
+        return self.root, per_layer(self.prefix_tokens, name), per_layer(self.token_grid, name)
+
+    def _token_fields(self, tokens: Dict[str, Tuple[int, Tuple[int, int]]], size: Tuple[int, int],
+                      channels: int) -> Dict[str, Any]:
+        r"""Global token layers keep their patch footprint; window-local ones (Swin, patch
+        embeddings) get their measured field (:func:`~captum_topk.receptive_field.probe.token_fields`)."""
+        module_of = dict(self.named)
+        return token_fields(self.forward_func, [(n, module_of[n], p, g) for n, (p, g) in tokens.items()], size,
+                            attribute_to_layer_input=self.attribute_to_layer_input, in_channels=channels,
+                            batch_size=self.probe_batch_size, progress=self.progress)
 
     def _fields(self, names: Sequence[str], layouts: Dict[str, str], size: Tuple[int, int],
                 channels: int) -> Dict[str, Any]:
@@ -176,3 +200,45 @@ class TorchSource(MappedSource):
         return {"backend": "pytorch",
                 "model": root.__class__.__name__ if root is not None
                 else getattr(self.forward_func, "__name__", "forward_func")}
+
+
+def layer_infos(
+    model: Callable[..., Any],
+    layers: LayersSpec,
+    input_size: Union[int, Tuple[int, int]],
+    *,
+    in_channels: int = 3,
+    layout: Union[str, Dict[str, str]] = "auto",
+    token_grid: Union[None, Tuple[int, int], Dict[str, Tuple[int, int]]] = None,
+    prefix_tokens: Union[None, int, Dict[str, int]] = None,
+) -> Dict[str, Any]:
+    r"""What the miner finds for each layer at one input size, without mining: layout, channels,
+    grid, prefix tokens, boxes (a :class:`~.base.LayerInfo` per layer, and per ``"<layer>[prefix]"``).
+
+    The detection is the miner's (one zero image through the model, then the layout checks and
+    receptive fields, cached per architecture): feature visualization and other tools that hook
+    a layer read its layout here rather than guess it.
+
+    Args:
+        model (nn.Module or Callable): the network.
+        layers: as in :class:`TorchSource`.
+        input_size (int or tuple of int): ``H`` or ``(H, W)``.
+        in_channels (int): input channels. Default: 3.
+        layout, token_grid, prefix_tokens: as in :class:`TorchSource` (one value or a dict by layer).
+    Returns:
+        dict of str to LayerInfo.
+    Raises:
+        ValueError: a layer whose layout cannot be mined (the message says what to pass).
+    Example::
+        >>> info = layer_infos(vit, "blocks.3", 224)["blocks.3"]
+        >>> info.layout, info.prefix_tokens, info.grid
+        ('NLC', 1, (14, 14))
+    """
+    import torch
+
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    source = TorchSource(model, layers, layout=layout, token_grid=token_grid, prefix_tokens=prefix_tokens,
+                         progress=False)
+    device, dtype = device_dtype(source.root) if source.root is not None else (None, None)
+    images = torch.zeros(1, in_channels, *size, device=device, dtype=dtype or torch.float32)
+    return source.layer_infos(images)
