@@ -195,7 +195,8 @@ class TopKResult:
         return label_histogram(self, layer, channel, which, num_classes)
 
     def activation_maps(self, images_source: ImageSource, layer: str, channel: int, model: Any = None,
-                        which: str = "top", n: Optional[int] = None, transform: Optional[Callable] = None) -> Tensor:
+                        which: str = "top", n: Optional[int] = None, transform: Optional[Callable] = None,
+                        layer_module: Any = None) -> Tensor:
         r"""``(n, h, w)`` raw maps of a channel on its records' images (``maps[i, y, x]`` is record
         i's value at its position). See :func:`captum_topk.core.activation_maps.activation_maps`.
 
@@ -204,7 +205,7 @@ class TopKResult:
         """
         from .activation_maps import activation_maps
 
-        return activation_maps(self, images_source, layer, channel, model, which, n, transform)
+        return activation_maps(self, images_source, layer, channel, model, which, n, transform, layer_module)
 
     def neurons(self, layer: str, channel: int, which: str = "top", n: Optional[int] = None) -> List[Any]:
         r"""``(record, neuron_selector)`` pairs of a channel, for any Captum neuron method.

@@ -59,6 +59,7 @@ class Run:
     stale_data: Optional[str] = None
     _source: Optional[Callable[[int], Tensor]] = field(default=None, repr=False)
     _model: Optional[nn.Module] = field(default=None, repr=False)
+    _onnx_source: Optional[Any] = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ images
     def image_source(self) -> Callable[[int], Tensor]:
@@ -97,6 +98,37 @@ class Run:
                                             self.info.input_size[0], bool(meta.get("random_init")))
             self._model.eval()
         return self._model
+
+    def activation_source(self, layers: Optional[List[str]] = None) -> Any:
+        r"""What computes the activation maps of this run's layers: the PyTorch model, or, for a
+        run of an ONNX file, an :class:`~captum_topk.onnx.source.OnnxSource` over that file
+        (ONNX Runtime) with the layouts the run recorded.
+
+        Args:
+            layers (list of str, optional): the mined layers needed (default: all).
+        Returns:
+            nn.Module or OnnxSource: for :func:`~captum_topk.core.activation_maps.activation_maps`.
+        Raises:
+            ValueError: a run of an ONNX file that is no longer there.
+        """
+        if self.has_torch_model:
+            return self.model
+        from ..core.sources.layouts import base_layer
+
+        bases = list(dict.fromkeys(base_layer(n) for n in (layers or self.result.layers)))
+        key = tuple(bases)
+        if self._onnx_source is None or self._onnx_source[0] != key:
+            path = self.result.metadata.get("onnx_path") or (self.spec.onnx if self.spec else None)
+            if not path or not Path(str(path)).is_file():
+                raise ValueError(f"Activation maps of this run need its ONNX file, which is gone: {path}.")
+            from ..onnx.source import OnnxSource
+
+            layout = {b: str(self.result.layer_info.get(b, {}).get("layout", "auto")) for b in bases}
+            spec = self.spec
+            self._onnx_source = (key, OnnxSource(str(path), bases, layout=layout, progress=False,
+                                                 token_grid=spec.token_grid if spec else None,
+                                                 prefix_tokens=spec.prefix_tokens if spec else None))
+        return self._onnx_source[1]
 
     # ------------------------------------------------------------------ labels
     @property
