@@ -325,10 +325,29 @@ def load_hf(folder: str, random_init: bool = False, spec: Optional[str] = None) 
 
 
 # ------------------------------------------------------------------------------------ factories
+def _import_module(name: str) -> Any:
+    r"""``import name``; a module not found on ``sys.path`` is looked for in the working folder
+    too, as ``python -m`` would (the ``captum-topk`` script's path does not hold it)."""
+    import os
+    import sys
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        if exc.name != name.split(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.insert(0, cwd)
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(cwd)
+
+
 def _import_target(target: str) -> Any:
     module_name, _, attr = target.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"Cannot import {module_name!r} for the model {target!r} ({exc}); is it on "
                          "PYTHONPATH?") from exc
@@ -347,7 +366,8 @@ def load_factory(target: str, checkpoint: Optional[str] = None) -> Tuple[nn.Modu
     ImageNet's at 224 px. ``checkpoint`` loads weights into it as for any model.
 
     Args:
-        target (str): ``"module.path:callable"`` (``"module:Class"`` works as well).
+        target (str): ``"module.path:callable"`` (``"module:Class"`` works as well); the module
+            is imported from ``sys.path``, else from the working folder.
         checkpoint (str, optional): weights (see :func:`load_timm`).
     Returns:
         (nn.Module, ModelInfo)
@@ -405,11 +425,15 @@ def model_files(model: str, checkpoint: Optional[str] = None) -> List[Path]:
         return [p for p in [folder / "config.json", *(folder / w for w in _HF_WEIGHTS),
                             folder / "preprocessor_config.json"] if p.is_file()]
     if kind == "factory":
+        name = target.partition(":")[0]
         try:
-            found = importlib.util.find_spec(target.partition(":")[0])
+            found = importlib.util.find_spec(name)
         except (ImportError, ValueError):
-            return []
-        return [Path(found.origin)] if found is not None and found.origin and Path(found.origin).is_file() else []
+            found = None
+        if found is not None and found.origin and Path(found.origin).is_file():
+            return [Path(found.origin)]
+        here = Path.cwd().joinpath(*name.split("."))  # a module of the working folder
+        return [p for p in (here.with_suffix(".py"), here / "__init__.py") if p.is_file()][:1]
     if kind in ("onnx", "named") and Path(target).is_file():
         return [Path(target)]
     return []
