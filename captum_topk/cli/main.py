@@ -277,7 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.formatwarning = _plain_warning
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, IndexError, RunLockedError) as exc:
+    except (ValueError, FileNotFoundError, KeyError, IndexError, ImportError, RunLockedError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"captum-topk {args.command}: error: {message}", file=sys.stderr)
         return 2
