@@ -54,10 +54,14 @@ def test_empty_spec_and_onnx_given_to_load_model_are_refused():
         load_model("x.onnx")
 
 
-def test_missing_extra_says_which_to_install(monkeypatch):
+def test_missing_extra_says_which_to_install(monkeypatch, capsys):
+    from captum_topk.cli.main import main
+
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
     with pytest.raises(ImportError, match=r"pip install captum-topk\[timm\]"):
         load_model("timm:resnet10t")
+    assert main(["layers", "timm:resnet10t"]) == 2
+    assert "pip install captum-topk[timm]" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ImportError, match=r"pip install captum-topk\[transformers\]"):
         from captum_topk.models.ecosystem import require_extra

@@ -5,7 +5,6 @@ driven headless with AppTest)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

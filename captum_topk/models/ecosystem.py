@@ -20,12 +20,13 @@ imported inside the functions that need them (``pip install captum-topk[timm]`` 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -395,8 +396,6 @@ def load_factory(target: str, checkpoint: Optional[str] = None) -> Tuple[nn.Modu
     if info is None:
         info = ModelInfo(name=target, categories=None, input_size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                          transform=make_transform(224), source=source, arch=type(made).__name__)
-    import dataclasses
-
     cats = _checkpoint_categories(meta, info.num_classes) if meta else None
     info = dataclasses.replace(info, name=target, source=source, categories=cats or info.categories)
     return made, info
