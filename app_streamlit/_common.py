@@ -37,64 +37,64 @@ def friendly(what: str) -> Iterator[None]:
 
 # ------------------------------------------------------------------ cached library calls
 @st.cache_resource(show_spinner="Opening the run (model, dataset)...", max_entries=6)
-def open_run(path: str, mtime: float) -> dd.Run:
-    return dd.open_run(path, roots())
+def cached_run(path: str, mtime: float) -> dd.Run:
+    return dd.open_run_within(path, roots())
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def patches(path: str, mtime: float, layer: str, channel: int, which: str, n: int):
-    return dd.channel_patches(open_run(path, mtime), layer, channel, which, n)
+    return dd.channel_patches(cached_run(path, mtime), layer, channel, which, n)
 
 
 @st.cache_data(show_spinner="Projecting the neurons back to pixels (Captum)...", max_entries=256)
 def projections(path: str, mtime: float, layer: str, channel: int, method: str, which: str, n: int) -> np.ndarray:
-    return dd.channel_projections(open_run(path, mtime), layer, channel, method, which, n)
+    return dd.channel_projections(cached_run(path, mtime), layer, channel, method, which, n)
 
 
 @st.cache_data(show_spinner="Drawing the channel's activation maps on the whole images...", max_entries=128)
 def overlays(path: str, mtime: float, layer: str, channel: int, which: str, n: int) -> np.ndarray:
-    return dd.channel_overlays(open_run(path, mtime), layer, channel, which, n)
+    return dd.channel_overlays(cached_run(path, mtime), layer, channel, which, n)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
 def visualizations(path: str, mtime: float, layer: str, channels: Tuple[int, ...], compute: bool):
-    return dd.channel_visualizations(open_run(path, mtime), layer, list(channels), compute=compute)
+    return dd.channel_visualizations(cached_run(path, mtime), layer, list(channels), compute=compute)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def histogram(path: str, mtime: float, layer: str, channel: int) -> Optional[Dict[str, Any]]:
-    return dd.channel_histogram(open_run(path, mtime), layer, channel)
+    return dd.channel_histogram(cached_run(path, mtime), layer, channel)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def classes(path: str, mtime: float, layer: str, channel: int, which: str) -> List[Tuple[str, int]]:
-    return dd.channel_classes(open_run(path, mtime), layer, channel, which)
+    return dd.channel_classes(cached_run(path, mtime), layer, channel, which)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def record_image(path: str, mtime: float, layer: str, channel: int, which: str, rank: int) -> np.ndarray:
-    run = open_run(path, mtime)
+    run = cached_run(path, mtime)
     return dd.record_image(run, run.result.records(layer, channel, which)[rank])
 
 
 @st.cache_data(show_spinner="Cropping the top-1 patch of every channel...", max_entries=64)
 def top1_grid(path: str, mtime: float, layer: str, channels: Tuple[int, ...], which: str):
-    return dd.top1_grid(open_run(path, mtime), layer, channels, which)
+    return dd.top1_grid(cached_run(path, mtime), layer, channels, which)
 
 
 @st.cache_data(show_spinner="Embedding the images (global average pooling)...", max_entries=32)
 def embeddings(path: str, mtime: float, layer: str):
-    return dd.run_embeddings(open_run(path, mtime), layer)
+    return dd.run_embeddings(cached_run(path, mtime), layer)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def thumbnails(path: str, mtime: float, ids: Tuple[str, ...], px: int, data_uri: bool = True) -> List[Any]:
-    return dd.thumbnails(open_run(path, mtime), ids, px, data_uri)
+    return dd.thumbnails(cached_run(path, mtime), ids, px, data_uri)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def filter_view(path: str, mtime: float, layer: Optional[str], mode: str) -> Dict[str, Any]:
-    run = open_run(path, mtime)
+    run = cached_run(path, mtime)
     if run.model is None:
         raise ValueError("Filters need the PyTorch model; this run was mined through ONNX Runtime "
                          "(open a PyTorch run of the same model).")
@@ -104,7 +104,7 @@ def filter_view(path: str, mtime: float, layer: Optional[str], mode: str) -> Dic
 @st.cache_data(show_spinner="Comparing the two models over the images (similarity, matched units, channel changes)...",
                max_entries=16)
 def comparison(path_a: str, mtime_a: float, path_b: str, mtime_b: float) -> Dict[str, Any]:
-    return dd.compare_runs(open_run(path_a, mtime_a), open_run(path_b, mtime_b))
+    return dd.compare_runs(cached_run(path_a, mtime_a), cached_run(path_b, mtime_b))
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
@@ -229,7 +229,7 @@ def current_run(r: Optional[dd.Roots] = None) -> dd.Run:
         st.info("No run yet: mine one on the Data and jobs page.")
         st.stop()
     try:
-        return open_run(str(entry.path), entry.mtime)
+        return cached_run(str(entry.path), entry.mtime)
     except Exception as exc:
         st.error(f"Cannot open the run {entry.name}: {exc}", icon=":material/error:")
         st.stop()

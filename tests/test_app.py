@@ -415,7 +415,7 @@ def test_microscope_and_feature_visualizations(world, monkeypatch):
     at.button(key="micro_compute").click().run()
     _ok(at)
     assert not any("not visualized yet" in i.value for i in at.info)
-    run = dd.open_run(world.runs / TINY_SPEC.run_name(), world)
+    run = dd.open_run_within(world.runs / TINY_SPEC.run_name(), world)
     assert runs_vis.visualized_channels(run, "layer1", range(8)) == list(range(8))  # cached in the run folder
     # the Top-k page shows the cached visualization of a channel without recomputing it
     at.switch_page("pages/topk.py").run()

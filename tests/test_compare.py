@@ -32,7 +32,7 @@ def _rand(n, d, seed):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def _pair(n=200, seed=0):
+def _related_reps(n=200, seed=0):
     x = _rand(n, 12, seed)
     y = torch.tanh(x @ _rand(12, 7, seed + 1)) + 0.3 * _rand(n, 7, seed + 2)
     return x, y
@@ -68,7 +68,7 @@ def _hsic_loops(k: torch.Tensor, l: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("n", [4, 5, 8])
 def test_unbiased_hsic_equals_its_u_statistic_definition(n):
-    x, y = _pair(n, seed=n)
+    x, y = _related_reps(n, seed=n)
     k, l = gram_linear(x), gram_linear(y)
     ref = _hsic_u_statistic(k, l)
     assert float(hsic_unbiased(k, l)) == pytest.approx(ref, rel=1e-9, abs=1e-12)
@@ -84,7 +84,7 @@ def test_hsic_many_matches_pairwise():
 
 
 def test_full_gram_cka_equals_feature_space_formula():
-    x, y = _pair(60)
+    x, y = _related_reps(60)
     assert float(linear_cka(x, y)) == pytest.approx(float(gram_cka(gram_linear(x), gram_linear(y))),
                                                     rel=1e-10)
     # and both equal the textbook definition written out with numpy
@@ -115,12 +115,12 @@ def _minibatch(x, y, bs):
 
 
 def test_minibatch_cka_equals_its_brute_force_definition():
-    x, y = _pair(23, seed=3)  # batches of 7, 7, 7 and a skipped last batch of 2
+    x, y = _related_reps(23, seed=3)  # batches of 7, 7, 7 and a skipped last batch of 2
     assert _minibatch(x, y, 7) == pytest.approx(_minibatch_brute(x, y, 7), rel=1e-9)
 
 
 def test_minibatch_cka_converges_to_full_linear_cka():
-    x, y = _pair(6000, seed=5)
+    x, y = _related_reps(6000, seed=5)
     full = float(linear_cka(x, y))
     assert 0.2 < full < 0.95  # a non-trivial similarity
     assert _minibatch(x, y, 250) == pytest.approx(full, abs=0.02)
@@ -129,7 +129,7 @@ def test_minibatch_cka_converges_to_full_linear_cka():
 
 
 def test_cka_self_is_one_and_invariances():
-    x, y = _pair(120, seed=7)
+    x, y = _related_reps(120, seed=7)
     assert _minibatch(x, x, 16) == pytest.approx(1.0, abs=1e-12)
     q, _ = torch.linalg.qr(_rand(7, 7, 11))  # random orthogonal matrix
     base = _minibatch(x, y, 16)
@@ -143,7 +143,7 @@ def test_cka_self_is_one_and_invariances():
 
 
 def test_minibatch_cka_merge_and_errors():
-    x, y = _pair(64, seed=2)
+    x, y = _related_reps(64, seed=2)
     one = MinibatchCKA(1, 1)
     two = MinibatchCKA(1, 1)
     for s in range(0, 32, 8):

@@ -28,6 +28,17 @@ def world(dashboard_env):
 
 
 # ---------------------------------------------------------------------------- paths
+def test_open_run_within_refuses_runs_outside_the_roots(world, tmp_path):
+    roots, run = world
+    inside = dd.open_run_within(roots.runs / TINY_SPEC.run_name(), roots)
+    assert torch.equal(inside.result.values("layer1"), run.result.values("layer1"))
+    copy = tmp_path / "copied_run"
+    shutil.copytree(roots.runs / TINY_SPEC.run_name(), copy)
+    with pytest.raises(dd.UnsafePathError, match="outside the runs root"):
+        dd.open_run_within(copy, roots)
+    assert torch.equal(dd.open_run(copy).result.values("layer1"), run.result.values("layer1"))
+
+
 def test_resolve_under_refuses_escapes(tmp_path):
     root = tmp_path / "root"
     (root / "a").mkdir(parents=True)
@@ -371,13 +382,13 @@ def test_matching_layers_only_pairs_corresponding_channels():
     assert dd.matching_layers(mnv2, ort) == ["features.3"]  # widths must agree too
 
 
-def test_sheet_scales_tiles_to_the_target():
+def test_tile_grid_scales_tiles_to_the_target():
     rng = np.random.default_rng(0)
     small = rng.integers(0, 255, (4, 10, 10, 3), dtype=np.uint8)
     big = rng.integers(0, 255, (4, 200, 100, 3), dtype=np.uint8)
-    s = dd.sheet(small, None, target_px=35, ncols=2)  # x3 nearest: 30 px cells, pad 2
+    s = dd.tile_grid(small, None, target_px=35, ncols=2)  # x3 nearest: 30 px cells, pad 2
     assert s.shape == (2 * 30 + 3 * 2, 2 * 30 + 3 * 2, 3)
     assert np.array_equal(s[2:5, 2:5], np.broadcast_to(small[0, 0, 0], (3, 3, 3)))
-    b = dd.sheet(big, None, target_px=50, ncols=4)  # down to 50 x 25
+    b = dd.tile_grid(big, None, target_px=50, ncols=4)  # down to 50 x 25
     assert b.shape == (50 + 2 * 2, 4 * 25 + 5 * 2, 3)
-    assert dd.sheet(np.zeros((0, 5, 5, 3), np.uint8)).shape == (8, 8, 3)
+    assert dd.tile_grid(np.zeros((0, 5, 5, 3), np.uint8)).shape == (8, 8, 3)

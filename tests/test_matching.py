@@ -195,6 +195,16 @@ def test_match_units_recovers_a_permutation_with_scaling_and_bias():
     assert mp.assignment.tolist() == inverse.tolist() and mp.matrix is None and mp.samples == 24
 
 
+def test_match_units_gives_back_models_in_mixed_modes_unchanged():
+    a, b = _net(width=4), _net(width=4, seed=1)
+    a.train()
+    a[2].eval()  # one layer in eval inside a training model
+    modes = [m.training for m in a.modules()], [m.training for m in b.modules()]
+    m = match_units(a, b, _images(8), "2", "2", progress=False)
+    assert m.images == 8
+    assert ([m.training for m in a.modules()], [m.training for m in b.modules()]) == modes
+
+
 class _Up(nn.Module):
     """B: A's first conv, then upsampled x2 (a finer grid than A's layer)."""
 

@@ -127,7 +127,8 @@ def test_default_edges_and_bad_input():
             ChannelStats(2, bad)
     with pytest.raises(ValueError, match=r"\(N, 2, H, W\)"):
         ChannelStats(2).update(torch.zeros(3, 4, 5, 5))
-    with pytest.raises(ValueError, match="different edges"):
+    with pytest.raises(ValueError,
+                       match=r"other histogram edges \(2 bins over \[0, 1\], not 64 bins over \[-16, 16\]\)"):
         ChannelStats(2).merge(ChannelStats(2, torch.linspace(0, 1, 3)))
     with pytest.raises(ValueError, match="different channels"):
         ChannelStats(2).merge(ChannelStats(3))
@@ -250,6 +251,9 @@ def test_mixing_stats_and_no_stats_is_refused():
     other_edges = LayerTopKPatches(model, ["1"], k=2, stats=torch.linspace(0, 1, 5)).mine(images, progress=False)
     with pytest.raises(ValueError, match="other histogram edges"):
         miner.merge(other_edges)
+    with pytest.raises(ValueError, match=r"Statistics of '1' were gathered with other histogram edges "
+                                         r"\(64 bins over \[-16, 16\], not 4 bins"):
+        other_edges.merge(with_stats)
     with pytest.raises(ValueError, match="not mined"):
         LayerTopKPatches(model, ["1"], k=2, stats={"3": True})
 

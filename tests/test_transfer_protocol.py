@@ -27,8 +27,9 @@ def _labels(n=301, k=3, seed=0):
 # ------------------------------------------------------------------ splits
 
 
-def _old_two_way(labels, val_fraction, seed):
-    """The two-way split as it was before the three-way one existed (brute-force twin)."""
+def _two_way_twin(labels, val_fraction, seed):
+    """The two-way split by its definition (brute-force twin): per class in order, a seeded
+    permutation; its first round(n * fraction) items (at least 1, at most n - 1) validate."""
     y = np.asarray(labels)
     rng = np.random.default_rng(seed)
     train, val = [], []
@@ -42,10 +43,10 @@ def _old_two_way(labels, val_fraction, seed):
 
 
 @pytest.mark.parametrize("fraction,seed", [(0.25, 0), (0.1, 3), (0.5, 7)])
-def test_two_way_split_is_unchanged(fraction, seed):
+def test_two_way_split_equals_its_definition(fraction, seed):
     labels = _labels().tolist() + [-1, -1]
     tr, va = stratified_split(labels, fraction, seed=seed)
-    ref_tr, ref_va = _old_two_way(labels, fraction, seed)
+    ref_tr, ref_va = _two_way_twin(labels, fraction, seed)
     assert tr.tolist() == ref_tr and va.tolist() == ref_va
     assert tr.dtype == np.int64 and va.dtype == np.int64
 

@@ -36,8 +36,8 @@ c1, c2 = st.columns(2)
 name_a = c1.selectbox("Run A (before)", names, key="cmp_a", format_func=lambda n: by_name[n].label)
 name_b = c2.selectbox("Run B (after)", names, key="cmp_b", format_func=lambda n: by_name[n].label)
 try:
-    run_a = common.open_run(str(by_name[name_a].path), by_name[name_a].mtime)
-    run_b = common.open_run(str(by_name[name_b].path), by_name[name_b].mtime)
+    run_a = common.cached_run(str(by_name[name_a].path), by_name[name_a].mtime)
+    run_b = common.cached_run(str(by_name[name_b].path), by_name[name_b].mtime)
 except Exception as exc:
     st.error(f"Cannot open the runs: {exc}", icon=":material/error:")
     st.stop()
@@ -87,7 +87,7 @@ else:
             path, mtime = common.run_key(run)
             with common.friendly(f"Cannot crop the patches of run {tag}"):
                 tiles, recs = common.patches(path, mtime, layer, channel, which, run.result.k)
-                st.image(dd.sheet(tiles, [f"{r.value:.3f}" for r in recs]), width=min(420, 3 * 140))
+                st.image(dd.tile_grid(tiles, [f"{r.value:.3f}" for r in recs]), width=min(420, 3 * 140))
                 st.caption(f"Run {tag}: {run.describe()}")
                 if same_data and tag == "B":
                     shared = dd.shared_images(run_a.result, run_b.result, layer, channel, which)
@@ -101,7 +101,7 @@ else:
             f"Visualize channel {channel} in both models (optimisation, about 10 s)", key="cmp_vis"):
         with st.spinner("Optimising an image for the channel in each model..."):
             for run in (run_a, run_b):
-                dd.channel_visualizations(common.open_run(*common.run_key(run)), layer, [channel])
+                dd.channel_visualizations(common.cached_run(*common.run_key(run)), layer, [channel])
         common.visualizations.clear()
         st.rerun()
 
@@ -184,7 +184,7 @@ if cmp is not None:
                     if left is not None:
                         left.image(vis[unit], caption="optimised", width="stretch")
                     tiles, recs = common.patches(path, mtime, layer, unit, "top", run.result.k)
-                    right.image(dd.sheet(tiles, [f"{r_.value:.2f}" for r_ in recs], target_px=56, ncols=9),
+                    right.image(dd.tile_grid(tiles, [f"{r_.value:.2f}" for r_ in recs], target_px=56, ncols=9),
                                 caption=f"run {tag} {layer} unit {unit}: top-{len(recs)}")
         st.markdown("**Poorly matched units of A** (lowest matched correlation; *best* is the most correlated "
                     "unit of B, not one-to-one)")
@@ -222,5 +222,5 @@ if cmp is not None:
                 path, mtime = common.run_key(run)
                 with col, common.friendly(f"Cannot crop channel {c}"):
                     tiles, recs = common.patches(path, mtime, rlayer, c, "top", run.result.k)
-                    st.image(dd.sheet(tiles, [f"{r.value:.2f}" for r in recs], target_px=56, ncols=9))
+                    st.image(dd.tile_grid(tiles, [f"{r.value:.2f}" for r in recs], target_px=56, ncols=9))
                     st.caption(tag)

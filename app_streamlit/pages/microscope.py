@@ -37,7 +37,7 @@ with common.friendly("Cannot read the visualizations"):
     if missing and st.button(f"Visualize the {len(missing)} channels of this page not done yet "
                              f"(about {5 * len(missing)} s on a 2-core CPU)", key="micro_compute", type="primary"):
         bar = st.progress(0.0, text="Optimising images...")
-        shown = dd.channel_visualizations(common.open_run(path, mtime), layer, chans, compute=True,
+        shown = dd.channel_visualizations(common.cached_run(path, mtime), layer, chans, compute=True,
                                           progress=lambda d, t: bar.progress(d / t, text=f"Optimised {d}/{t} channels"))
         common.visualizations.clear()
         bar.empty()
@@ -51,5 +51,5 @@ with common.friendly("Cannot read the visualizations"):
             else:
                 left.info("not visualized yet")
             tiles, recs = common.patches(path, mtime, layer, c, "top", result.k)
-            right.image(dd.sheet(tiles, [f"{r.value:.2f}" for r in recs], target_px=56), width="stretch",
+            right.image(dd.tile_grid(tiles, [f"{r.value:.2f}" for r in recs], target_px=56), width="stretch",
                         caption=f"dataset top-{len(recs)} (parts of real images)")

@@ -82,7 +82,7 @@ box_words = {
 left, mid, right = st.columns([3, 3, 4])
 with left:
     st.subheader(f"{which}-{len(recs)} patches")
-    st.image(dd.sheet(tiles, [f"{r.value:.3f}" for r in recs]), width="stretch")
+    st.image(dd.tile_grid(tiles, [f"{r.value:.3f}" for r in recs]), width="stretch")
     st.caption(
         f"Channel {channel} of {layer}: the {len(recs)} {'strongest' if which == 'top' else 'most negative'} "
         f"activations over {result.n_images} images, one per image ({result.layout(layer)} layer). "
@@ -111,7 +111,7 @@ if run.model is not None:
         vis = common.visualizations(path, mtime, layer, (channel,), False)
         if channel not in vis and st.button(f"Optimise an image for channel {channel} (about 5 s)", key="topk_vis"):
             with st.spinner("Optimising an image for the channel (256 Adam steps)..."):
-                vis = dd.channel_visualizations(common.open_run(path, mtime), layer, [channel])
+                vis = dd.channel_visualizations(common.cached_run(path, mtime), layer, [channel])
             common.visualizations.clear()
         if channel in vis:
             v1, v2 = st.columns([1, 3])
@@ -124,7 +124,7 @@ if run.model is not None:
 st.subheader("Activation maps")
 with common.friendly("Cannot draw the activation maps"):
     maps = common.overlays(path, mtime, layer, channel, which, result.k)
-    st.image(dd.sheet(maps, [f"#{i + 1}" for i in range(len(maps))], target_px=140), width="stretch")
+    st.image(dd.tile_grid(maps, [f"#{i + 1}" for i in range(len(maps))], target_px=140), width="stretch")
     thresholded = layer in result.channel_stats
     st.caption(f"The channel's whole activation map on each image ({'tokens' if box_kind == 'token' else 'positions'} "
                "upsampled to the input)" + (", lit where it exceeds the channel's top 0.5 % over the dataset "
@@ -189,7 +189,7 @@ with proj_slot:
     else:
         try:
             rgb = common.projections(path, mtime, layer, channel, method, which, result.k)
-            st.image(dd.sheet(rgb, [f"#{i + 1}" for i in range(len(rgb))]), width="stretch")
+            st.image(dd.tile_grid(rgb, [f"#{i + 1}" for i in range(len(rgb))]), width="stretch")
             st.caption(f"Captum {'NeuronDeconvolution' if method == 'deconvolution' else 'NeuronGuidedBackprop'} "
                        "of each neuron above, cropped like its patch: grey = 0, brighter = positive evidence."
                        + (" Without max-pooling switches (MobileNet, EfficientNet) the deconvnet barely "

@@ -56,15 +56,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+from ..utils.modules import eval_mode
 from ..capture.hooks import resolve_layers
 from ..core.accumulators.cka import MinibatchCKA
 from ..core.miner import LayerTopKPatches
 from ..core.sources.torch import TorchSource
 from ..core.result import TopKResult
 from ..core.accumulators.moments import ChannelMoments
-from .inputs import count_images, eval_mode, image_batches
+from .inputs import count_images, image_batches
 from .matching import LayerPair, PairAccumulator, UnitMatching, _pairs, fold_pair, match_layers
-from .similarity import SimilarityMatrix, SimilarityMeasure, similarity_matrices
+from .similarity import SimilarityMatrix, SimilarityMeasure, _num, similarity_matrices
 
 
 def channel_weights(model: nn.Module, layer: str, channels: int) -> Tuple[Optional[str], Optional[Tensor]]:
@@ -165,11 +166,6 @@ class ChannelChanges:
                         "jaccard": _num(self.jaccard[c]), "drift": _num(self.drift[c]),
                         "weight_change": _num(self.weight_change[c]) if self.weight_change is not None else None})
         return out
-
-
-def _num(v: Any) -> Optional[float]:
-    v = float(v)
-    return None if np.isnan(v) else v
 
 
 @dataclass
@@ -368,33 +364,20 @@ def compare_models(
         raise ValueError(f"batch_size must be >= 4 for the unbiased HSIC, got {batch_size}.")
     layers_a = [n for n, _ in resolve_layers(model_a, list(layers_a))]
     layers_b = [n for n, _ in resolve_layers(model_b, list(layers_b or layers_a))]
-    mods_a = [m for _, m in resolve_layers(model_a, layers_a)]
-    mods_b = [m for _, m in resolve_layers(model_b, layers_b)]
-    explicit: List[LayerPair] = []
-    if match and match != "auto":
-        explicit = list(dict.fromkeys(_pairs([match] if isinstance(match, str) else match)))
-        for la, lb in explicit:
-            if la not in layers_a or lb not in layers_b:
-                raise ValueError(
-                    f"Cannot match {la}:{lb}: both layers must be compared (add {la!r} to layers_a "
-                    f"and {lb!r} to layers_b), or use match_units() for any pair.")
+    explicit = _explicit_pairs(match, layers_a, layers_b)
     # One forward per model and batch feeds the top-k, CKA, the moments and the matchings: the
     # sources give every layer's activation (receptive fields measured with the first batch).
     source_a = TorchSource(model_a, list(layers_a), progress=progress)
     source_b = TorchSource(model_b, list(layers_b), progress=progress)
     miner_a = LayerTopKPatches.from_source(source_a, k=k)
     miner_b = LayerTopKPatches.from_source(source_b, k=k)
-    cka = MinibatchCKA(len(layers_a), len(layers_b))
-    shared = [n for n, ma in zip(layers_a, mods_a)
-              if n in layers_b and same_module(ma, mods_b[layers_b.index(n)])]
-    moments: Dict[str, ChannelMoments] = {}
-    crosses: Dict[LayerPair, PairAccumulator] = {}
-    pooled_a: List[List[Tensor]] = [[] for _ in layers_a]
-    pooled_b: List[List[Tensor]] = [[] for _ in layers_b]
+    acc = _PassAccumulators(layers_a, layers_b, _shared_layers(model_a, model_b, layers_a, layers_b),
+                            explicit, representation, keep_pooled=bool(measures),
+                            match_positions=match_positions, match_chance=match_chance)
     bar = tqdm(total=count_images(data, max_images), unit="img", desc="compare", disable=not progress)
     seen = 0
     try:
-        with eval_mode(model_a, model_b):
+        with eval_mode(model_a, model_b), torch.no_grad():
             for images, labels, ids, start in image_batches(data, batch_size, max_images):
                 n = images.shape[0]
                 idx = torch.arange(start, start + n)
@@ -402,28 +385,7 @@ def compare_models(
                 by_name_a, by_name_b = source_a(images), source_b(images_b)
                 miner_a.accumulate(by_name_a, source_a.layer_infos(images), idx, labels, ids)
                 miner_b.accumulate(by_name_b, source_b.layer_infos(images_b), idx, labels, ids)
-                acts_a = [by_name_a[name] for name in layers_a]
-                acts_b = [by_name_b[name] for name in layers_b]
-                gap_a = [_represent(a, "gap") for a in acts_a]
-                gap_b = [_represent(b, "gap") for b in acts_b]
-                if representation == "gap":
-                    cka.update(gap_a, gap_b)
-                else:
-                    cka.update([_represent(a, representation) for a in acts_a],
-                               [_represent(b, representation) for b in acts_b])
-                if measures:
-                    for store, gaps in ((pooled_a, gap_a), (pooled_b, gap_b)):
-                        for lst, g in zip(store, gaps):
-                            lst.append(g.detach().float().cpu())
-                for name in shared:
-                    a = acts_a[layers_a.index(name)]
-                    b = acts_b[layers_b.index(name)]
-                    if a.shape != b.shape:
-                        continue
-                    moments.setdefault(name, ChannelMoments(a.shape[1])).update(a, b)
-                for la, lb in explicit:
-                    fold_pair(crosses, (la, lb), acts_a[layers_a.index(la)], acts_b[layers_b.index(lb)],
-                              match_positions, match_chance)
+                acc.update([by_name_a[name] for name in layers_a], [by_name_b[name] for name in layers_b])
                 seen += n
                 bar.update(n)
     finally:
@@ -431,33 +393,17 @@ def compare_models(
     if seen == 0:
         raise ValueError("The data yielded no image: nothing to compare.")
     res_a, res_b = miner_a.compute(), miner_b.compute()
-    channels: Dict[str, ChannelChanges] = {}
-    for name, mom in moments.items():
-        c = mom.mean_a.shape[0]
-        corr = mom.correlation()
-        jac = _jaccard(res_a, res_b, name)
-        src_a, wa = channel_weights(model_a, name, c)
-        src_b, wb = channel_weights(model_b, name, c)
-        if wa is not None and wb is not None and wa.shape == wb.shape:
-            drift, change = _cosine_distance(wa, wb), _relative_change(wa, wb)
-        else:
-            drift = torch.full((c,), float("nan"), dtype=torch.float64)
-            change = drift.clone()
-        score = change_score(corr, jac, drift)
-        order = sorted(range(c), key=lambda j: (-float(score[j]), j))
-        channels[name] = ChannelChanges(
-            layer=name, correlation=corr.numpy(), jaccard=jac.numpy(), drift=drift.numpy(),
-            score=score.numpy(), order=np.asarray(order, dtype=np.int64),
-            weight_module=src_a if src_a == src_b else None, weight_change=change.numpy())
-    cka_matrix = cka.compute().numpy()
+    channels = {name: _channel_changes(model_a, model_b, name, mom, res_a, res_b)
+                for name, mom in acc.moments.items()}
+    cka_matrix = acc.cka.compute().numpy()
     similarity: Dict[str, SimilarityMatrix] = {}
     if measures:
-        similarity = similarity_matrices([torch.cat(r) for r in pooled_a], [torch.cat(r) for r in pooled_b],
+        similarity = similarity_matrices([torch.cat(r) for r in acc.pooled_a], [torch.cat(r) for r in acc.pooled_b],
                                          measures, permutations=permutations, seed=seed,
                                          groups=None if groups is None else list(groups)[:seen],
                                          progress=progress)
-    matchings: Dict[LayerPair, UnitMatching] = {pair: acc.matching(*pair) for pair, acc in crosses.items()}
-    if match == "auto":
+    matchings: Dict[LayerPair, UnitMatching] = {pair: c.matching(*pair) for pair, c in acc.crosses.items()}
+    if match == "auto":  # a second pass, on the pairs the CKA matrix suggests
         pairs = auto_pairs(cka_matrix, layers_a, layers_b, match_top)
         if pairs:
             matchings = match_layers(model_a, model_b, data, pairs, positions=match_positions,
@@ -466,5 +412,93 @@ def compare_models(
     return Comparison(layers_a=layers_a, layers_b=layers_b, cka=cka_matrix,
                       channels=channels, topk_a=res_a, topk_b=res_b, n_images=seen,
                       representation=representation, names=tuple(names),
-                      extra={"cka_images": cka.examples, "cka_skipped_images": cka.skipped},
+                      extra={"cka_images": acc.cka.examples, "cka_skipped_images": acc.cka.skipped},
                       similarity=similarity, matchings=matchings)
+
+
+def _explicit_pairs(match: MatchSpec, layers_a: Sequence[str], layers_b: Sequence[str]) -> List[LayerPair]:
+    r"""The layer pairs ``match`` names (none for None / ``"auto"``), each refused unless both
+    of its layers are compared."""
+    if not match or match == "auto":
+        return []
+    explicit = list(dict.fromkeys(_pairs([match] if isinstance(match, str) else match)))
+    for la, lb in explicit:
+        if la not in layers_a or lb not in layers_b:
+            raise ValueError(
+                f"Cannot match {la}:{lb}: both layers must be compared (add {la!r} to layers_a "
+                f"and {lb!r} to layers_b), or use match_units() for any pair.")
+    return explicit
+
+
+def _shared_layers(model_a: nn.Module, model_b: nn.Module, layers_a: Sequence[str],
+                   layers_b: Sequence[str]) -> List[str]:
+    r"""The layer names compared in both models that are the same module (:func:`same_module`)."""
+    mods_a = [m for _, m in resolve_layers(model_a, list(layers_a))]
+    mods_b = [m for _, m in resolve_layers(model_b, list(layers_b))]
+    return [n for n, ma in zip(layers_a, mods_a)
+            if n in layers_b and same_module(ma, mods_b[layers_b.index(n)])]
+
+
+class _PassAccumulators:
+    r"""What the pass gathers from each batch's activations besides the top-k: the CKA
+    minibatch statistics, the per-channel moments of the shared layers (outputs of the same
+    shape), the pooled activations for the similarity measures (``keep_pooled``) and the
+    cross-correlations of the explicitly matched pairs."""
+
+    def __init__(self, layers_a: Sequence[str], layers_b: Sequence[str], shared: Sequence[str],
+                 explicit: Sequence[LayerPair], representation: str, keep_pooled: bool,
+                 match_positions: str, match_chance: bool) -> None:
+        self.layers_a, self.layers_b = list(layers_a), list(layers_b)
+        self.shared, self.explicit = list(shared), list(explicit)
+        self.representation, self.keep_pooled = representation, keep_pooled
+        self.match_positions, self.match_chance = match_positions, match_chance
+        self.cka = MinibatchCKA(len(layers_a), len(layers_b))
+        self.moments: Dict[str, ChannelMoments] = {}
+        self.crosses: Dict[LayerPair, PairAccumulator] = {}
+        self.pooled_a: List[List[Tensor]] = [[] for _ in layers_a]
+        self.pooled_b: List[List[Tensor]] = [[] for _ in layers_b]
+
+    def update(self, acts_a: List[Tensor], acts_b: List[Tensor]) -> None:
+        r"""Fold one batch: ``acts_a`` / ``acts_b`` in the order of ``layers_a`` / ``layers_b``."""
+        gap_a = [_represent(a, "gap") for a in acts_a]
+        gap_b = [_represent(b, "gap") for b in acts_b]
+        if self.representation == "gap":
+            self.cka.update(gap_a, gap_b)
+        else:
+            self.cka.update([_represent(a, self.representation) for a in acts_a],
+                            [_represent(b, self.representation) for b in acts_b])
+        if self.keep_pooled:
+            for store, gaps in ((self.pooled_a, gap_a), (self.pooled_b, gap_b)):
+                for lst, g in zip(store, gaps):
+                    lst.append(g.detach().float().cpu())
+        for name in self.shared:
+            a = acts_a[self.layers_a.index(name)]
+            b = acts_b[self.layers_b.index(name)]
+            if a.shape != b.shape:
+                continue
+            self.moments.setdefault(name, ChannelMoments(a.shape[1])).update(a, b)
+        for la, lb in self.explicit:
+            fold_pair(self.crosses, (la, lb), acts_a[self.layers_a.index(la)],
+                      acts_b[self.layers_b.index(lb)], self.match_positions, self.match_chance)
+
+
+def _channel_changes(model_a: nn.Module, model_b: nn.Module, name: str, mom: ChannelMoments,
+                     res_a: TopKResult, res_b: TopKResult) -> ChannelChanges:
+    r"""The per-channel changes of a shared layer: activation correlation, top-k overlap,
+    weight drift (NaN where the layers' weights cannot be paired) and their score."""
+    c = mom.mean_a.shape[0]
+    corr = mom.correlation()
+    jac = _jaccard(res_a, res_b, name)
+    src_a, wa = channel_weights(model_a, name, c)
+    src_b, wb = channel_weights(model_b, name, c)
+    if wa is not None and wb is not None and wa.shape == wb.shape:
+        drift, change = _cosine_distance(wa, wb), _relative_change(wa, wb)
+    else:
+        drift = torch.full((c,), float("nan"), dtype=torch.float64)
+        change = drift.clone()
+    score = change_score(corr, jac, drift)
+    order = sorted(range(c), key=lambda j: (-float(score[j]), j))
+    return ChannelChanges(
+        layer=name, correlation=corr.numpy(), jaccard=jac.numpy(), drift=drift.numpy(),
+        score=score.numpy(), order=np.asarray(order, dtype=np.int64),
+        weight_module=src_a if src_a == src_b else None, weight_change=change.numpy())

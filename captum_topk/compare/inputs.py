@@ -1,18 +1,18 @@
-r"""What the two compared models see: the compared images batch by batch, B's input made from
-A's (another normalisation), and both models in eval mode for the pass.
+r"""What the two compared models see: the compared images batch by batch, and B's input made
+from A's (another normalisation). Both models run in
+:func:`~captum_topk.utils.modules.eval_mode` for the pass.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..capture.batch import split_batch
 
-__all__ = ["ImageBatch", "image_batches", "count_images", "normalisation_map", "eval_mode"]
+__all__ = ["ImageBatch", "image_batches", "count_images", "normalisation_map"]
 
 
 class ImageBatch(NamedTuple):
@@ -109,17 +109,3 @@ def normalisation_map(mean_a: Sequence[float], std_a: Sequence[float], mean_b: S
         return ((x * sa.to(x) + ma.to(x)) - mb.to(x)) / sb.to(x)
 
     return a_to_b
-
-
-@contextmanager
-def eval_mode(*models: nn.Module) -> Iterator[None]:
-    r"""Put the models in eval mode, gradients off; their previous modes come back on exit."""
-    modes = [m.training for m in models]
-    try:
-        for m in models:
-            m.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)

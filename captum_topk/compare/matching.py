@@ -36,9 +36,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..utils.modules import eval_mode
 from ..capture.hooks import resolve_layers, run_capture
 from ..core.accumulators.crosscorr import CrossCorrelation, POSITIONS
-from .inputs import count_images, eval_mode, image_batches
+from .inputs import count_images, image_batches
+from .similarity import _num
 
 __all__ = ["UnitMatching", "match_units", "match_layers", "PairAccumulator", "KEEP_MATRIX_MAX"]
 
@@ -47,11 +49,6 @@ __all__ = ["UnitMatching", "match_units", "match_layers", "PairAccumulator", "KE
 KEEP_MATRIX_MAX = 1 << 20
 
 LayerPair = Tuple[str, str]
-
-
-def _num(v: Any) -> Optional[float]:
-    v = float(v)
-    return None if np.isnan(v) else v
 
 
 @dataclass
@@ -258,7 +255,7 @@ def match_layers(
     accs: Dict[LayerPair, PairAccumulator] = {}
     bar = tqdm(total=count_images(data, max_images), unit="img", desc="match units", disable=not progress)
     try:
-        with eval_mode(model_a, model_b):
+        with eval_mode(model_a, model_b), torch.no_grad():
             for batch in image_batches(data, batch_size, max_images):
                 acts_a = run_capture(model_a, mods_a, batch.images)
                 images_b = input_map_b(batch.images) if input_map_b is not None else batch.images

@@ -86,7 +86,8 @@ def _as_matrix(x: ArrayLike, name: str = "X") -> np.ndarray:
     return x
 
 
-def _pair(x: ArrayLike, y: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
+def _paired_matrices(x: ArrayLike, y: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
+    r"""``X`` and ``Y`` as 2-D float64 arrays, refused unless they hold the same images (rows)."""
     x, y = _as_matrix(x, "X"), _as_matrix(y, "Y")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"X and Y must hold the same images (rows): {x.shape[0]} vs {y.shape[0]}.")
@@ -170,7 +171,7 @@ class SimilarityMeasure:
         Returns:
             float: the similarity; NaN when a side is constant.
         """
-        x, y = _pair(X, Y)
+        x, y = _paired_matrices(X, Y)
         return self._score_prepared(self.prepare(x), self.prepare(y))
 
     def distance(self, X: ArrayLike, Y: ArrayLike) -> float:
@@ -212,11 +213,11 @@ class LinearCKA(SimilarityMeasure):
                    "permutation": True, "invertible_linear": False}
 
     def fit(self, X: ArrayLike, Y: ArrayLike) -> "LinearCKA":
-        _pair(X, Y)
+        _paired_matrices(X, Y)
         return self
 
     def score(self, X: ArrayLike, Y: ArrayLike) -> float:
-        x, y = _pair(X, Y)
+        x, y = _paired_matrices(X, Y)
         return float(linear_cka(torch.from_numpy(x), torch.from_numpy(y)))
 
     def _score_prepared(self, px: _Prepared, py: _Prepared) -> float:
@@ -249,14 +250,14 @@ class Procrustes(SimilarityMeasure):
                    "permutation": True, "invertible_linear": False}
 
     def fit(self, X: ArrayLike, Y: ArrayLike) -> "Procrustes":
-        x, y = _pair(X, Y)
+        x, y = _paired_matrices(X, Y)
         self.mean_x_, self.mean_y_ = x.mean(0), y.mean(0)
         u, _, vt = np.linalg.svd((x - self.mean_x_).T @ (y - self.mean_y_), full_matrices=False)
         self.rotation_ = u @ vt
         return self
 
     def score(self, X: ArrayLike, Y: ArrayLike) -> float:
-        x, y = _pair(X, Y)
+        x, y = _paired_matrices(X, Y)
         if not hasattr(self, "rotation_"):
             raise RuntimeError("Call fit(X, Y) before score(X, Y).")
         xc, yc = x - self.mean_x_, y - self.mean_y_
@@ -336,7 +337,7 @@ class _CCA(SimilarityMeasure):
         return np.sqrt(np.clip(lam, 0.0, 1.0)), vec
 
     def fit(self, X: ArrayLike, Y: ArrayLike) -> "_CCA":
-        x, y = _pair(X, Y)
+        x, y = _paired_matrices(X, Y)
         px, py = self.prepare(x), self.prepare(y)
         if px.s.size == 0 or py.s.size == 0:
             raise ValueError("A constant representation has no canonical directions.")
@@ -351,7 +352,7 @@ class _CCA(SimilarityMeasure):
     def _variates(self, X: ArrayLike, Y: ArrayLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         r"""Correlations of the fitted canonical variates on ``X``, ``Y``, the unit-norm variates
         and the centred data."""
-        x, y = _pair(X, Y)
+        x, y = _paired_matrices(X, Y)
         if not hasattr(self, "weights_x_"):
             raise RuntimeError("Call fit(X, Y) before score(X, Y).")
         xc, yc = x - self.mean_x_, y - self.mean_y_
@@ -506,7 +507,7 @@ def chance_baseline(measure: Union[str, SimilarityMeasure], X: ArrayLike, Y: Arr
         numpy.ndarray: ``(permutations,)`` similarities.
     """
     m = get_measure(measure)
-    x, y = _pair(X, Y)
+    x, y = _paired_matrices(X, Y)
     px, py = m.prepare(x), m.prepare(y)
     return np.asarray([m._score_prepared(px, py.permuted(p))
                        for p in _permutations(x.shape[0], permutations, seed, groups)])
@@ -543,7 +544,8 @@ class SimilarityScore:
                 "permutations": int(self.chance.size)}
 
 
-def _num(v: float) -> Optional[float]:
+def _num(v: Any) -> Optional[float]:
+    r"""A number for JSON: ``float(v)``, or None for NaN (JSON has no NaN)."""
     v = float(v)
     return None if math.isnan(v) else v
 
@@ -578,7 +580,7 @@ def similarity(X: ArrayLike, Y: ArrayLike, measure: Union[str, SimilarityMeasure
         >>> s.value, s.chance_mean, s.chance_high, s.above_chance
     """
     m = get_measure(measure)
-    x, y = _pair(X, Y)
+    x, y = _paired_matrices(X, Y)
     px, py = m.prepare(x), m.prepare(y)
     value = m._score_prepared(px, py)
     chance = np.asarray([m._score_prepared(px, py.permuted(p))

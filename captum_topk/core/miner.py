@@ -24,7 +24,7 @@ from ..capture.batch import Batch, split_batch
 from ..capture.hooks import LayersSpec
 from ..receptive_field.field import ReceptiveField
 from .accumulators.base import AccumulatorCollection
-from .accumulators.stats import ChannelStats
+from .accumulators.stats import ChannelStats, check_same_edges
 from .accumulators.topk import TopKState
 from .loop import feed
 from .result import TopKResult
@@ -397,10 +397,7 @@ class LayerTopKPatches(LayerAttribution):
                     "the same stats option for every shard / resumed run."
                 )
             if wanted:
-                edges = self._stats_edges[base_layer(name)]
-                edges = edges if edges is not None else ChannelStats(1).edges
-                if not torch.equal(cs.edges, edges):
-                    raise ValueError(f"Statistics of {name!r} were gathered with other histogram edges.")
+                check_same_edges(cs.edges, self._stats_edges[base_layer(name)], name)
 
     def _adopt(self, snap: TopKResult) -> None:
         r"""Replace the state by ``snap``'s (which this miner's settings accept)."""

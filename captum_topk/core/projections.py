@@ -438,7 +438,8 @@ def projections(
             function whose modules cannot be found by name.
         progress (bool): tqdm bar over the records.
         batch (bool): one backward pass for all records when the method allows it (default);
-            False: one pass per record (the first version's loop; the same attributions).
+            False: one pass per record (bit-identical to calling Captum per record; the
+            batched pass agrees up to float summation order).
     Returns:
         Projections: ``.attributions`` (n, C, h, w), ``.rgb`` (n, h, w, 3) uint8,
         ``.records``, ``.method``, ``.scale``.

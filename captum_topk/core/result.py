@@ -13,7 +13,7 @@ from torch import Tensor
 from .accumulators.topk import TopKState
 from ..utils.files import atomic_torch_save
 from ..receptive_field.field import ReceptiveField
-from .accumulators.stats import ChannelStats, label_histogram
+from .accumulators.stats import ChannelStats, check_same_edges, label_histogram
 from .records import Box, ImageSource, PatchRecord, record_image
 
 FORMAT = "captum-topk/2"
@@ -239,8 +239,7 @@ class TopKResult:
                 "other layers): mine every shard with the same stats option."
             )
         for name, cs in other.channel_stats.items():  # validate all before changing anything
-            if not torch.equal(cs.edges, self.channel_stats[name].edges):
-                raise ValueError(f"Layer {name!r}: statistics mined with different histogram edges.")
+            check_same_edges(cs.edges, self.channel_stats[name].edges, name)
         for name, cs in other.channel_stats.items():
             self.channel_stats[name].merge(cs)
         for name, st in other.states.items():

@@ -13,9 +13,11 @@ plain Python (no Streamlit import) and tested on their own. They live in the sma
   symlinks are resolved.
 * **Runs** on disk (the run folders of :func:`captum_topk.runs.mine_run`: ``run.json`` +
   ``result.pt``): :func:`list_runs`, :func:`open_run` (result + model + dataset, PyTorch or
-  ONNX Runtime), and :func:`mine_job`, which mines a :class:`JobSpec` batch by batch with a
-  progress callback (the dashboard's live progress bar), with per-channel statistics, and
-  reuses a finished run with the same settings instead of mining again.
+  ONNX Runtime), :func:`open_run_within` (the same, refused with the reason when the run lies
+  or names a path outside the roots), and :func:`mine_job`, which mines a :class:`JobSpec`
+  batch by batch with a progress callback (the dashboard's live progress bar), with
+  per-channel statistics, and reuses a finished run with the same settings instead of mining
+  again.
   :func:`ensure_default_run` mines the embedded default (MobileNetV2-ImageNet on the packaged
   photos) when it is missing; ``python -m captum_topk.dashboard warm`` does it ahead of
   time (``make run``).
@@ -45,13 +47,13 @@ from .comparisons import compare_runs, compare_status, find_finetuned, like_run,
 from .embeddings import nearest_neighbours, pca_2d, run_embeddings, thumbnails
 from .jobs import HISTOGRAM_BINS, ensure_default_run, find_job, job_layers, job_model, job_model_spec, mine_job, onnx_available, run_spec, suggest_layers
 from .roots import CHECKPOINT_EXTENSIONS, DEFAULT_DIRS, ENV_VARS, Roots, UnsafePathError, list_data_folders, list_files, list_model_folders, resolve_under
-from ..runs.folder import Run, RunEntry, list_runs
-from .opening import check_run_paths, open_run
+from ..runs.folder import Run, RunEntry, list_runs, open_run
+from .opening import check_run_paths, open_run_within
 from ..runs.lock import RunLockedError
 from ..models.registry import DEFAULT_LAYERS
 from .queue import MAX_PENDING, Job, JobQueue, JobRefused, job_queue
 from .spec import DEFAULT_SPEC, FACTORIES_ENV, JOB_FORMAT, LIMITS, MODEL_SOURCES, JobSpec, allowed_factories, model_source
-from .views import channel_classes, channel_histogram, channel_overlays, channel_patches, channel_visualizations, channel_projections, conv_layers, filter_view, record_image, sheet, top1_grid
+from .views import channel_classes, channel_histogram, channel_overlays, channel_patches, channel_visualizations, channel_projections, conv_layers, filter_view, record_image, tile_grid, top1_grid
 from ..models.registry import DEFAULT_MODEL
 
 __all__ = [
@@ -88,6 +90,7 @@ __all__ = [
     "FACTORIES_ENV",
     "job_model_spec",
     "open_run",
+    "open_run_within",
     "mine_job",
     "find_job",
     "ensure_default_run",
@@ -103,7 +106,7 @@ __all__ = [
     "channel_classes",
     "record_image",
     "top1_grid",
-    "sheet",
+    "tile_grid",
     "conv_layers",
     "filter_view",
     "run_embeddings",

@@ -7,15 +7,14 @@ the page shows; the app goes on."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from ..models.registry import list_models
-from ..runs.folder import Run
-from ..runs.folder import open_run as _open_run
+from ..runs.folder import Run, open_run
 from ..utils.files import PathLike
 from .roots import Roots, UnsafePathError, _within
 
-__all__ = ["open_run", "check_run_paths"]
+__all__ = ["open_run_within", "check_run_paths"]
 
 
 def check_run_paths(meta: Dict[str, Any], settings: Dict[str, Any], roots: Roots) -> None:
@@ -47,22 +46,23 @@ def _inside(path: Any, root: Path, what: str) -> None:
                               "variables to include it).")
 
 
-def open_run(path: PathLike, roots: Optional[Roots] = None) -> Run:
+def open_run_within(path: PathLike, roots: Roots) -> Run:
     r"""A run folder as :func:`captum_topk.runs.folder.open_run` opens it, refused (with the reason)
     when it lies outside ``roots.runs`` or names a path outside the other roots.
 
     Args:
         path (str): the run folder (or its ``result.pt``).
-        roots (Roots, optional): the dashboard's roots; None checks nothing (library use).
+        roots (Roots): the dashboard's roots (library code that trusts the folder calls
+            :func:`~captum_topk.runs.folder.open_run`).
     Returns:
         Run
     Raises:
         UnsafePathError: a path outside the roots. ValueError: a damaged result / run.json.
         FileNotFoundError: no result.
+    Example::
+        >>> run = open_run_within("results/mnv2", Roots.from_env())
     """
-    if roots is None:
-        return _open_run(path)
     folder = Path(path)
     if not _within(folder.resolve(), Path(roots.runs).resolve()):
         raise UnsafePathError(f"{folder} is outside the runs root {roots.runs}.")
-    return _open_run(folder, guard=lambda meta, settings: check_run_paths(meta, settings, roots))
+    return open_run(folder, guard=lambda meta, settings: check_run_paths(meta, settings, roots))

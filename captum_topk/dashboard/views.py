@@ -24,7 +24,7 @@ __all__ = [
     "channel_classes",
     "record_image",
     "top1_grid",
-    "sheet",
+    "tile_grid",
     "conv_layers",
     "filter_view",
 ]
@@ -212,7 +212,7 @@ def top1_grid(run: Run, layer: str, channels: Sequence[int], which: str = "top",
     return np.asarray(grid), shown
 
 
-def sheet(tiles: np.ndarray, labels: Optional[Sequence[Any]] = None, target_px: int = 96,
+def tile_grid(tiles: np.ndarray, labels: Optional[Sequence[Any]] = None, target_px: int = 96,
           ncols: int = 3) -> np.ndarray:
     r"""Lay ``(n, h, w, 3)`` uint8 tiles out as a grid like the Zeiler & Fergus figures, with
     ``labels`` (numbers or text) under the tiles. Tiles smaller than ``target_px`` are

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -29,13 +28,14 @@ from tqdm.auto import tqdm
 
 from ..capture.hooks import LayerSpec, _StopForward, capture_hooks, resolve_layers
 from ..models.info import IMAGENET_MEAN, IMAGENET_STD, ModelInfo
+from ..utils.modules import eval_mode
 from .fold import fold_batchnorm
 from .objectives import Objective, diversity as diversity_objective, from_name
 from .param import FourierImage
 from .layouts import fixed_input_size
 from .transforms import Compose, Resize, Transform, default_transforms
 
-__all__ = ["FeatureVisualization", "visualize", "render", "responses", "image_seed", "frozen_eval"]
+__all__ = ["FeatureVisualization", "visualize", "render", "responses", "image_seed"]
 
 Layout = Callable[[Tensor], Tensor]
 
@@ -105,25 +105,6 @@ def image_seed(seed: int, channel: int, sample: int = 0) -> int:
     """
     digest = hashlib.sha256(f"featvis:{int(seed)}:{int(channel)}:{int(sample)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-@contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
-    r"""Eval mode and no parameter gradients inside; every module's ``training`` flag and every
-    parameter's ``requires_grad`` restored on exit, also after an exception.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in grads:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in grads:
-            p.requires_grad_(flag)
 
 
 def _default_layout(acts: Tensor) -> Tensor:
@@ -214,7 +195,8 @@ def render(
     progress: Any = None,
 ) -> None:
     r"""Optimise ``image`` in place: ``steps`` Adam steps maximising ``objective(layer output)``
-    summed over the batch. The caller sets the model up (:func:`frozen_eval`).
+    summed over the batch. The caller sets the model up (eval mode, frozen parameters:
+    :func:`~captum_topk.utils.modules.eval_mode`).
 
     Args:
         model (nn.Module): the model, on the device of ``image``.
@@ -279,7 +261,7 @@ def responses(
     mt = torch.tensor(m, device=device).view(1, 3, 1, 1)
     st = torch.tensor(s, device=device).view(1, 3, 1, 1)
     rows = []
-    with frozen_eval(model), capture_hooks([module], stop_early=True) as store:
+    with eval_mode(model, frozen=True), capture_hooks([module], stop_early=True) as store:
         for chunk in images.split(batch_size):
             x = (chunk.to(device, torch.float32) - mt) / st
             acts = _layer_forward(model, store, module, x, layout)
@@ -438,7 +420,7 @@ def visualize(
             work_module = dict(work.named_modules())[name]
             if dev.type == "cpu":
                 _try_channels_last(work, work_module, size, dev, layout)
-    with frozen_eval(model), frozen_eval(work):
+    with eval_mode(model, work, frozen=True):
         # A grey image first: checks the layer's layout and the channel range before any work.
         with torch.no_grad(), capture_hooks([module], stop_early=True) as store:
             probe = _layer_forward(model, store, module, torch.zeros(1, 3, size, size, device=dev), layout)

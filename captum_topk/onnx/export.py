@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -50,7 +51,7 @@ from .graph import list_tensors, load_onnx
 from .runtime import make_session, resolve_providers
 from .sidecar import Sidecar, sidecar_path
 from ..utils.files import PathLike
-from ..utils.modules import device_dtype, first_conv
+from ..utils.modules import device_dtype, eval_mode, first_conv
 
 DEFAULT_DIR = "onnx_models"
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript-based)"
@@ -214,7 +215,7 @@ def export(
 
     store: Dict[str, Any] = {}
     calls: Dict[str, int] = {}
-    flags = [(m, m.training) for m in model.modules()]
+    modes = ExitStack()  # every module's training flag, restored in finally
     handles = []
     steps = ["check layers", "export", "verify graph", "compare with onnxruntime", "receptive fields", "write"]
     bar = tqdm(total=len(steps), desc="onnx export", unit="step", disable=not progress)
@@ -225,7 +226,7 @@ def export(
             bar.update(1)
 
     try:
-        model.eval()
+        modes.enter_context(eval_mode(model))
         for name, module in named:
             handles.append(module.register_forward_hook(_keep_first_output(name, store, calls)))
         # eval(): the exporter restores the wrapper's own mode recursively after exporting
@@ -254,8 +255,7 @@ def export(
     finally:
         for h in handles:
             h.remove()
-        for m, flag in flags:
-            m.training = flag
+        modes.close()
         bar.close()
 
     sidecar = _sidecar(names, size, output_name, channels, dynamic_batch, mean, std, shapes, rfs, layouts,

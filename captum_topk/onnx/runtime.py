@@ -267,7 +267,7 @@ def _probe(
         return fields_from_probe(forward, names, size, channels, batch_size, bar=bar)
 
 
-def model_digest(model: onnx.ModelProto) -> str:
+def onnx_digest(model: onnx.ModelProto) -> str:
     r"""SHA-1 of the serialised model (receptive-field cache key)."""
     return hashlib.sha1(model.SerializeToString()).hexdigest()
 
@@ -308,7 +308,7 @@ def onnx_receptive_fields(
         batch_size (int): probe images per run.
         cache (bool): use the in-memory / disk cache.
         progress (bool): tqdm bar.
-        digest (str, optional): precomputed :func:`model_digest` of ``model``.
+        digest (str, optional): precomputed :func:`onnx_digest` of ``model``.
         method (str): ``"auto"``, ``"trace"`` or ``"probe"`` (see above).
     Returns:
         dict[str, ReceptiveField]: keyed by the names given (2-D tensors get the whole image).
@@ -327,7 +327,7 @@ def onnx_receptive_fields(
     else:
         size = _parse_size(input_size)
     channels = spec.channels or 3
-    digest = digest or model_digest(proto)
+    digest = digest or onnx_digest(proto)
     results: Dict[str, ReceptiveField] = {}
     keys = {}
     for layer, tensor in pairs:

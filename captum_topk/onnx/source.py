@@ -17,7 +17,7 @@ from torch import Tensor
 from ..capture.layouts import ChannelsLastError
 from ..core.sources.mapped import MappedSource
 from .graph import ModelLike, load_onnx, resolve_tensors
-from .runtime import OnnxForward, model_digest, onnx_receptive_fields
+from .runtime import OnnxForward, onnx_digest, onnx_receptive_fields
 from .sidecar import Sidecar, load_sidecar
 
 __all__ = ["OnnxSource"]
@@ -35,7 +35,8 @@ class OnnxSource(MappedSource):
             CUDA, then CPU, filtered to those available.
         input_layout (str): ``"auto"``, ``"NCHW"`` or ``"NHWC"`` (images are always given NCHW).
         activation_layout (str): ``"NCHW"`` or ``"NHWC"``: layout of every chosen 4-D tensor
-            (the first version's switch; ``layout=`` says it per tensor).
+            (one switch for all of them, used where ``layout`` is ``"auto"``; ``layout=`` says it
+            per tensor).
         layout (str or dict): ``"auto"`` (default), ``"NCHW"``, ``"NHWC"``, ``"NLC"``, ``"NC"``
             for every tensor or per layer name. ``"auto"``: what the export sidecar recorded,
             else 2-D tensors are vectors, 3-D ones tokens, 4-D ones channels-first unless the
@@ -153,7 +154,7 @@ class OnnxSource(MappedSource):
         if not names:
             return {}
         if self._digest is None:
-            self._digest = model_digest(self.proto)
+            self._digest = onnx_digest(self.proto)
         tensor_of = dict(self.pairs)
         probed = onnx_receptive_fields(
             self.proto, [tensor_of[n] for n in names], size,

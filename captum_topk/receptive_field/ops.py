@@ -89,7 +89,9 @@ class Call:
 # --------------------------------------------------------------------------------------
 
 
-def _pair(v: Any, n: int = 2) -> Tuple[int, ...]:
+def _int_tuple(v: Any, n: int = 2) -> Tuple[int, ...]:
+    r"""A size / stride / padding argument as a tuple of ints: a number repeated ``n`` times,
+    a 1-tuple repeated ``n`` times, a longer sequence as it is."""
     if isinstance(v, (int, float)):
         return (int(v),) * n
     v = tuple(int(x) for x in v)
@@ -121,7 +123,7 @@ def _conv_pads(padding: Any, kernel: Sequence[int], dilation: Sequence[int]) -> 
             total = [d * (k - 1) for k, d in zip(kernel, dilation)]
             return tuple(t // 2 for t in total), tuple(t - t // 2 for t in total)
         raise Unsupported(f"padding {padding!r}")
-    p = _pair(padding)
+    p = _int_tuple(padding)
     return p, p
 
 
@@ -131,7 +133,7 @@ def _conv(c: Call) -> Deps:
     if x.dim() != 4 or weight.dim() != 4:
         raise Unsupported("a convolution that is not 2-D")
     kernel = tuple(weight.shape[2:])
-    stride, dilation = _pair(c.get("stride", 1)), _pair(c.get("dilation", 1))
+    stride, dilation = _int_tuple(c.get("stride", 1)), _int_tuple(c.get("dilation", 1))
     begin, end = _conv_pads(c.get("padding", 0), kernel, dilation)
     groups = int(c.get("groups", 1))
     d = mix_features(d, 1, c.shape[1], full=groups == 1)
@@ -144,7 +146,8 @@ def _conv_transpose(c: Call) -> Deps:
     if x.dim() != 4 or weight.dim() != 4:
         raise Unsupported("a transposed convolution that is not 2-D")
     kernel = tuple(weight.shape[2:])
-    stride, dilation, padding = _pair(c.get("stride", 1)), _pair(c.get("dilation", 1)), _pair(c.get("padding", 0))
+    stride, dilation = _int_tuple(c.get("stride", 1)), _int_tuple(c.get("dilation", 1))
+    padding = _int_tuple(c.get("padding", 0))
     groups = int(c.get("groups", 1))
     d = mix_features(d, 1, c.shape[1], full=groups == 1)
     maps = {}
@@ -160,10 +163,10 @@ def _conv_transpose(c: Call) -> Deps:
 def _pool(c: Call, dilation_ok: bool = True) -> Any:
     d = c.only_input()
     x = c.get("input")
-    kernel = _pair(c.get("kernel_size"))
-    stride = _pair(c.get("stride") or kernel)
-    padding = _pair(c.get("padding", 0))
-    dilation = _pair(c.get("dilation", 1)) if dilation_ok else (1, 1)
+    kernel = _int_tuple(c.get("kernel_size"))
+    stride = _int_tuple(c.get("stride") or kernel)
+    padding = _int_tuple(c.get("padding", 0))
+    dilation = _int_tuple(c.get("dilation", 1)) if dilation_ok else (1, 1)
     out = c.out[0] if isinstance(c.out, tuple) else c.out
     d = sliding_windows(d, x.shape, out.shape, kernel, stride, padding, padding, dilation, bool(c.get("ceil_mode", False)))
     return (d, d) if isinstance(c.out, tuple) else d
@@ -179,8 +182,8 @@ def _avg_pool(c: Call) -> Any:
 
 def _lp_pool(c: Call) -> Any:
     d = c.only_input()
-    kernel = _pair(c.get("kernel_size"))
-    stride = _pair(c.get("stride") or kernel)
+    kernel = _int_tuple(c.get("kernel_size"))
+    stride = _int_tuple(c.get("stride") or kernel)
     return sliding_windows(d, c.get("input").shape, c.shape, kernel, stride, (0, 0), (0, 0), (1, 1),
                       bool(c.get("ceil_mode", False)))
 
@@ -264,7 +267,7 @@ def _batch_norm(c: Call) -> Deps:
 
 def _layer_norm(c: Call) -> Deps:
     d = c.only_input()
-    n = len(_pair(c.get("normalized_shape"), 1))
+    n = len(_int_tuple(c.get("normalized_shape"), 1))
     return d.mix(list(range(len(d.shape) - n, len(d.shape))))
 
 

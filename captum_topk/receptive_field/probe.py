@@ -76,16 +76,13 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
-from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.module import register_module_forward_pre_hook
 from tqdm.auto import tqdm
 from ..capture.layouts import ChannelsLastError, looks_channels_last
-from ..utils.modules import device_dtype, first_conv
+from ..utils.modules import device_dtype, eval_mode, first_conv
 from ..capture.hooks import LayerSpec, resolve_layers, run_capture
 from .field import METHODS, ReceptiveField, SizeSpec, _parse_size
 from .cache import _CACHE, _CACHE_LOCK, _CACHE_MAXSIZE, _disk_get, _disk_put, _structural_signature
@@ -243,7 +240,7 @@ def _receptive_fields(
         raise TypeError(f"model must be an nn.Module or a callable, got {type(model).__name__}.")
     # The module owning the forward: model itself, or the owner of a bound method. A plain
     # function only exposes the requested layers: they give device / dtype, nothing is
-    # cached, and the modules it calls are put in eval mode as they run (_eval_mode).
+    # cached, and the modules it calls are put in eval mode as they run (eval_mode(catch_calls=True)).
     owner = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
     owner = owner if isinstance(owner, nn.Module) else None
     scope = nn.ModuleList([m for _, m in pairs]) if owner is None else owner
@@ -339,38 +336,6 @@ def _check_nan_propagation(device: torch.device, dtype: torch.dtype) -> None:
             "measured this way would be too small; run the model on another device / dtype."
         )
     _NAN_CHECKED[key] = True
-
-
-@contextmanager
-def _eval_mode(scope: nn.Module, catch_all: bool) -> Iterator[None]:
-    """Eval mode for ``scope`` and, with ``catch_all``, for every module that runs in this
-    thread (caught by a global forward pre-hook: a plain forward function may call modules
-    nobody passed in). Every ``training`` flag is restored on exit, whatever happens."""
-    flags: Dict[int, Tuple[nn.Module, bool]] = {}
-
-    def to_eval(module: nn.Module) -> None:
-        for m in module.modules():
-            if id(m) not in flags:
-                flags[id(m)] = (m, m.training)
-                m.training = False
-
-    handle = None
-    thread = threading.get_ident()
-    try:
-        to_eval(scope)
-        if catch_all:
-
-            def pre_hook(module: nn.Module, _args: Any) -> None:
-                if threading.get_ident() == thread and id(module) not in flags:
-                    to_eval(module)
-
-            handle = register_module_forward_pre_hook(pre_hook)
-        yield
-    finally:
-        if handle is not None:
-            handle.remove()
-        for m, flag in flags.values():
-            m.training = flag
 
 
 def _background(size: Tuple[int, int], channels: int, device: Optional[torch.device],
@@ -763,7 +728,7 @@ def _probe(
     (``channels_last`` layers are read as their ``(N, C, H, W)`` permutation)."""
     fields: Dict[str, ReceptiveField] = {}
     if method != "probe":
-        with _eval_mode(scope, catch_all=True), torch.no_grad():
+        with eval_mode(scope, catch_calls=True), torch.no_grad():
             predicted = trace_fields(model, pairs, size, channels, attribute_to_layer_input, device, dtype,
                                      channels_last)
             module_of = dict(pairs)
@@ -821,7 +786,7 @@ def _full_probe(
 
     with tqdm(total=total, desc="receptive-field probe (cached per architecture and input size)",
               unit="img", disable=not progress or total < 4 * batch_size, leave=False) as bar:
-        with _eval_mode(scope, catch_all=True), torch.no_grad():
+        with eval_mode(scope, catch_calls=True), torch.no_grad():
             return fields_from_probe(forward, [n for n, _ in pairs], size, channels,
                                      batch_size, device, dtype, bar)
 

@@ -76,7 +76,7 @@ def trace_fields(
 
     Runs the model's forward once symbolically and once, through the traced graph, on a
     batch of 2 images of ``(channels, *size)``. Call it in eval mode and under
-    ``torch.no_grad`` (the probe's :func:`~captum_topk.receptive_field.probe._eval_mode`).
+    ``torch.no_grad`` (:func:`~captum_topk.utils.modules.eval_mode`).
 
     Args:
         model (nn.Module or bound forward): the network.

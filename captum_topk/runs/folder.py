@@ -20,7 +20,7 @@ from .mine import read_run_json
 from .models import load_run_model, onnx_model_info
 from .spec import RunSpec
 
-__all__ = ["Run", "open_run", "load_run", "RunEntry", "list_runs", "data_label"]
+__all__ = ["Run", "open_run", "RunEntry", "list_runs", "data_label"]
 
 
 def data_label(desc: Any) -> str:
@@ -44,7 +44,8 @@ class Run:
             transform applied).
         backend (str): ``"torch"`` or ``"onnxruntime"``.
         settings (dict): the run's ``run.json`` (empty for a bare ``result.pt``).
-        spec (RunSpec or None): what was mined (None for runs of the first version).
+        spec (RunSpec or None): what was mined (None for a ``run.json`` without a ``spec``,
+            whose settings are flat keys).
         stale_data (str or None): why the images may differ from those mined (files changed
             since): patches are then cropped from the current files.
     """
@@ -234,10 +235,6 @@ def open_run(path: PathLike, check_weights: bool = True,
     return Run(folder, result, info, dataset, backend, settings, spec, stale)
 
 
-#: The name of the first version.
-load_run = open_run
-
-
 def _check_weights(weights: Optional[str], recorded: Optional[str]) -> None:
     """A run shows the patches its weights found: refuse to pair it with a weights file that was
     replaced under the same name since (e.g. by a new ``captum-topk finetune``)."""
@@ -321,7 +318,7 @@ def list_runs(runs_root: PathLike, walk_folders: Optional[Callable[[Path], Any]]
                 entry.model = Path(spec.onnx).name if spec.onnx else spec.model
                 entry.checkpoint, entry.layers, entry.k = spec.checkpoint, list(spec.layers), spec.k
                 entry.backend, entry.stats = spec.backend, spec.stats_bins > 0
-            else:  # a run of the first version
+            else:  # a run.json without a spec: the settings are flat keys
                 entry.model = str(info.get("model", "?"))
                 entry.checkpoint = info.get("checkpoint")
                 entry.layers = [str(v) for v in info.get("layers", [])]

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from .._version import __version__
 from ..core.loop import feed
 from ..core.miner import LayerTopKPatches
+from ..core.accumulators.stats import default_edges
 from ..models.registry import DEFAULT_MODEL
 from ..utils.files import PathLike, atomic_write_text
 from .datasets import open_dataset
@@ -185,7 +186,7 @@ def default_layers(spec: RunSpec) -> List[str]:
 def _miner_for(spec: RunSpec, dev: torch.device, onnx_file: Optional[Path] = None):
     r"""The miner and the model's preprocessing of a spec (``onnx_file``: the export ONNX
     Runtime mines for a PyTorch model)."""
-    edges = torch.linspace(-16.0, 16.0, spec.stats_bins + 1) if spec.stats_bins else False
+    edges = default_edges(spec.stats_bins) if spec.stats_bins else False
     if spec.onnx or onnx_file is not None:
         from ..onnx.miner import OnnxTopKPatches
 

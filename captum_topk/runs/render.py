@@ -126,7 +126,7 @@ def render_projections(
     :func:`captum_topk.projections.projections` and :func:`captum_topk.plot.projection_sheet`.
 
     Args:
-        run (Run): from :func:`load_run`.
+        run (Run): from :func:`~captum_topk.runs.folder.open_run`.
         method (str): ``"deconvolution"`` or ``"guided_backprop"`` (or ``"gradient"``).
         layers, channels, which, out_dir: as in :func:`render_run`.
         max_channels (int): channels per sheet when ``channels`` is not given. Default 8.

@@ -28,6 +28,7 @@ from ..utils.files import atomic_open, atomic_write_text
 from ..capture.hooks import LayerSpec, resolve_layers, run_capture
 from ..capture.batch import split_batch
 from ..utils.files import PathLike
+from ..utils.modules import eval_mode
 
 __all__ = ["embed", "load_embeddings", "pool_features"]
 
@@ -120,11 +121,9 @@ def embed(
     ids: List[str] = []
     labels: List[int] = []
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
     bar = tqdm(total=total, unit="img", desc=f"embed {name}", disable=not progress)
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for batch in _batches(dataset, batch_size, workers):
                 images, lab, bid = _split(batch)
                 (acts,) = run_capture(model, [module], images.to(device), stop_early=True)
@@ -136,7 +135,6 @@ def embed(
                 bar.update(n)
     finally:
         bar.close()
-        model.train(was_training)
     if not chunks:
         raise ValueError("The data yielded no image: nothing to embed.")
     emb = np.ascontiguousarray(np.concatenate(chunks, axis=0), dtype=np.float32)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from ..utils.modules import eval_mode
 from .metrics import classification_metrics
 
 
@@ -54,17 +55,14 @@ def evaluate(
         raise ValueError("evaluate() needs at least one image index.")
     sub = dataset.subset(idx.tolist()) if hasattr(dataset, "subset") else torch.utils.data.Subset(
         dataset, idx.tolist())
-    was_training = model.training
     logits, labels = [], []
     bar = tqdm(total=len(idx), unit="img", desc="evaluate", disable=not progress)
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for images, lab, _ids in make_loader(sub, batch_size=batch_size, workers=workers):
                 logits.append(model(images).float())
                 labels.append(torch.as_tensor(lab, dtype=torch.int64))
                 bar.update(images.shape[0])
     finally:
         bar.close()
-        model.train(was_training)
     return classification_metrics(torch.cat(logits), torch.cat(labels), num_classes)

@@ -40,6 +40,7 @@ with its preprocessing too.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import time
@@ -147,7 +148,7 @@ class FinetuneResult:
 
 
 def _cache(model: nn.Module, layer: Optional[str], dataset: Any, indices: np.ndarray,
-           batch_size: int, workers: int, flip: bool, progress: bool, desc: str
+           batch_size: int, workers: int, flip: bool = False, progress: bool = False, desc: str = ""
            ) -> Tuple[Tensor, Tensor]:
     r"""Model inputs (``layer=None``) or ``layer`` outputs for ``dataset[indices]``, eval mode."""
     from ..data.loader import make_loader
@@ -309,6 +310,99 @@ def finetune(
     t0 = time.monotonic()
     classes = [str(c) for c in classes]
     k = len(classes)
+    train_index, val_index, test_index = _check_split(train_index, val_index, test_index)
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}.")
+    if select not in _SELECT:
+        raise ValueError(f"select must be one of {', '.join(_SELECT)}, got {select!r}.")
+    frozen, trained = _split_blocks(model, unfreeze)
+
+    # (1) the new head; the view runs the trained tail on the cached frozen part's output
+    torch.manual_seed(seed)
+    head_name = replace_head(model, k, seed=seed)
+    head = model.get_submodule(head_name)
+    model.eval()
+    view = _tail_view(model, frozen)
+    boundary = frozen[-1] if frozen else None
+
+    # (2) cache the frozen part's output (train and validation only: test waits for the end)
+    cache = functools.partial(_cache, model, boundary, dataset, batch_size=batch_size, workers=workers,
+                              progress=progress)
+    tr_x, tr_y = cache(train_index, desc="cache train")
+    va_x, va_y = cache(val_index, desc="cache val")
+    if (tr_y < 0).any() or (tr_y >= k).any():
+        raise ValueError(f"Training labels must lie in [0, {k}) for classes {classes}.")
+    _check_chain(model, view, dataset, val_index, va_x, boundary, trained)
+    if flip:  # the flipped copies after the plain ones: the probe fits on tr_x[:len(train_index)]
+        fl_x, fl_y = cache(train_index, flip=True, desc="cache flipped")
+        tr_x, tr_y = torch.cat([tr_x, fl_x]), torch.cat([tr_y, fl_y])
+    t_cache = time.monotonic()
+
+    # (3) linear probe on the classifier's input, unflipped training images only (so that
+    # no image and its mirror land in different cross-validation folds)
+    n_plain = len(train_index)
+    train_groups = None if groups is None else np.asarray(groups)[train_index]
+    probe_info, probe_val = _fit_probe(view, head, tr_x[:n_plain], tr_y[:n_plain], va_x, va_y, k,
+                                       probe_l2, seed, train_groups, 2 * batch_size)
+    probe = {**probe_info, "val": probe_val, "test": None}
+    probe_model = copy.deepcopy(model).eval()
+    t_probe = time.monotonic()
+
+    out_path = Path(out) if out is not None else None
+    split = {"train_index": train_index.tolist(), "val_index": val_index.tolist(),
+             "test_index": test_index.tolist(), "seed": seed, "grouped": groups is not None}
+    base_meta = {"classes": classes, **(meta or {}), "unfreeze": len(trained),
+                 "trained_blocks": trained, "head": head_name, "split": split}
+    probe_ckpt = None
+    if out_path is not None:
+        probe_ckpt = _checkpoint(probe_model, _probe_path(out_path), base_meta, epoch=0,
+                                 stage="linear_probe", metrics={"val": probe_val,
+                                                                "train": probe_info["train"]})
+
+    # (4) fine-tune the tail and the head; (5) score and checkpoint each epoch; (6) keep the
+    # epoch chosen on validation
+    save_epoch = None if out_path is None else (
+        lambda epoch, metrics: _checkpoint(model, _epoch_path(out_path, epoch), base_meta, epoch=epoch,
+                                           stage="finetune", metrics=metrics))
+    history, ckpts, best_epoch = _finetune_epochs(
+        model, view, _optimizer(model, head, frozen, optimizer, lr, head_lr, weight_decay),
+        tr_x, tr_y, va_x, va_y, k, epochs=epochs, batch_size=batch_size, train_bn=train_bn,
+        select=select, seed=seed, save_epoch=save_epoch, on_epoch_end=on_epoch_end, progress=progress)
+    model.eval()
+    t_end = time.monotonic()
+    selected_by = "last epoch" if select == "last" else f"val {select}"
+    final = {"epoch": best_epoch, "selected_by": selected_by,
+             "val": history[best_epoch - 1]["val"] if best_epoch else probe_val, "test": None}
+
+    # (7) the test split, looked at once, after every choice is made
+    if len(test_index):
+        te_x, te_y = cache(test_index, desc="cache test")
+        probe["test"] = classification_metrics(
+            _logits(_tail_view(probe_model, frozen), te_x, 2 * batch_size), te_y, k)
+        final["test"] = classification_metrics(_logits(view, te_x, 2 * batch_size), te_y, k)
+    t_test = time.monotonic()
+    final_ckpt = None
+    if out_path is not None:
+        probe_ckpt, final_ckpt = _final_checkpoints(model, probe_model, out_path, base_meta, probe,
+                                                    final, has_test=len(test_index) > 0)
+    result = FinetuneResult(
+        model=model, probe_model=probe_model, probe=probe,
+        history=history, checkpoints=ckpts, probe_checkpoint=probe_ckpt,
+        final_checkpoint=final_ckpt, classes=classes, train_index=train_index,
+        val_index=val_index, test_index=test_index, selected_epoch=best_epoch, final=final,
+        seconds={"cache": t_cache - t0, "probe": t_probe - t_cache, "finetune": t_end - t_probe,
+                 "test": t_test - t_end},
+    )
+    if out_path is not None:
+        atomic_write_text(out_path.with_suffix(".json"), json.dumps(
+            {**result.summary(), "meta": meta or {}}, indent=1))
+    return result
+
+
+def _check_split(train_index: Sequence[int], val_index: Sequence[int],
+                 test_index: Optional[Sequence[int]]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""The three splits as int64 arrays (test empty when None), refused unless train and
+    validation hold images and no two splits share one."""
     train_index = np.asarray(train_index, dtype=np.int64)
     val_index = np.asarray(val_index, dtype=np.int64)
     test_index = np.zeros(0, dtype=np.int64) if test_index is None else np.asarray(
@@ -322,10 +416,11 @@ def finetune(
         if len(shared):
             raise ValueError(f"The {what} splits share {len(shared)} image(s) (e.g. index "
                              f"{int(shared[0])}): give disjoint splits (train_val_test_split).")
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}.")
-    if select not in _SELECT:
-        raise ValueError(f"select must be one of {', '.join(_SELECT)}, got {select!r}.")
+    return train_index, val_index, test_index
+
+
+def _split_blocks(model: nn.Module, unfreeze: Union[int, str]) -> Tuple[List[str], List[str]]:
+    r"""``(frozen, trained)`` block names: the last ``unfreeze`` of :func:`model_blocks` train."""
     blocks = model_blocks(model)
     if unfreeze == "all":
         n_train_blocks = len(blocks)
@@ -336,22 +431,14 @@ def finetune(
             f"unfreeze must be 'all' or an int in 1..{len(blocks)} (the blocks are "
             f"{blocks[0]} ... {blocks[-1]}), got {unfreeze!r}."
         )
-    frozen, trained = blocks[: len(blocks) - n_train_blocks], blocks[len(blocks) - n_train_blocks:]
-    torch.manual_seed(seed)
-    head_name = replace_head(model, k, seed=seed)
-    head = model.get_submodule(head_name)
-    model.eval()
-    view = _tail_view(model, frozen)
-    boundary = frozen[-1] if frozen else None
+    return blocks[: len(blocks) - n_train_blocks], blocks[len(blocks) - n_train_blocks:]
 
-    # (2) cache the frozen part's output (train and validation only: test waits for the end)
-    tr_x, tr_y = _cache(model, boundary, dataset, train_index, batch_size, workers, False,
-                        progress, "cache train")
-    va_x, va_y = _cache(model, boundary, dataset, val_index, batch_size, workers, False,
-                        progress, "cache val")
-    if (tr_y < 0).any() or (tr_y >= k).any():
-        raise ValueError(f"Training labels must lie in [0, {k}) for classes {classes}.")
-    with torch.no_grad():  # the view must compute exactly what the model computes
+
+def _check_chain(model: nn.Module, view: nn.Module, dataset: Any, val_index: np.ndarray,
+                 va_x: Tensor, boundary: Optional[str], trained: Sequence[str]) -> None:
+    r"""Refuse a model whose blocks do not form a chain: the tail view run on the cached
+    boundary output of a few validation images must reproduce the model's output."""
+    with torch.no_grad():
         images = _cache(model, None, dataset, val_index[: min(4, len(val_index))], 4, 0, False,
                         False, "")[0]
         if not torch.allclose(view(va_x[: len(images)]), model(images), rtol=1e-4, atol=1e-4):
@@ -360,54 +447,81 @@ def finetune(
                 f"{trained[0]}... on the cached output of {boundary} does not reproduce the "
                 "model's output); use unfreeze='all'."
             )
-    if flip:
-        fl_x, fl_y = _cache(model, boundary, dataset, train_index, batch_size, workers, True,
-                            progress, "cache flipped")
-        tr_x, tr_y = torch.cat([tr_x, fl_x]), torch.cat([tr_y, fl_y])
-    t_cache = time.monotonic()
 
-    # (3) linear probe on the classifier's input, unflipped training images only (so that
-    # no image and its mirror land in different cross-validation folds)
-    n_plain = len(train_index)
-    feats_tr = _head_input(view, head, tr_x[:n_plain], 2 * batch_size)
-    feats_va = _head_input(view, head, va_x, 2 * batch_size)
-    train_groups = None if groups is None else np.asarray(groups)[train_index]
-    probe_head, probe_info = fit_linear_head(feats_tr, tr_y[:n_plain], k, l2=probe_l2, seed=seed,
-                                             groups=train_groups)
+
+def _fit_probe(view: nn.Module, head: nn.Module, tr_x: Tensor, tr_y: Tensor, va_x: Tensor,
+               va_y: Tensor, k: int, l2: Optional[float], seed: int, groups: Optional[np.ndarray],
+               batch_size: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    r"""Fit the linear probe on the classifier's input (:func:`fit_linear_head`), copy it into
+    ``head`` and score it on the validation items; returns ``(fit info, validation metrics)``."""
+    feats_tr = _head_input(view, head, tr_x, batch_size)
+    feats_va = _head_input(view, head, va_x, batch_size)
+    probe_head, info = fit_linear_head(feats_tr, tr_y, k, l2=l2, seed=seed, groups=groups)
     with torch.no_grad():
         head.weight.copy_(probe_head.weight.view_as(head.weight))
         head.bias.copy_(probe_head.bias)
-        probe_val = classification_metrics(probe_head(feats_va.float()), va_y, k)
-    probe = {**probe_info, "val": probe_val, "test": None}
-    probe_model = copy.deepcopy(model).eval()
-    t_probe = time.monotonic()
+        val = classification_metrics(probe_head(feats_va.float()), va_y, k)
+    return info, val
 
-    out_path = Path(out) if out is not None else None
-    split = {"train_index": train_index.tolist(), "val_index": val_index.tolist(),
-             "test_index": test_index.tolist(), "seed": seed, "grouped": groups is not None}
-    base_meta = {"classes": classes, **(meta or {}), "unfreeze": n_train_blocks,
-                 "trained_blocks": trained, "head": head_name, "split": split}
-    probe_ckpt = None
-    if out_path is not None:
-        probe_ckpt = _checkpoint(probe_model, _probe_path(out_path), base_meta, epoch=0,
-                                 stage="linear_probe", metrics={"val": probe_val,
-                                                                "train": probe_info["train"]})
 
-    # (4) fine-tune the tail and the head
+def _optimizer(model: nn.Module, head: nn.Module, frozen: Sequence[str], optimizer: str,
+               lr: float, head_lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    r"""The optimizer of the trained blocks (at ``lr``) and of the head (at ``head_lr``); the
+    frozen blocks' parameters are left out."""
     head_params = list(head.parameters())
     head_ids = {id(p) for p in head_params}
     frozen_ids = {id(p) for name in frozen for p in model.get_submodule(name).parameters()}
     body = [p for p in model.parameters() if id(p) not in head_ids and id(p) not in frozen_ids]
-    groups_opt = [{"params": body, "lr": lr}, {"params": head_params, "lr": head_lr}]
+    param_groups = [{"params": body, "lr": lr}, {"params": head_params, "lr": head_lr}]
     if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups_opt, momentum=0.9, nesterov=True,
-                                                     weight_decay=weight_decay)
-    elif optimizer == "adamw":
-        opt = torch.optim.AdamW(groups_opt, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}.")
-    steps_per_epoch = math.ceil(len(tr_x) / batch_size)
-    total = max(1, steps_per_epoch * epochs)
+        return torch.optim.SGD(param_groups, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    if optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}.")
+
+
+def _train_epoch(view: nn.Module, tr_x: Tensor, tr_y: Tensor, opt: torch.optim.Optimizer,
+                 sched: Any, gen: torch.Generator, batch_size: int, train_bn: bool, desc: str,
+                 progress: bool) -> Dict[str, Any]:
+    r"""One epoch over the cached training items, shuffled by ``gen``; returns the training
+    ``loss``, ``accuracy`` and number ``n`` of items seen."""
+    view.train()
+    if not train_bn:  # keep the pretrained BatchNorm statistics (and the probe's input)
+        for m in view.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    order = torch.randperm(len(tr_x), generator=gen)
+    seen, correct, loss_sum = 0, 0, 0.0
+    bar = tqdm(range(0, len(order), batch_size), desc=desc, unit="step", disable=not progress)
+    for s in bar:
+        idx = order[s : s + batch_size]
+        if len(idx) < 2:  # BatchNorm needs two items
+            continue
+        logits = view(tr_x[idx])
+        loss = F.cross_entropy(logits, tr_y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        seen += len(idx)
+        correct += int((logits.argmax(1) == tr_y[idx]).sum())
+        loss_sum += float(loss.detach()) * len(idx)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    bar.close()
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "n": seen}
+
+
+def _finetune_epochs(
+    model: nn.Module, view: nn.Module, opt: torch.optim.Optimizer, tr_x: Tensor, tr_y: Tensor,
+    va_x: Tensor, va_y: Tensor, k: int, *, epochs: int, batch_size: int, train_bn: bool,
+    select: str, seed: int, save_epoch: Optional[Callable[[int, Dict[str, Any]], Path]],
+    on_epoch_end: Optional[Callable[[int, nn.Module, Dict[str, Any]], None]], progress: bool,
+) -> Tuple[List[Dict[str, Any]], List[Path], int]:
+    r"""``epochs`` epochs of the tail ``view`` on the cached items (cosine learning-rate decay
+    to 0 over all steps), each scored on the validation items and saved by ``save_epoch``;
+    ``model`` ends with the weights of the epoch chosen by ``select`` (the earliest among
+    ties). Returns ``(history, checkpoints, chosen epoch)`` (epoch 0: no epoch ran)."""
+    total = max(1, math.ceil(len(tr_x) / batch_size) * epochs)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.0)
     gen = torch.Generator().manual_seed(seed)
     history: List[Dict[str, Any]] = []
@@ -415,87 +529,42 @@ def finetune(
     best_epoch, best_state = 0, None
     for epoch in range(1, epochs + 1):
         te = time.monotonic()
-        view.train()
-        if not train_bn:  # keep the pretrained BatchNorm statistics (and the probe's input)
-            for m in view.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        order = torch.randperm(len(tr_x), generator=gen)
-        seen, correct, loss_sum = 0, 0, 0.0
-        bar = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch}/{epochs}",
-                   unit="step", disable=not progress)
-        for s in bar:
-            idx = order[s : s + batch_size]
-            if len(idx) < 2:  # BatchNorm needs two items
-                continue
-            logits = view(tr_x[idx])
-            loss = F.cross_entropy(logits, tr_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            seen += len(idx)
-            correct += int((logits.argmax(1) == tr_y[idx]).sum())
-            loss_sum += float(loss.detach()) * len(idx)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        bar.close()
+        train = _train_epoch(view, tr_x, tr_y, opt, sched, gen, batch_size, train_bn,
+                             f"epoch {epoch}/{epochs}", progress)
         model.eval()
         val = classification_metrics(_logits(view, va_x, 2 * batch_size), va_y, k)
-        record = {"epoch": epoch, "train": {"loss": loss_sum / max(seen, 1),
-                                            "accuracy": correct / max(seen, 1), "n": seen},
-                  "val": val, "lr": [g["lr"] for g in opt.param_groups],
+        record = {"epoch": epoch, "train": train, "val": val, "lr": [g["lr"] for g in opt.param_groups],
                   "seconds": time.monotonic() - te}
         history.append(record)
         if best_state is None or _better(val, history[best_epoch - 1]["val"], select):
             best_epoch = epoch
             best_state = {name: v.detach().clone() for name, v in model.state_dict().items()}
-        if out_path is not None:
-            ckpts.append(_checkpoint(model, _epoch_path(out_path, epoch), base_meta, epoch=epoch,
-                                     stage="finetune", metrics={"val": val, "train": record["train"]}))
+        if save_epoch is not None:
+            ckpts.append(save_epoch(epoch, {"val": val, "train": train}))
         if on_epoch_end is not None:
             on_epoch_end(epoch, model, record)
-    if best_state is not None:  # (6) the epoch chosen on validation
+    if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
-    t_end = time.monotonic()
-    selected_by = "last epoch" if select == "last" else f"val {select}"
-    final = {"epoch": best_epoch, "selected_by": selected_by,
-             "val": history[best_epoch - 1]["val"] if best_epoch else probe_val, "test": None}
+    return history, ckpts, best_epoch
 
-    # (7) the test split, looked at once, after every choice is made
-    if len(test_index):
-        te_x, te_y = _cache(model, boundary, dataset, test_index, batch_size, workers, False,
-                            progress, "cache test")
-        probe["test"] = classification_metrics(
-            _logits(_tail_view(probe_model, frozen), te_x, 2 * batch_size), te_y, k)
-        final["test"] = classification_metrics(_logits(view, te_x, 2 * batch_size), te_y, k)
-    t_test = time.monotonic()
-    final_ckpt = None
-    if out_path is not None:
-        selection = {"epoch": best_epoch, "selected_by": selected_by}
-        if len(test_index):  # the probe checkpoint gets its test figures too
-            probe_ckpt = _checkpoint(probe_model, _probe_path(out_path), base_meta, epoch=0,
-                                     stage="linear_probe", metrics={
-                                         "val": probe_val, "train": probe_info["train"],
-                                         "test": probe["test"]})
-        final_ckpt = _checkpoint(model, out_path, base_meta, epoch=best_epoch,
-                                 stage="finetune" if best_epoch else "linear_probe",
-                                 selection=selection,
-                                 metrics={"val": final["val"], "test": final["test"],
-                                          "linear_probe_val": probe_val,
-                                          "linear_probe_test": probe["test"]})
-    result = FinetuneResult(
-        model=model, probe_model=probe_model, probe=probe,
-        history=history, checkpoints=ckpts, probe_checkpoint=probe_ckpt,
-        final_checkpoint=final_ckpt, classes=classes, train_index=train_index,
-        val_index=val_index, test_index=test_index, selected_epoch=best_epoch, final=final,
-        seconds={"cache": t_cache - t0, "probe": t_probe - t_cache, "finetune": t_end - t_probe,
-                 "test": t_test - t_end},
-    )
-    if out_path is not None:
-        atomic_write_text(out_path.with_suffix(".json"), json.dumps(
-            {**result.summary(), "meta": meta or {}}, indent=1))
-    return result
+
+def _final_checkpoints(model: nn.Module, probe_model: nn.Module, out_path: Path,
+                       base_meta: Dict[str, Any], probe: Dict[str, Any], final: Dict[str, Any],
+                       has_test: bool) -> Tuple[Path, Path]:
+    r"""The final model's checkpoint at ``out_path`` (the selected epoch, with its choice and
+    the probe's figures) and the probe's, written again with its test figures when there is a
+    test split; returns ``(probe checkpoint, final checkpoint)``."""
+    probe_ckpt = _probe_path(out_path)
+    if has_test:
+        _checkpoint(probe_model, probe_ckpt, base_meta, epoch=0, stage="linear_probe",
+                    metrics={"val": probe["val"], "train": probe["train"], "test": probe["test"]})
+    final_ckpt = _checkpoint(model, out_path, base_meta, epoch=final["epoch"],
+                             stage="finetune" if final["epoch"] else "linear_probe",
+                             selection={"epoch": final["epoch"], "selected_by": final["selected_by"]},
+                             metrics={"val": final["val"], "test": final["test"],
+                                      "linear_probe_val": probe["val"],
+                                      "linear_probe_test": probe["test"]})
+    return probe_ckpt, final_ckpt
 
 
 _SELECT = ("accuracy", "balanced_accuracy", "loss", "last")

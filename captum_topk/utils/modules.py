@@ -1,14 +1,18 @@
 r"""Facts about an ``nn.Module`` that several layers need: its device and dtype, its first
-convolution, the module behind a forward function, replacing a submodule."""
+convolution, the module behind a forward function, replacing a submodule, eval mode for the
+length of a block (:func:`eval_mode`)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_pre_hook
 
-__all__ = ["root_module", "device_dtype", "first_conv", "set_module", "in_training"]
+__all__ = ["root_module", "device_dtype", "first_conv", "set_module", "eval_mode", "in_training"]
 
 
 def in_training(module: Optional[nn.Module]) -> bool:
@@ -60,3 +64,56 @@ def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, module)
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module, frozen: bool = False, catch_calls: bool = False) -> Iterator[None]:
+    r"""Eval mode inside the block; on exit, also after an exception, every submodule gets back
+    its own ``training`` flag (a model whose submodules were in mixed modes, e.g. a frozen
+    BatchNorm in eval inside a training model, comes back exactly as it was).
+
+    Args:
+        *modules (nn.Module): the modules put in eval mode, with all their submodules.
+        frozen (bool): also switch off ``requires_grad`` of their parameters inside the
+            block (each parameter's flag restored on exit). Default False.
+        catch_calls (bool): also put in eval mode every module that runs in this thread
+            inside the block (caught by a global forward pre-hook: a plain forward function may
+            call modules nobody passed in). Default False.
+    Example::
+        >>> with eval_mode(model), torch.no_grad():
+        ...     logits = model(images)
+    """
+    flags: Dict[int, Tuple[nn.Module, bool]] = {}
+    grads: Dict[int, Tuple[nn.Parameter, bool]] = {}
+
+    def to_eval(module: nn.Module) -> None:
+        for m in module.modules():
+            if id(m) not in flags:
+                flags[id(m)] = (m, m.training)
+                m.training = False
+        if frozen:
+            for p in module.parameters():
+                if id(p) not in grads:
+                    grads[id(p)] = (p, p.requires_grad)
+                    p.requires_grad_(False)
+
+    handle = None
+    thread = threading.get_ident()
+    try:
+        for module in modules:
+            to_eval(module)
+        if catch_calls:
+
+            def pre_hook(module: nn.Module, _args: Any) -> None:
+                if threading.get_ident() == thread and id(module) not in flags:
+                    to_eval(module)
+
+            handle = register_module_forward_pre_hook(pre_hook)
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+        for m, flag in flags.values():
+            m.training = flag
+        for p, flag in grads.values():
+            p.requires_grad_(flag)

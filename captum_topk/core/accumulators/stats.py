@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .base import Accumulator
 
-__all__ = ["ChannelStats", "default_edges", "label_histogram", "DEFAULT_BINS", "DEFAULT_RANGE"]
+__all__ = ["ChannelStats", "default_edges", "check_same_edges", "label_histogram", "DEFAULT_BINS", "DEFAULT_RANGE"]
 
 DEFAULT_BINS = 64
 DEFAULT_RANGE = 16.0
@@ -67,6 +67,31 @@ def _as_edges(edges: EdgesLike) -> Tensor:
             "torch.linspace(-8, 8, 65) or captum_topk.stats.default_edges(bins=64, range=8)."
         )
     return e.contiguous()
+
+
+def check_same_edges(edges: Tensor, expected: EdgesLike, layer: Optional[str] = None) -> None:
+    r"""Statistics combine exactly (merged shards, a resumed run) only when they were gathered
+    over the same histogram edges: raise otherwise.
+
+    Args:
+        edges (Tensor): (B + 1,) the edges of the statistics to combine.
+        expected (Tensor, sequence of float or None): the edges they must equal; None: the
+            default edges (:func:`default_edges`).
+        layer (str, optional): the layer named in the error.
+    Raises:
+        ValueError: when the edges differ, with both ranges and bin counts.
+    """
+    expected = _as_edges(expected)
+    if not torch.equal(edges.cpu(), expected):
+        what = f"Statistics of {layer!r}" if layer is not None else "These statistics"
+        raise ValueError(
+            f"{what} were gathered with other histogram edges ({_describe(edges)}, not "
+            f"{_describe(expected)}): gather every shard / resumed run with the same stats option."
+        )
+
+
+def _describe(edges: Tensor) -> str:
+    return f"{edges.numel() - 1} bins over [{float(edges[0]):g}, {float(edges[-1]):g}]"
 
 
 class ChannelStats(Accumulator):
@@ -197,7 +222,8 @@ class ChannelStats(Accumulator):
         Raises:
             ValueError: when channels or edges differ.
         """
-        self._check_mergeable(other, "channels", "edges")
+        self._check_mergeable(other, "channels")
+        check_same_edges(other.edges, self.edges)
         device = self.hist.device
         self.hist += other.hist.to(device)
         self.sum += other.sum.to(device)
