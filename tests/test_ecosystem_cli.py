@@ -116,6 +116,9 @@ def test_onnx_file_mines_and_overlays_through_onnxruntime(tmp_path, capsys):
                                          model=opened.activation_source(["blocks.0"]))
     assert float(maps[0, rec.y, rec.x]) == pytest.approx(rec.value, rel=1e-5, abs=1e-6)
     assert "blocks_0_top3_overlay.png" in [p.name for p in _show(run, "--overlay", "--layer", "blocks.0")]
+    from captum_topk.dashboard.views import channel_overlays  # the dashboard's Top-k page draws them too
+
+    assert channel_overlays(opened, "blocks.0", 1).shape == (3, 32, 32, 3)
     # an ONNX file given as --model is mined the same way
     again = _mine("--model", str(onnx_file), "--max-images", "4", "--out", str(tmp_path / "o2"))
     assert _spec(again)["onnx"] == spec["onnx"]
