@@ -27,3 +27,28 @@ def convnext_like() -> nn.Module:
         Permute(0, 3, 1, 2),  # back to (N, C, H, W)
         nn.Conv2d(16, 4, 3, padding=1),
     ).eval()
+
+
+def tiny_timm_vit() -> nn.Module:
+    r"""A timm ViT small enough for the CLI tests: 32 px, 8 px patches, 2 blocks of width 32,
+    5 classes (random, seeded by the loader). A ``package.module:factory`` target."""
+    import timm
+
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                             embed_dim=32, num_heads=2, num_classes=5)
+
+
+def tiny_hf_vit(num_labels: int = 5):
+    r"""A transformers ViTForImageClassification at 32 px (8 px patches, 2 layers of width 32), seeded."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, num_labels=num_labels)
+    return tf.ViTForImageClassification(cfg).eval()
+
+
+def save_hf_vit(folder, num_labels: int = 5) -> str:
+    r"""``save_pretrained`` of :func:`tiny_hf_vit` into ``folder``; returns the folder as a str."""
+    tiny_hf_vit(num_labels).save_pretrained(str(folder))
+    return str(folder)

@@ -38,17 +38,20 @@ with c1:
                               placeholder="e.g. my_photos or imagenet/val")
 with c2:
     err = dd.onnx_available()
-    sources = ["Built-in", "Checkpoint"] + (["ONNX file"] if err is None else [])
-    source = st.radio("Model", sources, horizontal=True, key="jobs_source")
+    SOURCES = {"Built-in": "builtin", "Checkpoint": "checkpoint", "timm": "timm", "Hugging Face folder": "hf",
+               "Python factory": "factory", "ONNX file": "onnx"}
+    sources = [s for s, kind in SOURCES.items() if kind != "onnx" or err is None]
+    source = SOURCES[st.radio("Model", sources, horizontal=True, key="jobs_source")]
     if err is not None:
         st.caption(err)
 
 checkpoint = onnx_file = None
 model = dd.DEFAULT_MODEL
 m1, m2 = st.columns(2)
-if source == "Built-in":
+NO_CKPT = "(random weights)"
+if source == "builtin":
     model = m1.selectbox("Built-in model", list_models(), key="jobs_builtin")
-elif source == "Checkpoint":
+elif source == "checkpoint":
     files = dd.list_files(roots.checkpoints, dd.CHECKPOINT_EXTENSIONS)
     picked = m1.selectbox("Checkpoint", files or ["(none under the checkpoints root)"], key="jobs_ckpt")
     typed = m1.text_input("…or a path under the checkpoints root", key="jobs_ckpt_text")
@@ -58,6 +61,36 @@ elif source == "Checkpoint":
     arch = m2.selectbox("Architecture", archs, key="jobs_arch",
                         help="A built-in name keeps its preprocessing and takes the checkpoint's weights.")
     model = "" if arch == archs[0] else arch
+elif source == "timm":
+    name = m1.text_input("timm architecture", "resnet18d", key="jobs_timm",
+                         help="Any name of timm.list_models(), built with pretrained=False (nothing is downloaded).")
+    files = dd.list_files(roots.checkpoints, dd.CHECKPOINT_EXTENSIONS)
+    picked = m1.selectbox("Weights", [NO_CKPT] + files, key="jobs_timm_ckpt",
+                          help=".safetensors, .pth or a timm training checkpoint under the checkpoints root.")
+    model, checkpoint = f"timm:{name.strip()}", (None if picked == NO_CKPT else picked)
+elif source == "hf":
+    folders = dd.list_model_folders(roots.checkpoints)
+    picked = m1.selectbox("save_pretrained folder", folders or ["(none under the checkpoints root)"], key="jobs_hf",
+                          help="A folder with config.json and model.safetensors under the checkpoints root.")
+    typed = m1.text_input("…or a folder under the checkpoints root", key="jobs_hf_text")
+    folder = typed.strip() or (picked if folders else "")
+    if not folder:
+        st.info("No save_pretrained folder under the checkpoints root yet.", icon=":material/info:")
+        st.stop()
+    model = f"hf:{folder}"
+elif source == "factory":
+    factories = dd.allowed_factories()
+    if factories:
+        model = m1.selectbox("Factory", factories, key="jobs_factory",
+                             help="package.module:factory, a callable returning an nn.Module.")
+        files = dd.list_files(roots.checkpoints, dd.CHECKPOINT_EXTENSIONS)
+        picked = m1.selectbox("Weights", ["(the factory's own)"] + files, key="jobs_factory_ckpt")
+        checkpoint = None if picked == "(the factory's own)" else picked
+    else:
+        st.info(f"No model factory is allowed here: building one runs Python code. Start the dashboard with "
+                f"{dd.FACTORIES_ENV}=package.module:factory (comma-separated) to offer them.",
+                icon=":material/info:")
+        st.stop()
 else:
     files = dd.list_files(roots.onnx, [".onnx"])
     picked = m1.selectbox("ONNX file", files or ["(none under the onnx root)"], key="jobs_onnx")
@@ -65,14 +98,13 @@ else:
     onnx_file = typed.strip() or (picked if files else None)
 
 BACKENDS = {"Auto": "auto", "PyTorch": "torch", "ONNX Runtime": "onnxruntime"}
-backends = list(BACKENDS) if source != "ONNX file" else ["ONNX Runtime"]
+backends = list(BACKENDS) if source != "onnx" else ["ONNX Runtime"]
 if dd.onnx_available() is not None:
     backends = ["PyTorch"]
 backend = BACKENDS[m2.radio("Backend", backends, horizontal=True, key="jobs_backend",
                             help="Auto: ONNX Runtime on CPU when the model exports faithfully (checked "
                                  "against PyTorch on real photos; the export is cached under the onnx root), "
-                                 "else PyTorch. Same records up to float ties; projections and activation "
-                                 "maps still use the PyTorch model.")]
+                                 "else PyTorch. Same records up to float ties; projections still use the PyTorch model.")]
 
 o1, o2, o3, o4 = st.columns(4)
 LIM = dd.LIMITS

@@ -121,15 +121,15 @@ if run.model is not None:
                        "rotation at every step, Adam), beside the *parts of real images* above. The Microscope "
                        "page shows a whole layer this way.")
 
-    st.subheader("Activation maps")
-    with common.friendly("Cannot draw the activation maps"):
-        maps = common.overlays(path, mtime, layer, channel, which, result.k)
-        st.image(dd.tile_grid(maps, [f"#{i + 1}" for i in range(len(maps))], target_px=140), width="stretch")
-        thresholded = layer in result.channel_stats
-        st.caption(f"The channel's whole activation map on each image ({'tokens' if box_kind == 'token' else 'positions'} "
-                   "upsampled to the input)" + (", lit where it exceeds the channel's top 0.5 % over the dataset "
-                                               "(NetDissect's threshold, from the mined histogram), dimmed elsewhere."
-                                               if thresholded else "; mine with statistics to threshold it."))
+st.subheader("Activation maps")
+with common.friendly("Cannot draw the activation maps"):
+    maps = common.overlays(path, mtime, layer, channel, which, result.k)
+    st.image(dd.tile_grid(maps, [f"#{i + 1}" for i in range(len(maps))], target_px=140), width="stretch")
+    thresholded = layer in result.channel_stats
+    st.caption(f"The channel's whole activation map on each image ({'tokens' if box_kind == 'token' else 'positions'} "
+               "upsampled to the input)" + (", lit where it exceeds the channel's top 0.5 % over the dataset "
+                                           "(NetDissect's threshold, from the mined histogram), dimmed elsewhere."
+                                           if thresholded else "; mine with statistics to threshold it."))
 
 table = pd.DataFrame({
     "rank": [r.rank + 1 for r in recs],

@@ -62,8 +62,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
+    if args.onnx and args.checkpoint:
+        raise ValueError("--onnx mines an ONNX file: it takes no --checkpoint.")
     out = mine_run(
-        model=args.model,
+        model="" if args.onnx else args.model,
+        onnx=args.onnx,
         checkpoint=args.checkpoint,
         layers=args.layers,
         data=args.data,
@@ -137,24 +140,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="captum-topk",
-        description="Zeiler & Fergus dataset top-k patches for any PyTorch CNN.",
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+MODEL_HELP = ("a built-in name, a torchvision architecture or checkpoint, timm:NAME, hf:DIR (a save_pretrained "
+              "folder), package.module:factory, or (layers) MODEL.onnx; default " + DEFAULT_MODEL)
+BACKEND_HELP = ("auto (default): ONNX Runtime on CPU when the model exports and passes the parity check (the export "
+                "is cached in onnx_models/), PyTorch on GPU or when the export fails; run.json records the engine used")
 
-    def model_args(sp: argparse.ArgumentParser, positional: bool = False) -> None:
-        if positional:
-            sp.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                            help=f"built-in name, torchvision arch or checkpoint (default {DEFAULT_MODEL})")
-        else:
-            sp.add_argument("--model", default=DEFAULT_MODEL,
-                            help=f"built-in name, torchvision arch or checkpoint (default {DEFAULT_MODEL})")
-        sp.add_argument("--checkpoint", default=None, help="state_dict / training checkpoint (weights_only)")
 
+def _model_args(sp: argparse.ArgumentParser, positional: bool = False) -> None:
+    r"""The model spec (positional or ``--model``) and ``--checkpoint``."""
+    if positional:
+        sp.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=MODEL_HELP)
+    else:
+        sp.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    sp.add_argument("--checkpoint", default=None,
+                    help="weights: .safetensors, or a state_dict / training checkpoint (.pth / .pt, weights_only)")
+
+
+def _add_layers(sub: Any) -> None:
     sp = sub.add_parser("layers", help="list minable layers with output shape, stride, receptive field")
-    model_args(sp, positional=True)
+    _model_args(sp, positional=True)
     sp.add_argument("--input-size", type=int, default=None, help="input side in px (default: the model's)")
     sp.add_argument("--all", action="store_true", help="list every module, not only the minable ones")
     sp.add_argument("--rf", action="store_true",
@@ -162,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "exported layers read them from the sidecar)")
     sp.set_defaults(func=cmd_layers)
 
+
+def _add_export(sub: Any) -> None:
     sp = sub.add_parser("export", help="export to ONNX with intermediate layers as extra outputs (+ JSON sidecar)")
-    model_args(sp, positional=True)
+    _model_args(sp, positional=True)
     sp.add_argument("--layers", nargs="+", required=True, help="layer names to expose as graph outputs")
     sp.add_argument("--out", default=None, help="the .onnx file (default onnx_models/<model>.onnx)")
     sp.add_argument("--input-size", type=int, default=None, help="input side in px (default: the model's)")
@@ -171,19 +177,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--opset", type=int, default=17)
     sp.add_argument("--check-images", type=int, default=4,
                     help="real photos for the ONNX Runtime vs PyTorch check (0: skip)")
-    sp.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
-                    help="auto (default): ONNX Runtime on CPU when the model exports and passes the parity "
-                         "check (the export is cached in onnx_models/), PyTorch on GPU or when the export "
-                         "fails; run.json records the engine used")
+    sp.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"], help=BACKEND_HELP)
     sp.add_argument("--random-init", action="store_true", help="random weights (a torchvision arch without checkpoint)")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_export)
 
+
+def _add_mine(sub: Any) -> None:
     sp = sub.add_parser("mine", help="mine top-k patches of a dataset (resumable)")
-    model_args(sp)
+    _model_args(sp)
+    sp.add_argument("--onnx", default=None, metavar="FILE",
+                    help="mine this ONNX file through ONNX Runtime instead of a PyTorch model (its export "
+                         "sidecar gives the layers and preprocessing)")
     sp.add_argument("--layers", nargs="+", default=None, help="layer names (default: three blocks of the model, e.g. "
                     f"{' '.join(DEFAULT_LAYERS)} for {DEFAULT_MODEL}; see `captum-topk layers MODEL`)")
-    sp.add_argument("--data", default=None, help="image folder or ImageNet val folder (default: packaged photos)")
+    sp.add_argument("--data", default=None,
+                    help="image folder or ImageNet val folder (default, or 'demo': the packaged photos)")
     sp.add_argument("--k", type=int, default=9)
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -197,10 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--several-per-image", action="store_true",
                     help="allow several of a channel's top-k from one image")
     sp.add_argument("--no-progress", action="store_true")
-    sp.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
-                    help="auto (default): ONNX Runtime on CPU when the model exports and passes the parity "
-                         "check (the export is cached in onnx_models/), PyTorch on GPU or when the export "
-                         "fails; run.json records the engine used")
+    sp.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"], help=BACKEND_HELP)
     sp.add_argument("--random-init", action="store_true",
                     help="a torchvision architecture with random (seeded) weights: what its units respond to untrained")
     sp.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NHWC", "NLC", "NC"],
@@ -222,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --rank-by: label, predicted, or a class index")
     sp.set_defaults(func=cmd_mine)
 
+
+def _add_show(sub: Any) -> None:
     sp = sub.add_parser("show", help="PNG grids of top-1 / top-9 patches per channel")
     sp.add_argument("run", help="a folder written by `mine` (or its result.pt)")
     sp.add_argument("--layer", nargs="+", default=None, help="layers (default: all mined)")
@@ -237,28 +245,41 @@ def build_parser() -> argparse.ArgumentParser:
                          "for it, cached in the run folder) beside its top-k patches")
     sp.add_argument("--overlay", action="store_true",
                     help="also write <layer>_<which><k>_overlay.png: each record's whole image with the "
-                         "channel's activation map (thresholded at its top 0.5 %% when stats were gathered)")
+                         "channel's activation map (thresholded at its top 0.5 %% when stats were gathered; "
+                         "through ONNX Runtime for runs of an ONNX file)")
     sp.set_defaults(func=cmd_show)
 
+
+def _add_filters(sub: Any) -> None:
     sp = sub.add_parser("filters", help="layer-1 filter tiles as PNG")
-    model_args(sp, positional=True)
+    _model_args(sp, positional=True)
     sp.add_argument("--layer", default=None, help="a conv layer (default: the first)")
     sp.add_argument("--out", default="filters.png")
     sp.set_defaults(func=cmd_filters)
 
+
+def _add_demo(sub: Any) -> None:
     sp = sub.add_parser("demo", help="mine the embedded default and write PNGs (what `make run` does)")
     sp.add_argument("--out", default="results/demo")
     sp.add_argument("--max-channels", type=int, default=16, help="channels per top-9 sheet")
     sp.add_argument("--patch-px", type=int, default=96, help="largest patch side in the sheets")
     sp.set_defaults(func=cmd_demo)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    r"""The ``captum-topk`` parser: one builder per command."""
     from .dashboard import add_dashboard_command
     from .transfer import add_transfer_commands  # finetune, compare
     from .visualize import add_visualize_command
 
-    add_transfer_commands(sub)
-    add_dashboard_command(sub)
-    add_visualize_command(sub)
+    p = argparse.ArgumentParser(
+        prog="captum-topk",
+        description="Zeiler & Fergus dataset top-k patches for any PyTorch CNN or vision transformer.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_layers, _add_export, _add_mine, _add_show, _add_filters, _add_demo,
+                add_transfer_commands, add_dashboard_command, add_visualize_command):
+        add(sub)
     return p
 
 
@@ -267,7 +288,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.formatwarning = _plain_warning
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, IndexError, RunLockedError) as exc:
+    except (ValueError, FileNotFoundError, KeyError, IndexError, ImportError, RunLockedError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"captum-topk {args.command}: error: {message}", file=sys.stderr)
         return 2

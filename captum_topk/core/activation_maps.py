@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from ..utils.modules import root_module
 
 from .records import ImageSource, record_image
 from .sources.base import ActivationSource
@@ -21,28 +23,34 @@ from .sources.torch import TorchSource
 __all__ = ["activation_maps", "maps_source"]
 
 
-def maps_source(result: Any, layer: str, model: Any, concepts: Optional[Sequence[Any]] = None) -> ActivationSource:
+def maps_source(result: Any, layer: str, model: Any, concepts: Optional[Sequence[Any]] = None,
+                layer_module: Optional[nn.Module] = None) -> ActivationSource:
     r"""The source that computes ``layer``'s maps: ``model`` itself when it is a source, a miner's
     source, else a :class:`~.sources.torch.TorchSource` on the layer's recorded layout (wrapped in
-    a :class:`~.sources.concepts.ConceptSource` with the matching ``concepts`` for a concept layer)."""
+    a :class:`~.sources.concepts.ConceptSource` with the matching ``concepts`` for a concept layer);
+    ``layer_module`` names the layer's module when ``model`` is a plain function."""
     if isinstance(model, ActivationSource):
         return model
     source = getattr(model, "source", None)  # a miner
     if isinstance(source, ActivationSource):
         return source
-    if model is None:
-        raise ValueError("activation_maps needs the model (model=...) or an activation source that ran it.")
+    if model is None or not callable(model):
+        raise ValueError("activation_maps needs the model (model=...), a miner or an activation source that ran it "
+                         "(an OnnxSource for a model mined through ONNX Runtime).")
     concept = (result.layer_info.get(layer) or {}).get("concept")
     if concept:  # a concept layer: its base layer's activations, encoded
         found = find_concepts(concepts, layer, concept)
-        return ConceptSource(maps_source(result, concept["layer"], model), [found])
+        return ConceptSource(maps_source(result, concept["layer"], model, layer_module=layer_module), [found])
     base = base_layer(layer)
+    if layer_module is None and root_module(model) is None:
+        raise ValueError(f"model is a plain function, whose layers have no names: pass layer_module= (the module "
+                         f"mined as {base!r}), or the miner that mined it.")
     meta = result.layer_info.get(base, {})
     layout = meta.get("layout", "auto")
     grid = None
     if layout == "NLC":
         grid = tuple(result.states[base].out_size) if result.states[base].out_size else None
-    return TorchSource(model, [base], layout=layout, token_grid=grid,
+    return TorchSource(model, {base: layer_module} if layer_module is not None else [base], layout=layout, token_grid=grid,
                        prefix_tokens=meta.get("prefix_tokens") if layout == "NLC" else None, progress=False)
 
 
@@ -57,6 +65,7 @@ def activation_maps(
     n: Optional[int] = None,
     transform: Optional[Any] = None,
     concepts: Optional[Sequence[Any]] = None,
+    layer_module: Optional[nn.Module] = None,
 ) -> Tensor:
     r"""The raw activation maps of one channel on the images of its records.
 
@@ -65,14 +74,19 @@ def activation_maps(
         images_source: the images as the model saw them (as for :meth:`TopKResult.patches`).
         layer (str): a mined layer (``"<layer>[prefix]"`` for a token layer's prefix tokens).
         channel (int): channel index.
-        model (nn.Module, ActivationSource or miner): what runs the images; a model is wrapped
-            in a :class:`~.sources.torch.TorchSource` with the layer's recorded layout.
+        model (nn.Module, callable, ActivationSource or miner): what runs the images: a model
+            or a forward function is wrapped in a :class:`~.sources.torch.TorchSource` with the
+            layer's recorded layout; an activation source (an
+            :class:`~captum_topk.onnx.source.OnnxSource` for ONNX Runtime) or a miner is used
+            as it is.
         which (str): ``"top"`` or ``"bottom"``.
         n (int, optional): only the ``n`` strongest records.
         transform (callable, optional): applied to PIL items of ``images_source``.
         concepts (list, optional): for a concept layer (``"<layer>:<name>"``) with ``model`` a
             model: the concepts it was mined with (checked against the recorded digest); a miner
             or its source brings its own.
+        layer_module (nn.Module, optional): the layer's module, when ``model`` is a plain
+            function (which has no module tree to find ``layer`` in).
     Returns:
         Tensor: ``(n, h, w)`` float32 on the layer's grid: ``maps[i, y, x]`` is the channel's
         activation at ``(y, x)`` in record ``i``'s image, so ``maps[i, r.y, r.x] == r.value``
@@ -86,6 +100,6 @@ def activation_maps(
     if not records:
         return torch.empty(0)
     images = torch.stack([record_image(images_source, r, transform) for r in records])
-    acts = maps_source(result, layer, model, concepts)(images)[layer]
+    acts = maps_source(result, layer, model, concepts, layer_module)(images)[layer]
     maps = acts[:, channel].float().cpu()
     return maps if maps.dim() == 3 else maps.reshape(-1, 1, 1)

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from ..capture.hooks import resolve_layers
 from .sources.layouts import PREFIX_SUFFIX, base_layer
-from ..utils.modules import device_dtype, root_module
+from ..utils.modules import device_dtype, in_training, root_module
 from .records import ImageSource, PatchRecord, record_image
 
 __all__ = [
@@ -465,7 +465,7 @@ def projections(
     else:
         module = layer_module
     root = root_module(model)
-    if root is not None and root.training:
+    if in_training(root):
         warnings.warn(
             "The model is in training mode: projections depend on dropout / batch statistics. "
             "Call model.eval() first.", UserWarning, stacklevel=2,

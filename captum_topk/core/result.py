@@ -212,7 +212,7 @@ class TopKResult:
 
     def activation_maps(self, images_source: ImageSource, layer: str, channel: int, model: Any = None,
                         which: str = "top", n: Optional[int] = None, transform: Optional[Callable] = None,
-                        concepts: Optional[List[Any]] = None) -> Tensor:
+                        concepts: Optional[List[Any]] = None, layer_module: Any = None) -> Tensor:
         r"""``(n, h, w)`` raw maps of a channel on its records' images (``maps[i, y, x]`` is record
         i's value at its position). See :func:`captum_topk.core.activation_maps.activation_maps`.
 
@@ -221,7 +221,8 @@ class TopKResult:
         """
         from .activation_maps import activation_maps
 
-        return activation_maps(self, images_source, layer, channel, model, which, n, transform, concepts)
+        return activation_maps(self, images_source, layer, channel, model, which, n, transform, concepts,
+                               layer_module)
 
     def neurons(self, layer: str, channel: int, which: str = "top", n: Optional[int] = None) -> List[Any]:
         r"""``(record, neuron_selector)`` pairs of a channel, for any Captum neuron method.

@@ -21,6 +21,11 @@ plain Python (no Streamlit import) and tested on their own. They live in the sma
   :func:`ensure_default_run` mines the embedded default (MobileNetV2-ImageNet on the packaged
   photos) when it is missing; ``python -m captum_topk.dashboard warm`` does it ahead of
   time (``make run``).
+* **Model choices** of a job (:data:`MODEL_SOURCES`): a built-in, a checkpoint, a timm
+  architecture (``timm:NAME``, random or with a checkpoint), a transformers
+  ``save_pretrained`` folder under the checkpoints root (:func:`list_model_folders`), a
+  Python factory listed in ``$CAPTUM_TOPK_MODEL_FACTORIES`` (:func:`allowed_factories`), an
+  ONNX file; :func:`job_model_spec` resolves them safely.
 * **Views** of a run, as ``uint8`` arrays and plain numbers ready for ``st.image`` / plotly:
   :func:`channel_patches`, :func:`channel_projections`, :func:`channel_histogram`,
   :func:`channel_classes`, :func:`record_image` (the whole model input with the receptive
@@ -40,14 +45,14 @@ Example::
 
 from .comparisons import compare_runs, compare_status, find_finetuned, like_run, matching_layers, shared_images
 from .embeddings import nearest_neighbours, pca_2d, run_embeddings, thumbnails
-from .jobs import HISTOGRAM_BINS, ensure_default_run, find_job, job_layers, job_model, mine_job, onnx_available, run_spec, suggest_layers
-from .roots import CHECKPOINT_EXTENSIONS, app_base, DEFAULT_DIRS, ENV_VARS, Roots, UnsafePathError, list_data_folders, list_files, resolve_under
+from .jobs import HISTOGRAM_BINS, ensure_default_run, find_job, job_layers, job_model, job_model_spec, mine_job, onnx_available, run_spec, suggest_layers
+from .roots import CHECKPOINT_EXTENSIONS, app_base, DEFAULT_DIRS, ENV_VARS, Roots, UnsafePathError, list_data_folders, list_files, list_model_folders, resolve_under
 from ..runs.folder import Run, RunEntry, list_runs, open_run
 from .opening import check_run_paths, open_run_within
 from ..runs.lock import RunLockedError
 from ..models.registry import DEFAULT_LAYERS
 from .queue import MAX_PENDING, Job, JobQueue, JobRefused, job_queue
-from .spec import DEFAULT_SPEC, JOB_FORMAT, LIMITS, JobSpec
+from .spec import DEFAULT_SPEC, FACTORIES_ENV, JOB_FORMAT, LIMITS, MODEL_SOURCES, JobSpec, allowed_factories, model_source
 from .views import channel_classes, channel_histogram, channel_overlays, channel_patches, channel_visualizations, channel_projections, conv_layers, filter_view, record_image, tile_grid, top1_grid
 from ..models.registry import DEFAULT_MODEL
 
@@ -79,6 +84,12 @@ __all__ = [
     "list_runs",
     "list_files",
     "list_data_folders",
+    "list_model_folders",
+    "allowed_factories",
+    "model_source",
+    "MODEL_SOURCES",
+    "FACTORIES_ENV",
+    "job_model_spec",
     "open_run",
     "open_run_within",
     "mine_job",

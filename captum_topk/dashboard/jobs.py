@@ -18,7 +18,8 @@ from ..runs.models import load_run_model
 from ..runs.spec import RunSpec
 from .roots import Roots, resolve_under
 from ..runs.layers import suggest_layers
-from .spec import DEFAULT_SPEC, JobSpec
+from ..models.ecosystem import parse_model_spec
+from .spec import DEFAULT_SPEC, FACTORIES_ENV, JobSpec, allowed_factories
 
 __all__ = [
     "HISTOGRAM_BINS",
@@ -28,6 +29,7 @@ __all__ = [
     "ensure_default_run",
     "onnx_available",
     "job_model",
+    "job_model_spec",
     "job_layers",
     "suggest_layers",
 ]
@@ -51,9 +53,30 @@ def run_spec(spec: JobSpec, roots: Roots) -> RunSpec:
                        input_size=spec.input_size, max_images=spec.max_images, stats_bins=HISTOGRAM_BINS,
                        backend="onnxruntime")
     checkpoint = str(resolve_under(roots.checkpoints, spec.checkpoint, kind="file")) if spec.checkpoint else None
-    return RunSpec(model=spec.model, checkpoint=checkpoint, layers=tuple(spec.layers), data=data, k=spec.k,
+    return RunSpec(model=job_model_spec(spec, roots), checkpoint=checkpoint, layers=tuple(spec.layers), data=data, k=spec.k,
                    batch_size=spec.batch_size, input_size=spec.input_size, max_images=spec.max_images,
                    stats_bins=HISTOGRAM_BINS, backend=spec.backend)
+
+
+def job_model_spec(spec: JobSpec, roots: Roots) -> str:
+    r"""The model spec a job's PyTorch model is loaded from: an ``hf:`` folder resolved under the
+    checkpoints root; a factory only when :func:`~.spec.allowed_factories` lists it.
+
+    Raises:
+        UnsafePathError: the folder leaves the checkpoints root. ValueError: a factory that is
+        not allowed, or a checkpoint with an ``hf:`` folder (it holds its own weights).
+    """
+    kind, target = parse_model_spec(spec.model) if spec.model else ("named", "")
+    if kind == "hf":
+        if spec.checkpoint:
+            raise ValueError("A Hugging Face folder holds its own weights: pick no checkpoint.")
+        return f"hf:{resolve_under(roots.checkpoints, target, kind='dir')}"
+    if kind == "factory" and spec.model not in allowed_factories():
+        raise ValueError(f"The model factory {spec.model!r} is not allowed here: building it runs Python code. "
+                         f"List it in ${FACTORIES_ENV} (comma-separated) where the dashboard starts.")
+    if kind == "onnx":
+        raise ValueError("Pick an ONNX file as the ONNX model source (under the onnx root), not as the model name.")
+    return spec.model
 
 
 def find_job(spec: JobSpec, roots: Roots) -> Optional[Path]:
@@ -126,7 +149,7 @@ def job_model(spec: JobSpec, roots: Roots) -> Tuple[nn.Module, ModelInfo]:
     r"""The PyTorch model and preprocessing of a (non-ONNX) job, its checkpoint resolved
     under the checkpoints root."""
     checkpoint = str(resolve_under(roots.checkpoints, spec.checkpoint, kind="file")) if spec.checkpoint else None
-    return load_run_model(spec.model, checkpoint, spec.input_size)
+    return load_run_model(job_model_spec(spec, roots), checkpoint, spec.input_size)
 
 
 def job_layers(spec: JobSpec, roots: Roots, model: Optional[nn.Module] = None) -> List[str]:

@@ -28,6 +28,7 @@ __all__ = [
     "resolve_under",
     "list_files",
     "list_data_folders",
+    "list_model_folders",
 ]
 
 
@@ -43,7 +44,7 @@ ENV_VARS = {
 DEFAULT_DIRS = {"data": "data", "runs": "results", "checkpoints": "checkpoints", "onnx": "onnx_models"}
 
 
-CHECKPOINT_EXTENSIONS = (".pt", ".pth", ".ckpt")
+CHECKPOINT_EXTENSIONS = (".pt", ".pth", ".ckpt", ".safetensors")
 
 
 _MAX_DEPTH = 3  # how deep listings look under a root
@@ -208,3 +209,21 @@ def list_data_folders(root: PathLike) -> List[str]:
         for i in range(len(parts) + 1):
             out.add(Path(*parts[:i]).as_posix() if i else ".")
     return sorted(out, key=lambda p: (p != ".", p))
+
+
+def list_model_folders(root: PathLike) -> List[str]:
+    r"""Folders under ``root`` (the checkpoints root) written by transformers' ``save_pretrained``
+    (a ``config.json`` beside ``model.safetensors`` or ``pytorch_model.bin``), relative to it;
+    symlinks resolving outside ``root`` are left out.
+
+    Returns:
+        list of str: sorted relative paths (``"vit-small"``, ``"hf/dinov2"``).
+    """
+    root_path = Path(root).resolve()
+    out = []
+    for folder, files in _walk(root_path):
+        names = set(files)
+        if "config.json" in names and names & {"model.safetensors", "pytorch_model.bin"}:
+            if _within(folder.resolve(), root_path):
+                out.append(folder.relative_to(root_path).as_posix())
+    return sorted(out)

@@ -5,21 +5,60 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 
+from ..models.ecosystem import parse_model_spec
 from ..models.registry import DEFAULT_LAYERS, DEFAULT_MODEL
 from ..utils.naming import slug
 
 __all__ = [
+    "FACTORIES_ENV",
+    "MODEL_SOURCES",
+    "allowed_factories",
+    "model_source",
     "JOB_FORMAT",
     "JobSpec",
     "LIMITS",
     "DEFAULT_SPEC",
 ]
 
+
+
+#: The environment variable listing the ``package.module:factory`` models a dashboard job may
+#: build (comma-separated): a factory runs Python code, so only those the operator named.
+FACTORIES_ENV = "CAPTUM_TOPK_MODEL_FACTORIES"
+
+#: Where a job's model comes from (the Data and jobs page's choices) -> what ``JobSpec.model`` holds.
+MODEL_SOURCES = {
+    "builtin": "a built-in name (weights shipped offline) or a torchvision architecture with a checkpoint",
+    "checkpoint": "a checkpoint under the checkpoints root (model: its architecture, or '' when it records it)",
+    "timm": "'timm:NAME' (timm.create_model(NAME, pretrained=False)), weights from a checkpoint or random",
+    "hf": "'hf:DIR' with DIR a save_pretrained folder under the checkpoints root",
+    "factory": f"'package.module:factory', one of those listed in ${FACTORIES_ENV}",
+    "onnx": "an ONNX file under the onnx root, mined with ONNX Runtime",
+}
+
+
+def allowed_factories(env: Optional[Mapping[str, str]] = None) -> List[str]:
+    r"""The ``package.module:factory`` models dashboard jobs may build: those listed in
+    ``$CAPTUM_TOPK_MODEL_FACTORIES`` (comma-separated; none by default, since building one
+    imports and runs that Python code)."""
+    text = (os.environ if env is None else env).get(FACTORIES_ENV, "")
+    return [t.strip() for t in text.split(",") if t.strip() and parse_model_spec(t.strip()).kind == "factory"]
+
+
+def model_source(spec: "JobSpec") -> str:
+    r"""Which of :data:`MODEL_SOURCES` a job's model comes from."""
+    if spec.onnx:
+        return "onnx"
+    kind = parse_model_spec(spec.model).kind if spec.model else "named"
+    if kind in ("timm", "hf", "factory"):
+        return kind
+    return "checkpoint" if spec.checkpoint else "builtin"
 
 
 JOB_FORMAT = 3  # bump when what a job writes changes: older runs are then mined again
@@ -35,11 +74,13 @@ class JobSpec:
     r"""What a dashboard mining job mines. Paths are relative to their roots.
 
     Attributes:
-        model (str): built-in name (:func:`captum_topk.models.list_models`) or torchvision
-            architecture; ignored when ``onnx`` is set.
+        model (str): built-in name (:func:`captum_topk.models.list_models`), torchvision
+            architecture, ``"timm:NAME"``, ``"hf:DIR"`` (``DIR`` a ``save_pretrained`` folder
+            relative to the checkpoints root) or ``"package.module:factory"`` (one of
+            :func:`allowed_factories`); ignored when ``onnx`` is set. See :data:`MODEL_SOURCES`.
         checkpoint (str, optional): weights under the checkpoints root (with ``model`` a
-            built-in or architecture name, or ``model=""`` when the checkpoint names its
-            architecture).
+            built-in, architecture, ``timm:`` or factory name, or ``model=""`` when the
+            checkpoint names its architecture).
         onnx (str, optional): an ONNX file under the onnx root: mined with ONNX Runtime.
         layers (tuple of str): layer names (tensor names for ONNX).
         data (str, optional): an image folder under the data root; None: the packaged photos.
@@ -96,10 +137,15 @@ class JobSpec:
 
     def run_name(self) -> str:
         r"""The run folder's name: ``<model>-<data>-<hash>``."""
-        what = Path(self.onnx).stem + "-onnx" if self.onnx else (self.model or "checkpoint")
+        what = Path(self.onnx).stem + "-onnx" if self.onnx else (_label(self.model) if self.model else "checkpoint")
         if self.checkpoint and not self.onnx:
             what += "+" + Path(self.checkpoint).stem
         return f"{slug(what, keep='_.-', max_len=48, sep='-')}-{slug(self.data or 'demo', keep='_.-', max_len=48, sep='-')}-{self.key()}"
+
+
+def _label(model: str) -> str:
+    kind, target = parse_model_spec(model)
+    return {"timm": f"timm-{target}", "hf": f"hf-{Path(target).name}"}.get(kind, target.replace(":", "-"))
 
 
 DEFAULT_SPEC = JobSpec()

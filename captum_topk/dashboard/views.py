@@ -88,12 +88,10 @@ def channel_overlays(run: Run, layer: str, channel: int, which: str = "top",
     Returns:
         numpy.ndarray: ``(n, H, W, 3)`` uint8, strongest record first.
     Raises:
-        ValueError: an ONNX Runtime run (the maps are computed by the PyTorch model).
+        ValueError: a run of an ONNX file that is gone (its maps are computed by ONNX Runtime).
     """
     from ..viz.overlay import record_overlays
 
-    if run.model is None:
-        raise ValueError("Activation maps need the PyTorch model; this run was mined through ONNX Runtime.")
     return record_overlays(run.result, run.image_source(), layer, channel, model=run.maps_model(layer), which=which,
                            n=n, quantile=quantile, mean=run.info.mean, std=run.info.std)
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 
 # Keys under which training scripts commonly nest the state dict in a checkpoint.
-_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema")
 
 
 # Keys under which a checkpoint may name its classes or its architecture.
@@ -103,13 +103,35 @@ def _torch_load_safe(path: str) -> Any:
         ) from exc
 
 
+def _safetensors_load(path: str) -> Tuple["OrderedDict[str, Tensor]", Dict[str, Any]]:
+    r"""A ``.safetensors`` file's tensors and its string metadata (no pickle involved)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    try:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise ImportError(f"Reading {path} needs the 'safetensors' package: pip install safetensors "
+                          "(or captum-topk[timm])") from exc
+    try:
+        tensors = load_file(path, device="cpu")
+        with safe_open(path, framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise ValueError(f"{path} is not a safetensors file or is corrupt ({type(exc).__name__}: {exc}).") from exc
+    if not tensors:
+        raise ValueError(f"{path} holds no tensor.")
+    return _strip_prefixes(tensors), meta
+
+
 def load_checkpoint_state_dict(path: str) -> Tuple["OrderedDict[str, Tensor]", Dict[str, Any]]:
     r"""Read a checkpoint safely and return its state dict plus the checkpoint's metadata.
 
-    Accepts a plain state dict or a training checkpoint holding one under ``state_dict``,
-    ``model_state_dict`` or ``model``; ``module.`` (DataParallel) and ``_orig_mod.``
-    (``torch.compile``) prefixes are stripped. Always ``torch.load(path, map_location="cpu",
-    weights_only=True)``.
+    Accepts a ``.safetensors`` file (read with ``safetensors``, its string metadata returned as
+    the metadata), a plain state dict or a training checkpoint holding one under
+    ``state_dict``, ``model_state_dict``, ``model`` or ``state_dict_ema`` (timm);
+    ``module.`` (DataParallel) and ``_orig_mod.`` (``torch.compile``) prefixes are stripped.
+    Never unpickles objects: ``torch.load(path, map_location="cpu", weights_only=True)``.
 
     Args:
         path (str): checkpoint file.
@@ -122,6 +144,8 @@ def load_checkpoint_state_dict(path: str) -> Tuple["OrderedDict[str, Tensor]", D
         ValueError: if the file holds pickled objects that ``weights_only`` refuses, is not a
             torch file, or contains no recognisable state dict.
     """
+    if str(path).lower().endswith(".safetensors"):
+        return _safetensors_load(str(path))
     obj = _torch_load_safe(path)
     if not isinstance(obj, Mapping):
         raise ValueError(

@@ -29,7 +29,7 @@ import torch
 from ..utils.files import PathLike
 from ..utils.naming import slug
 from .models import load_run_model
-from .spec import RunSpec
+from .spec import RunSpec, model_label
 
 __all__ = ["choose_backend", "onnx_export_path", "export_for_onnxruntime", "onnx_root", "ExportFailed"]
 
@@ -48,7 +48,7 @@ def onnx_root() -> Path:
 def onnx_export_path(spec: RunSpec, root: Optional[PathLike] = None) -> Path:
     r"""The cached export of a (resolved) spec's PyTorch model: ``<model>[+<checkpoint>]-<hash>.onnx``,
     the hash over the weights' digest, the layers, the input size and the layout options."""
-    name = slug(Path(spec.model).stem if spec.model else "model", keep="_.-")
+    name = slug(model_label(spec.model) if spec.model else "model", keep="_.-")
     if spec.checkpoint:
         name += "+" + slug(Path(spec.checkpoint).stem, keep="_.-")
     key = json.dumps([spec.model, spec.weights_sha1, spec.random_init, list(spec.layers), spec.input_size,

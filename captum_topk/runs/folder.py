@@ -61,6 +61,7 @@ class Run:
     _source: Optional[Callable[[int], Tensor]] = field(default=None, repr=False)
     _model: Optional[nn.Module] = field(default=None, repr=False)
     _concepts: Optional[List[Any]] = field(default=None, repr=False)
+    _onnx_source: Optional[Any] = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ images
     def image_source(self) -> Callable[[int], Tensor]:
@@ -110,15 +111,56 @@ class Run:
             self._concepts = load_concepts(self.spec) if self.spec is not None and self.spec.concepts else []
         return self._concepts
 
-    def maps_model(self, layer: str) -> Any:
-        r"""What computes ``layer``'s activation maps: the PyTorch model, or for a concept layer
-        (``"<layer>:<name>"``) the model's source with the run's concepts (None without a model)."""
-        model = self.model
-        if model is None or not self.result.concept(layer):
-            return model
-        from ..core.activation_maps import maps_source
+    def activation_source(self, layers: Optional[List[str]] = None) -> Any:
+        r"""What computes the activation maps of this run's layers: the PyTorch model, or, for a
+        run of an ONNX file, an :class:`~captum_topk.onnx.source.OnnxSource` over that file
+        (ONNX Runtime) with the layouts the run recorded.
 
-        return maps_source(self.result, layer, model, self.concepts)
+        Args:
+            layers (list of str, optional): the mined layers needed (default: all).
+        Returns:
+            nn.Module or OnnxSource: for :func:`~captum_topk.core.activation_maps.activation_maps`.
+        Raises:
+            ValueError: a run of an ONNX file that is no longer there.
+        """
+        if self.has_torch_model:
+            return self.model
+        from ..core.sources.layouts import base_layer
+
+        bases = list(dict.fromkeys(base_layer(n) for n in (layers or self.result.layers)))
+        key = tuple(bases)
+        if self._onnx_source is None or self._onnx_source[0] != key:
+            path = self.result.metadata.get("onnx_path") or (self.spec.onnx if self.spec else None)
+            if not path or not Path(str(path)).is_file():
+                raise ValueError(f"Activation maps of this run need its ONNX file, which is gone: {path}.")
+            from ..onnx.source import OnnxSource
+
+            layout = {b: str(self.result.layer_info.get(b, {}).get("layout", "auto")) for b in bases}
+            spec = self.spec
+            self._onnx_source = (key, OnnxSource(str(path), bases, layout=layout, progress=False,
+                                                 token_grid=spec.token_grid if spec else None,
+                                                 prefix_tokens=spec.prefix_tokens if spec else None))
+        return self._onnx_source[1]
+
+    def maps_model(self, layer: str) -> Any:
+        r"""What computes ``layer``'s activation maps: :meth:`activation_source` (the PyTorch model,
+        or ONNX Runtime for a run of an ONNX file); for a concept layer (``"<layer>:<name>"``) that
+        source's activations encoded with the run's concepts.
+
+        Raises:
+            ValueError: the run's ONNX file is gone, or its concepts files changed.
+        """
+        concept = self.result.concept(layer)
+        source = self.activation_source([concept["layer"] if concept else layer])
+        if not concept:
+            return source
+        from ..core.activation_maps import maps_source
+        from ..core.sources.base import ActivationSource
+        from ..core.sources.concepts import ConceptSource, find_concepts
+
+        if isinstance(source, ActivationSource):  # ONNX Runtime: its base layer, encoded
+            return ConceptSource(source, [find_concepts(self.concepts, layer, concept)])
+        return maps_source(self.result, layer, source, self.concepts)
 
     # ------------------------------------------------------------------ labels
     @property

@@ -18,11 +18,13 @@ from ..utils.files import PathLike
 
 
 def _listed(named: Sequence[Tuple[str, nn.Module]], all_modules: bool) -> List[str]:
-    r"""The modules a listing shows: every one with ``all_modules``, else blocks: at most two
-    dots deep, or the items of a container at most two dots deep (ViT encoder layers, stages)."""
+    r"""The modules a listing shows: every called one with ``all_modules``, else blocks: at most
+    two dots deep, or the items of a container at most two dots deep (ViT encoder layers, stages)."""
+    modules = dict(named)
+    # ModuleList / ModuleDict hold modules but are never called: nothing to capture
+    named = [(n, m) for n, m in named if not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
     if all_modules:
         return [n for n, _ in named]
-    modules = dict(named)
     out = []
     for n, _ in named:
         parent = n.rpartition(".")[0]

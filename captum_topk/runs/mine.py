@@ -36,7 +36,7 @@ from .backend import choose_backend
 from .layers import suggest_layers
 from .lock import RunLock
 from .models import load_run_model, onnx_model_info
-from .spec import RUN_FORMAT, RunSpec
+from .spec import RUN_FORMAT, RunSpec, absolute_model
 
 __all__ = ["mine_run", "find_run", "default_layers", "load_concepts", "with_concept_layers", "resolve_device", "read_run_json", "Progress", "notify"]
 
@@ -151,6 +151,10 @@ def _spec_from(spec: Optional[RunSpec], settings: Dict[str, Any]) -> RunSpec:
     s = dict(settings)
     stats = s.pop("stats", True)
     s.setdefault("stats_bins", 64 if stats else 0)
+    if s.get("model") and str(s["model"]).lower().endswith(".onnx") and not s.get("onnx"):
+        s["onnx"], s["model"] = s["model"], ""  # an ONNX file given as the model
+    elif s.get("model"):
+        s["model"] = absolute_model(str(s["model"]))
     if s.get("checkpoint"):
         s["checkpoint"] = str(Path(s["checkpoint"]).resolve())
     if s.get("onnx"):
@@ -162,7 +166,7 @@ def _spec_from(spec: Optional[RunSpec], settings: Dict[str, Any]) -> RunSpec:
         s["data"] = None
     s["layers"] = tuple(s.get("layers") or ())
     if s.get("model") is None:
-        s["model"] = DEFAULT_MODEL
+        s["model"] = "" if s.get("onnx") else DEFAULT_MODEL
     return RunSpec(**s)
 
 

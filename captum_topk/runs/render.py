@@ -83,13 +83,11 @@ def render_overlays(
     Returns:
         list of Path: the PNGs written.
     Raises:
-        ValueError: the run's model is not available (an ONNX Runtime run).
+        ValueError: the run's ONNX file (a run of an ONNX file: its maps come from ONNX Runtime)
+            is gone.
     """
     from ..viz.overlay import record_overlays
 
-    model = run.model
-    if model is None:
-        raise ValueError("Activation maps need the PyTorch model; this run was mined through ONNX Runtime.")
     out_dir = Path(out_dir) if out_dir else run.path
     written = []
     for layer in layers or run.result.layers:

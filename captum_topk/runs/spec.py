@@ -1,9 +1,11 @@
 r"""What a run mines: :class:`RunSpec`, one format for the CLI and the dashboard.
 
 A spec names the model (a built-in, a torchvision architecture with a checkpoint, a checkpoint
-path, or an ONNX file), the data, the layers and the options. :meth:`RunSpec.resolve` adds
+path, a library model ``timm:NAME`` / ``hf:DIR`` / ``package.module:factory``, or an ONNX
+file), the data, the layers and the options. :meth:`RunSpec.resolve` adds
 what the files say: the SHA-1 of the weights (``weights_sha1``: a checkpoint replaced under the
-same name is another model) and the data fingerprint (``data_fingerprint``: sorted relative
+same name is another model; for an ``hf:`` folder its config and weight files, for a factory
+its module's source file) and the data fingerprint (``data_fingerprint``: sorted relative
 paths, sizes and modification times of the images). Two resolved specs are equal exactly when
 a finished run of one is a valid result of the other; ``--resume`` and the dashboard's reuse
 compare them and say what differs (:meth:`RunSpec.differences`).
@@ -16,14 +18,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from ..models.ecosystem import model_files, parse_model_spec
 from ..models.registry import DEFAULT_MODEL
 from ..utils.files import file_digest
 from ..utils.naming import slug
 from .datasets import data_fingerprint, describe_data
 
-__all__ = ["RunSpec", "RUN_FORMAT", "BACKENDS"]
+__all__ = ["RunSpec", "RUN_FORMAT", "BACKENDS", "model_label", "absolute_model"]
 
 RUN_FORMAT = "captum-topk-run/2"
 #: Mining backends: PyTorch eager (hooks) or ONNX Runtime; "auto" picks (see runs.backend).
@@ -31,13 +34,34 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 _RESOLVED = ("weights_sha1", "data_fingerprint", "concepts_sha1")
 
 
+def model_label(model: str) -> str:
+    r"""A short name of a model spec for folder names: ``"timm-resnet18d"``, the ``hf:`` folder's
+    name, the factory's name, a checkpoint's stem."""
+    kind, target = parse_model_spec(model)
+    if kind == "timm":
+        return f"timm-{target}"
+    if kind == "hf":
+        return f"hf-{Path(target).name}"
+    if kind == "factory":
+        return target.replace(":", "-")
+    return Path(target).stem
+
+
+def absolute_model(model: str) -> str:
+    r"""``model`` with the folder of an ``hf:DIR`` spec made absolute, so that a spec means the
+    same from any working folder."""
+    kind, target = parse_model_spec(model)
+    return f"hf:{Path(target).resolve()}" if kind == "hf" else model
+
+
 @dataclass(frozen=True)
 class RunSpec:
     r"""Everything that decides a run's result.
 
     Attributes:
-        model (str): built-in name (:func:`captum_topk.models.list_models`), torchvision
-            architecture, or checkpoint path; ignored when ``onnx`` is set.
+        model (str): a model spec (:func:`captum_topk.models.load_model`): built-in name,
+            torchvision architecture, checkpoint path, ``"timm:NAME"``, ``"hf:DIR"`` (absolute
+            folder) or ``"package.module:factory"``; ignored when ``onnx`` is set.
         checkpoint (str, optional): weights file for ``model`` (absolute path).
         onnx (str, optional): an ONNX file (absolute path), mined with ONNX Runtime.
         layers (tuple of str): layer names (tensor names for ONNX).
@@ -66,7 +90,8 @@ class RunSpec:
             Captum layer attribution class (``"LayerGradientXActivation"``, ``"LayerLRP"``, ...,
             or the short ``"gxa"`` / ``"lrp"``); PyTorch only.
         target (str, optional): with ``rank_by``: ``"label"``, ``"predicted"`` or a class index.
-        weights_sha1 (str, optional): SHA-1 of the checkpoint / ONNX / model file (resolved).
+        weights_sha1 (str, optional): SHA-1 of the weights' files (resolved,
+            :meth:`weights_files`).
         data_fingerprint (str, optional): of the image files (resolved).
         concepts_sha1 (tuple of str): SHA-1 of each concepts file (resolved).
     """
@@ -141,29 +166,32 @@ class RunSpec:
 
     def run_name(self) -> str:
         r"""A folder name: ``<model>-<data>-<hash>``."""
-        what = Path(self.onnx).stem + "-onnx" if self.onnx else (Path(self.model).stem if self.model else "checkpoint")
+        what = Path(self.onnx).stem + "-onnx" if self.onnx else (model_label(self.model) if self.model else "checkpoint")
         if self.checkpoint and not self.onnx:
             what += "+" + Path(self.checkpoint).stem
         data = Path(self.data).name if self.data else "demo"
         return f"{slug(what, keep='_.+-', max_len=48, sep='-')}-{slug(data, keep='_.-', max_len=48, sep='-')}-{self.key()}"
 
     # ------------------------------------------------------------------ files
-    def weights_file(self) -> Optional[str]:
-        r"""The file whose bytes are the weights: the ONNX file, the checkpoint, or a model
-        given as a checkpoint path; None for built-in weights."""
+    def weights_files(self) -> List[Path]:
+        r"""The files whose bytes are the weights: the ONNX file, the checkpoint, a model given
+        as a checkpoint path, an ``hf:`` folder's config and weights, a factory's module file;
+        none for built-in weights and random ones."""
         if self.onnx:
-            return self.onnx
-        if self.checkpoint:
-            return self.checkpoint
-        return self.model if self.model and Path(self.model).is_file() else None
+            return [Path(self.onnx)]
+        return model_files(self.model, self.checkpoint)
 
     def resolve(self) -> "RunSpec":
         r"""This spec with ``weights_sha1`` and ``data_fingerprint`` read from the files now."""
-        weights = self.weights_file()
-        return dataclasses.replace(
-            self, weights_sha1=file_digest(weights) if weights else None,
-            data_fingerprint=data_fingerprint(describe_data(self.data)),
-            concepts_sha1=tuple(file_digest(c) for c in self.concepts))
+        files = self.weights_files()
+        digest = None
+        if len(files) == 1:
+            digest = file_digest(files[0])
+        elif files:  # several files: the digest of their names and digests
+            digest = hashlib.sha1(json.dumps([[p.name, file_digest(p)] for p in files]).encode()).hexdigest()
+        return dataclasses.replace(self, weights_sha1=digest,
+                                   data_fingerprint=data_fingerprint(describe_data(self.data)),
+                                   concepts_sha1=tuple(file_digest(c) for c in self.concepts))
 
     def differences(self, other: "RunSpec") -> Dict[str, Tuple[Any, Any]]:
         r"""``{field: (self's, other's)}`` for every field that differs."""

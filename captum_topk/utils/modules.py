@@ -12,7 +12,16 @@ import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 
-__all__ = ["root_module", "device_dtype", "first_conv", "set_module", "eval_mode"]
+__all__ = ["root_module", "device_dtype", "first_conv", "set_module", "eval_mode", "in_training"]
+
+
+def in_training(module: Optional[nn.Module]) -> bool:
+    r"""Whether a module computes in training mode: any of its leaf modules (those that hold
+    dropout, batch statistics) is in training mode. A wrapper left in training mode around a
+    model in eval mode computes in eval mode: False."""
+    if module is None:
+        return False
+    return any(m.training for m in module.modules() if next(m.children(), None) is None)
 
 
 def root_module(forward_func: Callable[..., Any]) -> Optional[nn.Module]:

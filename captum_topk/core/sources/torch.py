@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ...capture.hooks import LayersSpec, resolve_layers, run_capture
 from ...capture.layouts import ChannelsLastError
 from ...receptive_field.probe import receptive_fields, token_fields
-from ...utils.modules import device_dtype, first_conv, root_module
+from ...utils.modules import device_dtype, first_conv, in_training, root_module
 from .mapped import MappedSource
 from .layouts import LAYOUT_CHOICES, check_per_layer, per_layer
 
@@ -128,7 +128,7 @@ class TorchSource(MappedSource):
 
     # ------------------------------------------------------------------ checks
     def check_images(self, images: Tensor) -> None:
-        if self.root is not None and self.root.training and not self._warned_training:
+        if not self._warned_training and in_training(self.root):
             self._warned_training = True
             warnings.warn(
                 "The model is in training mode (dropout, batch statistics): call model.eval() "
