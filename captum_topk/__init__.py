@@ -15,7 +15,6 @@ Example::
 
 import importlib
 
-from . import _compat
 from ._version import __version__
 from .capture.hooks import minable_layers as list_layers
 from .core.accumulators.stats import ChannelStats
@@ -25,8 +24,6 @@ from .core.records import PatchRecord
 from .core.result import TopKResult
 from .receptive_field import ReceptiveField, receptive_field, receptive_fields
 from .viz.filters import filter_grid
-
-_compat.install()
 
 # name -> (module, attribute): loaded on first access (PEP 562).
 _LAZY = {

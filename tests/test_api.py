@@ -1,7 +1,8 @@
 """The public API: argument order as in Captum, layer inputs, max_images cuts, layer names,
-old import paths, a light `import captum_topk`, and a layout without import cycles."""
+no old import paths, a light `import captum_topk`, and a layout without import cycles."""
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -84,16 +85,20 @@ def test_layers_of_a_plain_forward_function_are_named():
         LayerTopKPatches(forward, "2")
 
 
-def test_old_module_paths_are_the_new_modules():
-    import captum_topk.core.accumulators.stats as new_stats
-    import captum_topk.core.result as new_result
-    import captum_topk.result as old_result
-    from captum_topk.stats import ChannelStats
+@pytest.mark.parametrize("old", ["result", "layer_topk", "projections", "stats", "cka", "filters", "plot",
+                                 "embed", "elpv", "distributed"])
+def test_the_flat_module_paths_of_the_first_version_are_gone(old):
+    with pytest.raises(ImportError):
+        importlib.import_module(f"captum_topk.{old}")
 
-    assert old_result is new_result and ChannelStats is new_stats.ChannelStats
-    from captum_topk.layer_topk import LayerTopKPatches as Old
 
-    assert Old is LayerTopKPatches
+def test_the_names_of_the_first_version_are_gone():
+    import captum_topk.core.accumulators as accumulators
+    import captum_topk.core.accumulators.topk as topk
+    import captum_topk.runs.folder as folder
+
+    assert not hasattr(topk, "LayerState") and not hasattr(accumulators, "LayerState")
+    assert not hasattr(folder, "load_run")
 
 
 def test_import_loads_the_core_only():

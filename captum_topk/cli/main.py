@@ -18,7 +18,7 @@ from ..runs.mine import mine_run
 
 from ..runs.layers import describe_layers
 
-from ..runs.folder import open_run as load_run
+from ..runs.folder import open_run
 
 from ..runs.render import render_filters, render_overlays, render_projections, render_run
 
@@ -92,7 +92,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    run = load_run(args.run)
+    run = open_run(args.run)
     written = render_run(run, layers=args.layer, channels=args.channels, which=args.which,
                          out_dir=args.out_dir, max_channels=args.max_channels,
                          patch_px=args.patch_px)
@@ -126,7 +126,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                            snapshot_every=30.0, max_images=None, distinct_images=True,
                            progress=True)
     written = [render_filters(DEFAULT_MODEL, None, layer=None, out=out / "filters.png")]
-    written += render_run(load_run(result_path), layers=None, channels=None, which="top",
+    written += render_run(open_run(result_path), layers=None, channels=None, which="top",
                           out_dir=out, max_channels=args.max_channels, patch_px=args.patch_px)
     print("Real top-9 patches from MobileNetV2-ImageNet on the packaged photos:")
     for p in written:

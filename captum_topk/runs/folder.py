@@ -20,7 +20,7 @@ from .mine import read_run_json
 from .models import load_run_model, onnx_model_info
 from .spec import RunSpec
 
-__all__ = ["Run", "open_run", "load_run", "RunEntry", "list_runs", "data_label"]
+__all__ = ["Run", "open_run", "RunEntry", "list_runs", "data_label"]
 
 
 def data_label(desc: Any) -> str:
@@ -200,10 +200,6 @@ def open_run(path: PathLike, check_weights: bool = True,
         stale = ("the image files changed since this run was mined (added, removed or modified): "
                  "patches are cropped from the current files; mine again to be sure")
     return Run(folder, result, info, dataset, backend, settings, spec, stale)
-
-
-#: The name of the first version.
-load_run = open_run
 
 
 def _check_weights(weights: Optional[str], recorded: Optional[str]) -> None:

@@ -250,7 +250,7 @@ def filter_grid(
 
         >>> import torchvision
         >>> from PIL import Image
-        >>> from captum_topk.filters import filter_grid
+        >>> from captum_topk.viz.filters import filter_grid
         >>> model = torchvision.models.alexnet(weights="DEFAULT")
         >>> grid = filter_grid(model.features[0], ncols=8, scale=4)  # 64 RGB tiles
         >>> grid.shape

@@ -6,6 +6,6 @@ from .cka import MinibatchCKA, linear_cka
 from .crosscorr import CrossCorrelation
 from .moments import ChannelMoments
 from .stats import ChannelStats, default_edges
-from .topk import LayerState, TopKState
+from .topk import TopKState
 
-__all__ = ["Accumulator", "AccumulatorCollection", "TopKState", "LayerState", "ChannelStats", "default_edges", "ChannelMoments", "MinibatchCKA", "linear_cka", "CrossCorrelation"]
+__all__ = ["Accumulator", "AccumulatorCollection", "TopKState", "ChannelStats", "default_edges", "ChannelMoments", "MinibatchCKA", "linear_cka", "CrossCorrelation"]

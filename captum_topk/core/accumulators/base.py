@@ -107,7 +107,7 @@ class AccumulatorCollection(Accumulator):
 
     Example::
 
-        >>> acc = AccumulatorCollection({"topk": LayerState(9, 64, True), "stats": ChannelStats(64)})
+        >>> acc = AccumulatorCollection({"topk": TopKState(9, 64, True), "stats": ChannelStats(64)})
         >>> acc.update(acts, indices)          # each member gets (acts, indices)
         >>> acc.compute()["stats"]
     """

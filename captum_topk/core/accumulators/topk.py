@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .base import Accumulator
 
-__all__ = ["TopKState", "LayerState"]
+__all__ = ["TopKState"]
 
 _EMPTY = -1
 _SIDES = ("top", "bottom")
@@ -254,7 +254,3 @@ class TopKState(Accumulator):
             self.k, self.channels, self.spatial, self.distinct_images,
             {n: t.clone() for n, t in self.tensors.items()}, self.nan_count, self.out_size,
         )
-
-
-#: The name of the first version.
-LayerState = TopKState
