@@ -1,11 +1,21 @@
 r"""Streaming accumulators: per-layer top-k (:mod:`.topk`), channel statistics (:mod:`.stats`),
-paired channel moments (:mod:`.moments`) and minibatch CKA (:mod:`.cka`)."""
+paired channel moments (:mod:`.moments`) and minibatch CKA (:mod:`.cka`).
 
-from .base import Accumulator, AccumulatorCollection
-from .cka import MinibatchCKA, linear_cka
-from .crosscorr import CrossCorrelation
-from .moments import ChannelMoments
-from .stats import ChannelStats, default_edges
-from .topk import TopKState
+The names load on first use: importing one module of the package runs no other."""
 
-__all__ = ["Accumulator", "AccumulatorCollection", "TopKState", "ChannelStats", "default_edges", "ChannelMoments", "MinibatchCKA", "linear_cka", "CrossCorrelation"]
+from ...utils.lazy import lazy_exports
+
+# name -> (module, attribute): loaded on first access (PEP 562).
+_LAZY = {
+    "Accumulator": (".base", "Accumulator"),
+    "AccumulatorCollection": (".base", "AccumulatorCollection"),
+    "TopKState": (".topk", "TopKState"),
+    "ChannelStats": (".stats", "ChannelStats"),
+    "default_edges": (".stats", "default_edges"),
+    "ChannelMoments": (".moments", "ChannelMoments"),
+    "MinibatchCKA": (".cka", "MinibatchCKA"),
+    "linear_cka": (".cka", "linear_cka"),
+    "CrossCorrelation": (".crosscorr", "CrossCorrelation"),
+}
+__all__ = list(_LAZY)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from ...capture.hooks import LayersSpec, resolve_layers, run_capture
 from ...capture.layouts import ChannelsLastError
-from ...receptive_field.probe import receptive_fields
 from ...utils.modules import device_dtype, first_conv, root_module
 from .mapped import MappedSource
 from .layouts import LAYOUT_CHOICES
@@ -145,6 +144,8 @@ class TorchSource(MappedSource):
         channels-last are measured as such and listed under ``"__channels_last__"``."""
         if not names:
             return {}
+        from ...receptive_field.probe import receptive_fields  # the tracer loads when first needed
+
         module_of = dict(self.named)
         last = [n for n in names if layouts[n] == "NHWC"]
 
