@@ -21,7 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from ..models.registry import DEFAULT_MODEL
 from ..utils.files import file_digest
 from ..utils.naming import slug
-from .datasets import data_fingerprint, describe_data
+from ..data.descriptor import data_fingerprint, describe_data
 
 __all__ = ["RunSpec", "RUN_FORMAT", "BACKENDS"]
 
