@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from captum_topk import LayerTopKPatches  # noqa: E402
-from captum_topk.elpv import elpv_dataset  # noqa: E402
+from captum_topk.data.elpv import elpv_dataset  # noqa: E402
 from captum_topk.runs import open_dataset  # noqa: E402
 from captum_topk.models import load_model  # noqa: E402
 from mining_throughput import loadavg, machine  # noqa: E402

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import importlib
 import json
 import os
 import platform
@@ -71,9 +72,11 @@ os.environ["CAPTUM_TOPK_CACHE_DIR"] = os.environ["_CAPTUM_TOPK_BENCH_CACHE"]
 import captum
 from captum.attr import LayerActivation
 
-import captum_topk.core.sources.torch as source_mod  # where the miner measures receptive fields
 from captum_topk import LayerTopKPatches
 from captum_topk.receptive_field import clear_receptive_field_cache, receptive_fields
+
+# where the miner measures receptive fields (TorchSource imports it from there when it needs it)
+probe_mod = importlib.import_module("captum_topk.receptive_field.probe")
 
 
 def clear_rf_caches() -> None:
@@ -207,14 +210,14 @@ def timed_mine(model: nn.Module, names: Sequence[str], data: Iterable[Tensor],
     miner = LayerTopKPatches(model, list(names), k=K)
     miner.update = timers.wrap(miner.update, "update_s")  # instance attrs shadow the methods
     miner.compute = timers.wrap(miner.compute, "compute_s")
-    real_rf = source_mod.receptive_fields
-    source_mod.receptive_fields = timers.wrap(real_rf, "probe_s")
+    real_rf = probe_mod.receptive_fields
+    probe_mod.receptive_fields = timers.wrap(real_rf, "probe_s")
     try:
         t0 = time.perf_counter()
         result = miner.mine(data, progress=False)
         wall = time.perf_counter() - t0
     finally:
-        source_mod.receptive_fields = real_rf
+        probe_mod.receptive_fields = real_rf
     assert set(result.receptive_fields) == set(names), "the fields were not measured"
     # The fields are measured inside the first update() (first batch): count them apart.
     timers["update_s"] -= timers.get("probe_s", 0.0)

@@ -11,7 +11,7 @@ r"""Scaling figures of dataset top-k mining, in one run on this machine.
    receptive-field probe), each alone in a fresh subprocess (goal: miner <= forward + 200 MB).
 3. 1 vs 2 processes: the same mining job as one process (all threads) and as a 2-process
    ``torchrun`` job (gloo, 1 thread each, global batches sharded round-robin, states gathered
-   and merged on rank 0 — :mod:`captum_topk.distributed`), wall time from the first batch to the merged state
+   and merged on rank 0 — :mod:`captum_topk.runs.distributed`), wall time from the first batch to the merged state
    (process start-up and the warm-up batch not counted).
 
 Usage::
@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE))
 
 from captum_topk import LayerTopKPatches  # noqa: E402
 from captum_topk.capture.hooks import run_capture  # noqa: E402
-from captum_topk.distributed import dist_env, gather_states, shard_batches  # noqa: E402
+from captum_topk.runs.distributed import dist_env, gather_states, shard_batches  # noqa: E402
 from mining_throughput import loadavg, machine, peak_rss_mib  # noqa: E402
 
 LAYERS = {"resnet18": ["layer1", "layer2", "layer3"], "mobilenet_v2": ["features.3", "features.7", "features.14"]}

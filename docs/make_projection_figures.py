@@ -7,7 +7,7 @@ three depths, with per-channel statistics gathered in the same pass. For each la
 channels with the strongest mean top-9 activation are shown: their top-9 image patches beside
 the projection of each of those nine neurons, once with guided backprop
 (``NeuronGuidedBackprop``) and once with the deconvnet of Zeiler & Fergus
-(``NeuronDeconvolution``), both with the ReLU6 rule of :mod:`captum_topk.projections`. A
+(``NeuronDeconvolution``), both with the ReLU6 rule of :mod:`captum_topk.core.projections`. A
 histogram figure of the statistics completes the set. Nothing is downloaded.
 
 Usage::
@@ -31,8 +31,8 @@ from captum_topk import LayerTopKPatches  # noqa: E402
 from captum_topk.utils.files import atomic_open  # noqa: E402
 from captum_topk.data import demo_images, make_loader  # noqa: E402
 from captum_topk.models import load_model  # noqa: E402
-from captum_topk.plot import projection_sheet, save_png  # noqa: E402
-from captum_topk.projections import symmetric_rgb  # noqa: E402
+from captum_topk.viz.plot import projection_sheet, save_png  # noqa: E402
+from captum_topk.core.projections import symmetric_rgb  # noqa: E402
 from captum_topk.viz.plot import fit_patches  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "images"

@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from captum_topk.compare import compare_models, save_report
 from captum_topk.compare.report import changed_patches_figure, cka_figure, most_changed_figure
-from captum_topk.elpv import elpv_dataset  # noqa: E402
+from captum_topk.data.elpv import elpv_dataset  # noqa: E402
 from captum_topk.models import load_checkpoint_state_dict, load_model  # noqa: E402
-from captum_topk.plot import save_png  # noqa: E402
+from captum_topk.viz.plot import save_png  # noqa: E402
 from captum_topk.transfer import finetune_run, load_finetuned, model_blocks  # noqa: E402
 
 DEFAULT_CKPT = ROOT / "checkpoints" / "mobilenet_v2-elpv-finetuned.pt"

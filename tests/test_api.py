@@ -1,9 +1,9 @@
 """The public API: argument order as in Captum, layer inputs, max_images cuts, layer names,
-old import paths, a light `import captum_topk`, and a layout without import cycles."""
+no old import paths, and a layout without import cycles."""
 
 import ast
-import subprocess
-import sys
+import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -84,46 +84,60 @@ def test_layers_of_a_plain_forward_function_are_named():
         LayerTopKPatches(forward, "2")
 
 
-def test_old_module_paths_are_the_new_modules():
-    import captum_topk.core.accumulators.stats as new_stats
-    import captum_topk.core.result as new_result
-    import captum_topk.result as old_result
-    from captum_topk.stats import ChannelStats
-
-    assert old_result is new_result and ChannelStats is new_stats.ChannelStats
-    from captum_topk.layer_topk import LayerTopKPatches as Old
-
-    assert Old is LayerTopKPatches
+@pytest.mark.parametrize("old", ["result", "layer_topk", "projections", "stats", "cka", "filters", "plot",
+                                 "embed", "elpv", "distributed"])
+def test_the_flat_module_paths_of_the_first_version_are_gone(old):
+    with pytest.raises(ImportError):
+        importlib.import_module(f"captum_topk.{old}")
 
 
-def test_import_loads_the_core_only():
-    code = ("import sys, captum_topk; heavy = {'streamlit', 'plotly', 'onnxruntime', 'pandas', 'onnx'}; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+def test_the_names_of_the_first_version_are_gone():
+    import captum_topk.core.accumulators as accumulators
+    import captum_topk.core.accumulators.topk as topk
+    import captum_topk.runs.folder as folder
+
+    assert not hasattr(topk, "LayerState") and not hasattr(accumulators, "LayerState")
+    assert not hasattr(folder, "load_run")
 
 
-def _imports(path: Path, module: str):
+def _import_targets(tree: ast.AST, path: Path, module: str):
+    r"""(import node, dotted name) of every project import in ``tree``, function-level ones included;
+    ``from a import b`` gives ``a`` and ``a.b`` (``b`` may be a module)."""
     is_pkg = path.name == "__init__.py"
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level > 0:
             base = module.split(".") if is_pkg else module.split(".")[:-1]
             base = base[: len(base) - (node.level - 1)]
             target = ".".join(base + ([node.module] if node.module else []))
-            yield target
+            yield node, target
             for alias in node.names:
-                yield f"{target}.{alias.name}"
+                yield node, f"{target}.{alias.name}"
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "captum_topk":
+            yield node, node.module
+            for alias in node.names:
+                yield node, f"{node.module}.{alias.name}"
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("captum_topk"):
-                    yield alias.name
+                    yield node, alias.name
 
 
-def test_no_import_cycle_including_function_level_imports():
+def _imports(path: Path, module: str):
+    for _node, target in _import_targets(ast.parse(path.read_text()), path, module):
+        yield target
+
+
+def _project_modules():
+    r"""Every module of the package: dotted name -> file."""
     modules = {}
     for path in PACKAGE.rglob("*.py"):
         name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
         modules[name.removesuffix(".__init__")] = path
+    return modules
+
+
+def test_no_import_cycle_including_function_level_imports():
+    modules = _project_modules()
     graph = {}
     for name, path in modules.items():
         deps = set()
@@ -151,3 +165,81 @@ def test_no_import_cycle_including_function_level_imports():
         if v not in state:
             visit(v)
     assert len(graph) > 50
+
+
+#: The rows of the table of docs/architecture.md ("Layers and who owns what"), top to bottom. A
+#: module may import from its own package and from the rows above its package's row, never from
+#: a row below nor from another package of its own row.
+LAYERS = [
+    ["utils"],
+    ["capture"],
+    ["receptive_field"],
+    ["core/sources"],
+    ["core/accumulators"],
+    ["core"],
+    ["models"],
+    ["data"],
+    ["viz"],
+    ["featvis"],
+    ["onnx"],
+    ["transfer", "compare"],
+    ["concepts"],
+    ["runs"],
+    ["dashboard"],
+    ["cli"],
+    ["app_streamlit"],  # outside the package: its imports of the package are all upward
+]
+#: Modules at the top of the package, outside the table: the version sits above everything; the
+#: package's facade (lazy public names) and ``python -m captum_topk`` below everything.
+_TOP_LEVEL = {"captum_topk._version": -1, "captum_topk": len(LAYERS), "captum_topk.__main__": len(LAYERS)}
+
+
+def _layer_of(module: str):
+    r"""(row, package) of a project module: the longest package of ``LAYERS`` that holds it."""
+    if module in _TOP_LEVEL:
+        return _TOP_LEVEL[module], module
+    best = None
+    for row, packages in enumerate(LAYERS):
+        for package in packages:
+            dotted = "captum_topk." + package.replace("/", ".")
+            if (module == dotted or module.startswith(dotted + ".")) and (best is None or len(dotted) > len(best[1])):
+                best = (row, dotted)
+    assert best is not None, f"{module} is in no row of LAYERS: add its package to the table and here"
+    return best
+
+
+def _type_checking_only(tree: ast.AST):
+    r"""The import nodes under ``if TYPE_CHECKING:`` (exempt: they never run)."""
+    exempt = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            exempt.update(id(n) for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom)))
+    return exempt
+
+
+def test_layers_are_the_rows_of_the_architecture_table():
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    table = doc.split("## Layers and who owns what", 1)[1].split("\n\n|", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[1] for line in ("|" + table).splitlines()[2:]]
+    assert [[cell.strip("/") for cell in re.findall(r"`([^`]+)`", row)] for row in rows] == LAYERS
+
+
+def test_packages_import_only_from_the_rows_above_them_including_function_level_imports():
+    modules = _project_modules()
+    wrong = set()
+    for name, path in sorted(modules.items()):
+        row, package = _layer_of(name)
+        tree = ast.parse(path.read_text())
+        exempt = _type_checking_only(tree)
+        for node, target in _import_targets(tree, path, name):
+            if id(node) in exempt:
+                continue
+            parts = target.split(".")
+            found = next((".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in modules),
+                         None)
+            if found is None:
+                continue
+            their_row, their_package = _layer_of(found)
+            if their_package != package and their_row >= row and not package.startswith(their_package + "."):
+                wrong.add(f"{name} (line {node.lineno}) imports {found}")
+    assert not wrong, "imports against the order of docs/architecture.md:\n" + "\n".join(sorted(wrong))

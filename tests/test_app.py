@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 from captum_topk import dashboard as dd
-from captum_topk.result import TopKResult
+from captum_topk.core.result import TopKResult
 
 from ._dashboard_fixture import TINY_SPEC, restore_env, roots_of, set_env
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from captum_topk.cka import (
+from captum_topk.core.accumulators.cka import (
     MinibatchCKA,
     gram_cka,
     gram_linear,

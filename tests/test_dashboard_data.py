@@ -13,9 +13,9 @@ import torch
 
 from captum_topk import dashboard as dd
 from captum_topk.data import image_folder, make_loader
-from captum_topk.layer_topk import LayerTopKPatches
+from captum_topk.core.miner import LayerTopKPatches
 from captum_topk.models import load_model, make_transform
-from captum_topk.plot import to_display
+from captum_topk.viz.plot import to_display
 
 from ._dashboard_fixture import TINY_SPEC, roots_of
 from ._tolerance import assert_backends_close, assert_same_records

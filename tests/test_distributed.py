@@ -16,7 +16,7 @@ from PIL import Image
 
 from captum_topk import TopKResult
 from captum_topk.cli import main
-from captum_topk.distributed import batches_done, shard_batches
+from captum_topk.runs.distributed import batches_done, shard_batches
 
 PY = sys.executable
 

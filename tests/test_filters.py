@@ -4,7 +4,7 @@ import torch
 import torchvision
 from torch import nn
 
-from captum_topk.filters import filter_grid, filter_stats, grid_layout
+from captum_topk.viz.filters import filter_grid, filter_stats, grid_layout
 
 WHITE, RED, BLUE = (255, 255, 255), (255, 0, 0), (0, 0, 255)
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from captum_topk.plot import channel_sheet, label_height, patch_grid, save_png, to_display
+from captum_topk.viz.plot import channel_sheet, label_height, patch_grid, save_png, to_display
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -23,7 +23,7 @@ from captum.attr._utils.attribution import NeuronAttribution
 from torch import nn
 
 from captum_topk import LayerTopKPatches, Projections, symmetric_rgb
-from captum_topk.projections import override_relus
+from captum_topk.core.projections import override_relus
 
 from ._reference import full_activations, reference_topk
 

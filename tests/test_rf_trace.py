@@ -234,6 +234,17 @@ def test_encoder_decoder_ops_traced_exactly():
     assert traced["head"].size == (21, 26)  # the global branch reaches every output
 
 
+def test_stochastic_depth_of_torchvision_ops_is_traced():
+    from torchvision.ops import StochasticDepth
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), StochasticDepth(0.5, "row"), nn.ReLU(), nn.Conv2d(4, 4, 3, 2)).eval()
+    traced = receptive_fields(model, ["1", "3"], (17, 17), cache=False, method="trace")
+    probed = receptive_fields(model, ["1", "3"], (17, 17), cache=False, method="probe")
+    assert traced["3"].method == "trace" and traced == probed
+    assert traced["3"].box(0, 0) == (0, 0, 5, 5)
+
+
 # ---------------------------------------------------------------------------------------
 # 3. Cost: the trace needs a few forward passes, the probe one per input row and column
 # ---------------------------------------------------------------------------------------

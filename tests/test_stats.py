@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from captum_topk import ChannelStats, LayerTopKPatches, TopKResult
-from captum_topk.stats import default_edges, label_histogram
+from captum_topk.core.accumulators.stats import default_edges, label_histogram
 
 from ._reference import full_activations
 

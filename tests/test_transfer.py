@@ -13,8 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from captum_topk.cli import main
-from captum_topk.elpv import elpv_available, elpv_dataset
-from captum_topk.embed import embed, load_embeddings
+from captum_topk.data.elpv import elpv_available, elpv_dataset
+from captum_topk.transfer.embed import embed, load_embeddings
 from captum_topk.models import list_models, load_model, make_transform
 from captum_topk.transfer import classification_metrics, finetune, fit_linear_head, load_finetuned, model_blocks, stratified_split
 from captum_topk.transfer.finetune import _tail_view

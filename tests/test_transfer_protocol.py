@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from captum_topk.elpv import elpv_available
+from captum_topk.data.elpv import elpv_available
 from captum_topk.transfer import (classification_metrics, evaluate, finetune, fit_linear_head,
                                   stratified_split, train_val_test_split)
 from captum_topk.transfer.split import _stratified_folds

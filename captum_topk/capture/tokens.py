@@ -21,12 +21,9 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
-from ..receptive_field.field import ReceptiveField
-
-__all__ = ["token_layout", "model_token_facts", "split_tokens", "token_footprints", "TokenLayoutError"]
+__all__ = ["token_layout", "model_token_facts", "split_tokens", "TokenLayoutError"]
 
 
 class TokenLayoutError(ValueError):
@@ -196,15 +193,3 @@ def split_tokens(x: Tensor, prefix: int, grid: Tuple[int, int]) -> Tuple[Tensor,
     patches = x[:, prefix:, :].transpose(1, 2).reshape(n, c, grid[0], grid[1])
     head = x[:, :prefix, :].transpose(1, 2).unsqueeze(-1) if prefix else None
     return patches, head
-
-
-def token_footprints(grid: Tuple[int, int], input_size: Tuple[int, int]) -> ReceptiveField:
-    r"""The patch footprint of every token as its box: rows ``y * p .. (y + 1) * p`` (columns
-    alike), ``p = H / h``. After global attention a token's exact receptive field is the whole
-    image; the footprint says which patch the token stands for."""
-    (h, w), (H, W) = grid, input_size
-    ph, pw = H // h, W // w
-    ys = torch.arange(h).view(h, 1).expand(h, w)
-    xs = torch.arange(w).view(1, w).expand(h, w)
-    boxes = torch.stack([ys * ph, xs * pw, (ys + 1) * ph, (xs + 1) * pw], dim=-1)
-    return ReceptiveField(boxes=boxes, input_size=(H, W), size=(ph, pw), stride=(ph, pw))

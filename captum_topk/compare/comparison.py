@@ -4,7 +4,7 @@ One streamed pass over the data; each batch goes once through each model, and ev
 accumulated from that forward (memory independent of the dataset size):
 
 * **CKA matrix** (every layer of A x every layer of B): minibatch linear CKA with the
-  unbiased HSIC estimator (Nguyen, Raghu & Kornblith 2021; :class:`~captum_topk.cka.MinibatchCKA`).
+  unbiased HSIC estimator (Nguyen, Raghu & Kornblith 2021; :class:`~captum_topk.core.accumulators.cka.MinibatchCKA`).
   Representation of an image at a layer (``representation=``): ``"gap"`` (default), the
   global-average-pooled activation ``(C,)`` (what the channels respond to, wherever in the
   image: comparable across layers of different resolution, cheap); or ``"flatten"``, the

@@ -114,7 +114,7 @@ def compare_run(
     """
     from ..models.registry import load_model
     from ..models.info import make_transform
-    from ..runs.datasets import open_dataset
+    from ..data.descriptor import open_dataset
 
     model_b = model_b or model_a
     if model_b == model_a and checkpoint_b == checkpoint_a:

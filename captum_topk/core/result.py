@@ -191,7 +191,7 @@ class TopKResult:
         gathered during mining with ``LayerTopKPatches(..., stats=True)``.
 
         Returns:
-            ChannelStats: see :mod:`captum_topk.stats`.
+            ChannelStats: see :mod:`captum_topk.core.accumulators.stats`.
         Example::
             >>> s = result.stats("features.7")
             >>> s.mean.shape, s.fraction_positive.shape, s.counts.shape   # (C,), (C,), (C, B)
@@ -207,7 +207,7 @@ class TopKResult:
     def label_histogram(self, layer: str, channel: Optional[int] = None, which: str = "top",
                         num_classes: Optional[int] = None) -> Tensor:
         r"""Label counts of a channel's top-k images: (num_classes,), or (C, num_classes) for
-        every channel. See :func:`captum_topk.stats.label_histogram`."""
+        every channel. See :func:`captum_topk.core.accumulators.stats.label_histogram`."""
         return label_histogram(self, layer, channel, which, num_classes)
 
     def activation_maps(self, images_source: ImageSource, layer: str, channel: int, model: Any = None,
@@ -226,7 +226,7 @@ class TopKResult:
 
     def neurons(self, layer: str, channel: int, which: str = "top", n: Optional[int] = None) -> List[Any]:
         r"""``(record, neuron_selector)`` pairs of a channel, for any Captum neuron method.
-        See :func:`captum_topk.projections.neurons`."""
+        See :func:`captum_topk.core.projections.neurons`."""
         from .projections import neurons
 
         return neurons(self, layer, channel, which, n)
@@ -235,7 +235,7 @@ class TopKResult:
                     method: Any = "deconvolution", model: Any = None, which: str = "top",
                     n: Optional[int] = None, **kwargs: Any) -> Any:
         r"""Zeiler & Fergus projections of a channel's records, cropped like :meth:`patches`.
-        See :func:`captum_topk.projections.projections`.
+        See :func:`captum_topk.core.projections.projections`.
 
         Example::
             >>> proj = result.projections(dataset, "features.7", 12, model=model)

@@ -37,7 +37,7 @@ plain Python (no Streamlit import) and tested on their own. They live in the sma
 
 Example::
 
-    >>> from captum_topk.dashboard_data import Roots, ensure_default_run, open_run, channel_patches
+    >>> from captum_topk.dashboard import Roots, ensure_default_run, open_run, channel_patches
     >>> roots = Roots.from_env()
     >>> run = open_run(ensure_default_run(roots))
     >>> tiles, recs = channel_patches(run, "features.7", 12)   # (9, 75, 75, 3) uint8, records

@@ -103,7 +103,7 @@ def channel_projections(run: Run, layer: str, channel: int, method: str = "decon
 
     Returns:
         numpy.ndarray: ``(n, h, w, 3)`` uint8, zero at mid-grey (see
-        :func:`captum_topk.projections.symmetric_rgb`).
+        :func:`captum_topk.core.projections.symmetric_rgb`).
     Raises:
         ValueError: an ONNX Runtime run (projections need PyTorch autograd).
     """
@@ -247,7 +247,7 @@ def filter_view(model: nn.Module, layer: Optional[str] = None, mode: str = "auto
         model (nn.Module): the model.
         layer (str, optional): a convolution's dotted name; default the first one.
         mode (str): ``"auto"``, ``"rgb"``, ``"mean"`` or ``"norm"``
-            (:func:`captum_topk.filters.filter_grid`).
+            (:func:`captum_topk.viz.filters.filter_grid`).
         ncols (int, optional): tiles per row.
     Returns:
         dict: ``image`` (H, W, 3) uint8 at one pixel per weight (pad 1); ``hover`` (H, W)

@@ -1,7 +1,8 @@
 r"""Image datasets for mining: real photos shipped in packages (:mod:`.demo`), folders
 (:mod:`.folder`), ImageNet validation (:mod:`.imagenet`), ELPV solar cells (:mod:`.elpv`), all
 :class:`~.dataset.ImageDataset`; decoding (:mod:`.images`) within size limits (:mod:`.limits`),
-batching that skips images failing to load (:mod:`.loader`, :mod:`.failures`)."""
+batching that skips images failing to load (:mod:`.loader`, :mod:`.failures`); the JSON descriptor
+that reopens a run's dataset and its fingerprint (:mod:`.descriptor`)."""
 
 from .dataset import ImageDataset
 from .demo import DEFAULT_DEMO_GROUPS, DEMO_GROUPS, demo_images

@@ -2,7 +2,7 @@ r"""Mining through ONNX Runtime: dataset top-k patches need forward activations 
 
 :class:`OnnxTopKPatches` has the streaming contract of :class:`~captum_topk.LayerTopKPatches`
 (``update`` / ``compute`` / ``reset`` / ``merge`` / ``mine`` / ``save_state`` /
-``load_state``) and runs the same state code (:class:`~captum_topk._topk.LayerState`), so it
+``load_state``) and runs the same state code (:class:`~captum_topk.core.accumulators.topk.TopKState`), so it
 returns a :class:`~captum_topk.TopKResult` of exactly the same format. Only the forward pass
 differs: the chosen tensors become the outputs of a pruned copy of the graph (ONNX Runtime
 stops after the deepest one) and run in an ``onnxruntime.InferenceSession``.

@@ -5,14 +5,16 @@ A rule receives a :class:`Call` (the real argument values of the shape pass, by 
 name, and the :class:`~.intervals.Deps` of those that depend on the image) and returns the
 result's deps (a tuple for a tuple of tensors), or raises
 :class:`~.intervals.Unsupported`. The registries at the end map ``torch`` /
-``torch.nn.functional`` callables (:data:`FUNCTIONS`), tensor method names
-(:data:`METHODS`) and ``nn.Module`` classes (:data:`MODULES`, used only when the module's
-``forward`` is the class's own) to their rules. The per-axis index maps and the joins are
+``torch.nn.functional`` callables (:data:`FUNCTIONS`, read through :func:`function_rule`,
+which registers the rules of optional packages such as ``torchvision.ops`` on first use),
+tensor method names (:data:`METHODS`) and ``nn.Module`` classes (:data:`MODULES`, used only
+when the module's ``forward`` is the class's own) to their rules. The per-axis index maps and the joins are
 those of :mod:`.intervals`, shared with the ONNX tracer.
 """
 
 from __future__ import annotations
 
+import importlib
 import operator
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -673,6 +675,36 @@ def _methods(names: Sequence[str], rule: Callable[[Call], Any], params: Sequence
         METHODS[n] = (rule, tuple(params))
 
 
+#: Rules for functions of optional packages, by the module that defines them. They are registered
+#: when a trace first meets a function of that module (which is then loaded already), so that
+#: importing the tracer does not import them: ``torchvision.ops`` pulls in ``torch._dynamo``.
+_OPTIONAL: Dict[str, List[Tuple[str, Callable[[Call], Any], Sequence[str]]]] = {
+    # torch.fx.wrap-ped by torchvision (EfficientNet, ConvNeXt, ...)
+    "torchvision.ops.stochastic_depth": [("stochastic_depth", _stochastic_depth, ("input", "p", "mode", "training"))],
+}
+
+
+def function_rule(target: Any) -> Optional[Tuple[Callable[[Call], Any], Sequence[str]]]:
+    r"""The rule and parameter names of a ``call_function`` target, or ``None`` when none is known.
+
+    Args:
+        target (callable): a ``torch.fx`` node's target.
+
+    Returns:
+        (rule, parameter names) or ``None``.
+    """
+    entry = FUNCTIONS.get(target)
+    if entry is None:
+        module = getattr(target, "__module__", None)
+        rules = _OPTIONAL.pop(module, None) if isinstance(module, str) else None
+        if rules:
+            defining = importlib.import_module(module)
+            for name, rule, params in rules:
+                _register([getattr(defining, name, None)], rule, params)
+            entry = FUNCTIONS.get(target)
+    return entry
+
+
 def _t(*names: str) -> List[Any]:
     """torch / torch.nn.functional callables by dotted name (missing ones skipped)."""
     out = []
@@ -745,12 +777,6 @@ _register(_t("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", 
 _register([getattr], _getattr, ("input", "name"))
 _register(_t("nn.functional.pixel_shuffle", "pixel_shuffle"), _pixel_shuffle, ("input", "upscale_factor"))
 _register(_t("nn.functional.pixel_unshuffle", "pixel_unshuffle"), _pixel_unshuffle, ("input", "downscale_factor"))
-try:  # torch.fx.wrap-ped by torchvision (EfficientNet, ConvNeXt, ...)
-    from torchvision.ops import stochastic_depth as _tv_stochastic_depth
-
-    _register([_tv_stochastic_depth], _stochastic_depth, ("input", "p", "mode", "training"))
-except ImportError:  # pragma: no cover
-    pass
 
 _methods(_UNARY + ("relu_", "sigmoid_", "tanh_", "clamp_", "clip_", "contiguous", "clone", "detach",
                    "float", "half", "double", "bfloat16", "requires_grad_"), _elementwise)

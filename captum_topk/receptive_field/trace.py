@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from .intervals import Deps, Unsupported
-from .ops import FUNCTIONS, METHODS, MODULES, Call, flat
+from .ops import METHODS, MODULES, Call, flat, function_rule
 
 Prediction = Tuple[Tensor, Tensor]
 """``(rows, cols)``: ``(h, H)`` and ``(w, W)`` bool sets of a layer output."""
@@ -270,7 +270,7 @@ class _Evaluator:
 
     def _rule(self, node: fx.Node) -> Tuple[Callable[[Call], Any], Sequence[str], Any]:
         if node.op == "call_function":
-            entry = FUNCTIONS.get(node.target)
+            entry = function_rule(node.target)
             if entry is not None:
                 return entry[0], entry[1], node.target
         elif node.op == "call_method":

@@ -1,6 +1,6 @@
 r"""Mining runs on disk: one run layer for the CLI and the dashboard."""
 
-from .datasets import open_dataset
+from ..data.descriptor import open_dataset
 from .folder import Run, open_run
 from .layers import describe_layers
 from ..models.registry import DEFAULT_MODEL

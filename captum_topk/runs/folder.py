@@ -15,7 +15,7 @@ from ..core.result import TopKResult
 from ..models.info import ModelInfo, make_transform
 from ..models.registry import DEFAULT_MODEL
 from ..utils.files import PathLike, file_digest, walk
-from .datasets import data_fingerprint, reopen_dataset
+from ..data.descriptor import data_fingerprint, reopen_dataset
 from .mine import read_run_json
 from .models import load_run_model, onnx_model_info
 from .spec import RunSpec

@@ -30,7 +30,7 @@ from ..core.miner import LayerTopKPatches
 from ..core.accumulators.stats import default_edges
 from ..models.registry import DEFAULT_MODEL
 from ..utils.files import PathLike, atomic_write_text
-from .datasets import open_dataset
+from ..data.descriptor import open_dataset
 from .distributed import DistEnv, ShardLoader, batches_done, dist_env, gather_states, init_distributed, shard_batches
 from .backend import choose_backend
 from .layers import suggest_layers

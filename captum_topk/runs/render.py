@@ -122,7 +122,7 @@ def render_projections(
 ) -> List[Path]:
     r"""Write, per layer, ``<layer>_<which><k>_<method>.png``: each channel's top-k patches
     beside their projections (Zeiler & Fergus, Fig. 2), see
-    :func:`captum_topk.projections.projections` and :func:`captum_topk.plot.projection_sheet`.
+    :func:`captum_topk.core.projections.projections` and :func:`captum_topk.viz.plot.projection_sheet`.
 
     Args:
         run (Run): from :func:`~captum_topk.runs.folder.open_run`.

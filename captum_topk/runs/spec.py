@@ -24,7 +24,7 @@ from ..models.ecosystem import model_files, parse_model_spec
 from ..models.registry import DEFAULT_MODEL
 from ..utils.files import file_digest
 from ..utils.naming import slug
-from .datasets import data_fingerprint, describe_data
+from ..data.descriptor import data_fingerprint, describe_data
 
 __all__ = ["RunSpec", "RUN_FORMAT", "BACKENDS", "model_label", "absolute_model"]
 

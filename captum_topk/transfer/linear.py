@@ -54,7 +54,7 @@ def fit_linear_head(
 
     Args:
         features (Tensor or ndarray): ``(N, D)`` training features (e.g. from
-            :func:`captum_topk.embed.embed`).
+            :func:`captum_topk.transfer.embed.embed`).
         labels: ``(N,)`` classes in ``[0, num_classes)``.
         num_classes (int, optional): default ``max(labels) + 1``.
         l2 (float, optional): L2 strength (``1 / C`` of scikit-learn's

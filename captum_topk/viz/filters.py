@@ -41,7 +41,6 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid
 from torch import Tensor, nn
 
 __all__ = ["filter_grid", "filter_stats", "grid_layout"]
@@ -250,7 +249,7 @@ def filter_grid(
 
         >>> import torchvision
         >>> from PIL import Image
-        >>> from captum_topk.filters import filter_grid
+        >>> from captum_topk.viz.filters import filter_grid
         >>> model = torchvision.models.alexnet(weights="DEFAULT")
         >>> grid = filter_grid(model.features[0], ncols=8, scale=4)  # 64 RGB tiles
         >>> grid.shape
@@ -298,6 +297,8 @@ def filter_grid(
     if n == 1:  # make_grid returns a single tile unpadded
         grid = torch.nn.functional.pad(chw[0], (pad, pad, pad, pad), value=int(pad_value))
     else:
+        from torchvision.utils import make_grid  # torchvision loads torch._dynamo: only when drawn
+
         grid = make_grid(chw, nrow=ncols, padding=pad, pad_value=int(pad_value))
     out = grid.permute(1, 2, 0).numpy()
     assert out.shape[:2] == (height, width)

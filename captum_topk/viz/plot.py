@@ -91,7 +91,7 @@ def to_display(images: ImagesLike, mean: Stats = None, std: Stats = None) -> np.
 
     Example::
 
-        >>> from captum_topk.plot import to_display
+        >>> from captum_topk.viz.plot import to_display
         >>> IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
         >>> rgb = to_display(batch, **IMAGENET)  # (N, 224, 224, 3) uint8
     """
@@ -405,7 +405,7 @@ def save_png(image: Union[Image.Image, np.ndarray], path: Union[str, os.PathLike
     Args:
         image (PIL.Image.Image or numpy.ndarray): an image, or a ``uint8`` array of shape
             ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` (e.g. from
-            :func:`captum_topk.filters.filter_grid`).
+            :func:`captum_topk.viz.filters.filter_grid`).
         path (str or os.PathLike): destination file.
 
     Returns:

@@ -1,13 +1,23 @@
 r"""Streaming accumulators: per-layer top-k (:mod:`.topk`), channel statistics (:mod:`.stats`),
 paired channel moments (:mod:`.moments`), cross-correlation of two layers (:mod:`.crosscorr`)
 and minibatch CKA (:mod:`.cka`), on the declared-state protocol of :mod:`.base` (how to write
-one: its module docstring)."""
+one: its module docstring).
 
-from .base import Accumulator, AccumulatorCollection
-from .cka import MinibatchCKA, linear_cka
-from .crosscorr import CrossCorrelation
-from .moments import ChannelMoments
-from .stats import ChannelStats, default_edges
-from .topk import LayerState, TopKState
+The names load on first use: importing one module of the package runs no other."""
 
-__all__ = ["Accumulator", "AccumulatorCollection", "TopKState", "LayerState", "ChannelStats", "default_edges", "ChannelMoments", "MinibatchCKA", "linear_cka", "CrossCorrelation"]
+from ...utils.lazy import lazy_exports
+
+# name -> (module, attribute): loaded on first access (PEP 562).
+_LAZY = {
+    "Accumulator": (".base", "Accumulator"),
+    "AccumulatorCollection": (".base", "AccumulatorCollection"),
+    "TopKState": (".topk", "TopKState"),
+    "ChannelStats": (".stats", "ChannelStats"),
+    "default_edges": (".stats", "default_edges"),
+    "ChannelMoments": (".moments", "ChannelMoments"),
+    "MinibatchCKA": (".cka", "MinibatchCKA"),
+    "linear_cka": (".cka", "linear_cka"),
+    "CrossCorrelation": (".crosscorr", "CrossCorrelation"),
+}
+__all__ = list(_LAZY)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

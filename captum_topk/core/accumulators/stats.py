@@ -64,7 +64,7 @@ def _as_edges(edges: EdgesLike) -> Tensor:
     if e.numel() < 2 or not torch.isfinite(e).all() or not bool((e[1:] > e[:-1]).all()):
         raise ValueError(
             "Histogram edges must be at least 2 finite, strictly increasing numbers, e.g. "
-            "torch.linspace(-8, 8, 65) or captum_topk.stats.default_edges(bins=64, range=8)."
+            "torch.linspace(-8, 8, 65) or captum_topk.core.accumulators.stats.default_edges(bins=64, range=8)."
         )
     return e.contiguous()
 

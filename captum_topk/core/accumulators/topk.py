@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .base import Accumulator
 
-__all__ = ["TopKState", "LayerState"]
+__all__ = ["TopKState"]
 
 _EMPTY = -1
 _SIDES = ("top", "bottom")
@@ -223,10 +223,7 @@ class TopKState(Accumulator):
                 f"distinct_images={self.distinct_images})")
 
 
+
 def _first_known(mine: Dict[str, Any], theirs: Dict[str, Any]) -> Dict[str, Any]:
     r"""A layer's grid is the same in every shard: keep the one known."""
     return {"out_size": mine["out_size"] if mine["out_size"] is not None else theirs["out_size"]}
-
-
-#: The name of the first version.
-LayerState = TopKState

@@ -14,7 +14,7 @@ from ...capture.tokens import split_tokens
 from ...receptive_field.field import ReceptiveField
 from .base import LayerInfo
 
-__all__ = ["LAYOUT_CHOICES", "PREFIX_SUFFIX", "base_layer", "per_layer", "check_per_layer", "check_batch", "layout_of", "canonical", "check_shape", "whole_image_field", "size_key"]
+__all__ = ["LAYOUT_CHOICES", "PREFIX_SUFFIX", "base_layer", "per_layer", "check_per_layer", "check_batch", "layout_of", "canonical", "check_shape", "whole_image_field", "token_footprints", "size_key"]
 
 #: What a user may ask for: a layout, or "auto".
 LAYOUT_CHOICES = ("auto", "NCHW", "NHWC", "NLC", "NC")
@@ -87,6 +87,18 @@ def check_batch(names: Sequence[str], raws: Sequence[Any], images: Tensor) -> No
                 "are not one image's. Mine the module after the windows are merged back into the "
                 "image (the block or the stage that contains this layer)."
             )
+
+
+def token_footprints(grid: Tuple[int, int], input_size: Tuple[int, int]) -> ReceptiveField:
+    r"""The patch footprint of every token as its box: rows ``y * p .. (y + 1) * p`` (columns
+    alike), ``p = H / h``. After global attention a token's exact receptive field is the whole
+    image; the footprint says which patch the token stands for."""
+    (h, w), (H, W) = grid, input_size
+    ph, pw = H // h, W // w
+    ys = torch.arange(h).view(h, 1).expand(h, w)
+    xs = torch.arange(w).view(1, w).expand(h, w)
+    boxes = torch.stack([ys * ph, xs * pw, (ys + 1) * ph, (xs + 1) * pw], dim=-1)
+    return ReceptiveField(boxes=boxes, input_size=(H, W), size=(ph, pw), stride=(ph, pw))
 
 
 def check_shape(raw: Tensor, info: LayerInfo) -> None:

@@ -9,9 +9,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ...capture.tokens import token_footprints, token_layout
+from ...capture.tokens import token_layout
 from .base import ActivationSource, LayerInfo
-from .layouts import PREFIX_SUFFIX, canonical, check_batch, check_shape, layout_of, size_key, whole_image_field
+from .layouts import PREFIX_SUFFIX, canonical, check_batch, check_shape, layout_of, size_key, token_footprints, whole_image_field
 
 __all__ = ["MappedSource"]
 

@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from ...capture.hooks import LayersSpec, resolve_layers, run_capture
 from ...capture.layouts import ChannelsLastError
-from ...receptive_field.probe import receptive_fields, token_fields
 from ...utils.modules import device_dtype, first_conv, in_training, root_module
 from .mapped import MappedSource
 from .layouts import LAYOUT_CHOICES, check_per_layer, per_layer
@@ -159,6 +158,8 @@ class TorchSource(MappedSource):
         r"""Global token layers keep their patch footprint; window-local ones (Swin, patch
         embeddings) get their measured field (:func:`~captum_topk.receptive_field.probe.token_fields`)."""
         module_of = dict(self.named)
+        from ...receptive_field.probe import token_fields  # the prober loads when first needed
+
         return token_fields(self.forward_func, [(n, module_of[n], p, g) for n, (p, g) in tokens.items()], size,
                             attribute_to_layer_input=self.attribute_to_layer_input, in_channels=channels,
                             batch_size=self.probe_batch_size, progress=self.progress)
@@ -169,6 +170,8 @@ class TorchSource(MappedSource):
         channels-last are measured as such and listed under ``"__channels_last__"``."""
         if not names:
             return {}
+        from ...receptive_field.probe import receptive_fields  # the tracer loads when first needed
+
         module_of = dict(self.named)
         last = [n for n in names if layouts[n] == "NHWC"]
 

@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from ..data.demo import demo_images
-from ..data.folder import image_folder
-from ..data.imagenet import imagenet_val
-from ..data.images import IMAGE_EXTENSIONS
+from .demo import demo_images
+from .folder import image_folder
+from .imagenet import imagenet_val
+from .images import IMAGE_EXTENSIONS
 from ..utils.files import PathLike, walk
 
 __all__ = ["open_dataset", "reopen_dataset", "describe_data", "data_fingerprint"]
