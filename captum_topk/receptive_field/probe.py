@@ -1020,7 +1020,7 @@ def token_fields(
 
         H, W = size
         corners = [(0, 0), (H - 1, W - 1)]
-        with _eval_mode(scope, catch_all=True), torch.no_grad():
+        with eval_mode(scope, catch_calls=True), torch.no_grad():
             nan = []
             batch = _background(size, channels, device, dtype).expand(3, channels, H, W).clone()
             for k, (y, x) in enumerate(corners, start=1):
