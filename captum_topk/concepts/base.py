@@ -91,7 +91,8 @@ class Concepts:
         encoder_state (dict, optional): what the encoding needs beyond the directions: tensors
             (``"mean"`` for ``"pca"``; ``"W_enc"`` ``(K, C)``, ``"b_enc"`` ``(K,)``,
             ``"b_pre"`` ``(C,)`` for ``"sae"``) and JSON-able scalars (``"k"`` for ``"sae"``,
-            ``"n_iter"`` for ``"nmf"``, facts about the learning run).
+            ``"n_iter"`` and ``"clamp"`` (encode ``max(a, 0)``) for ``"nmf"``, facts about the
+            learning run).
         labels (list of str, optional): one label per concept (a class name, a TCAV concept).
 
     Example::
@@ -219,6 +220,8 @@ class Concepts:
         state = {k: v.to(x.device, work) if isinstance(v, Tensor) else v for k, v in self._state.items()}
         x = x.to(work)
         if self._method == "nmf":
+            if state.get("clamp"):
+                x = x.clamp_min(0)  # learned on max(a, 0) (``negatives="clamp"``)
             return nnls(x, d, n_iter=int(state.get("n_iter", 300)))
         if self._method == "sae":
             pre = (x - state["b_pre"]) @ state["W_enc"].T + state["b_enc"]
