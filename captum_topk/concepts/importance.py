@@ -31,16 +31,15 @@ from ..compare.inputs import eval_mode, image_batches
 from ..core.sources.layouts import canonical
 from ..core.sources.torch import TorchSource
 from ..utils.modules import device_dtype, root_module
-from .base import Concepts
 
 __all__ = ["concept_gradients", "importance", "heatmaps"]
 
 
-def _source(model: Any, concepts: Concepts, **source_kw: Any) -> TorchSource:
+def _source(model: Any, concepts: Any, **source_kw: Any) -> TorchSource:
     return TorchSource(model, concepts.layer, progress=False, **source_kw)
 
 
-def concept_gradients(model: Any, concepts: Concepts, images: Tensor, target: Any,
+def concept_gradients(model: Any, concepts: Any, images: Tensor, target: Any,
                       source: Optional[TorchSource] = None, additional_forward_args: Any = None):
     r"""Concept activations and the target's gradient with respect to them, of one batch.
 
@@ -79,7 +78,7 @@ def concept_gradients(model: Any, concepts: Concepts, images: Tensor, target: An
     return codes, dgrad
 
 
-def importance(concepts: Concepts, model: Any, data: Any, target: Any, *, batch_size: int = 32,
+def importance(concepts: Any, model: Any, data: Any, target: Any, *, batch_size: int = 32,
                max_images: Optional[int] = None, per_image: bool = False, progress: bool = False,
                **source_kw: Any) -> Tensor:
     r"""Each concept's contribution to ``target``: ``u_k (dy/du_k)`` summed over positions,
@@ -114,7 +113,7 @@ def importance(concepts: Concepts, model: Any, data: Any, target: Any, *, batch_
     return scores if per_image else scores.mean(0)
 
 
-def heatmaps(concepts: Concepts, model: Any, images: Tensor, *, size: Optional[Any] = None,
+def heatmaps(concepts: Any, model: Any, images: Tensor, *, size: Optional[Any] = None,
              batch_size: int = 32, **source_kw: Any) -> Tensor:
     r"""Per-image concept maps upsampled to the image size. See :meth:`Concepts.heatmaps`."""
     if not isinstance(images, Tensor) or images.dim() != 4:
