@@ -161,10 +161,14 @@ def _check_recovered(concepts, d, model, masks, carries, top=8):
     from captum_topk.core.sources.torch import TorchSource
 
     acts = TorchSource(model, "layer", progress=False)(masks)["layer"]
-    codes = concepts.encode(acts).flatten(2).amax(2)              # (N, K) per-image maximum
+    maps = concepts.encode(acts)
+    codes = maps.flatten(2).amax(2)                                # (N, K) per-image maximum
     for r, c in zip(rows, cols):
         best = codes[:, r].topk(top).indices
         assert bool(carries[best, c].all()), (r, c, carries[best, c])
+        # and the top position of each of those images lies on the planted block
+        where = maps[best, r].flatten(1).argmax(1)
+        assert bool((masks[best, c].flatten(1).gather(1, where[:, None]) > 0).all())
 
 
 def test_nmf_recovers_planted_concepts_and_their_top_images(planted):
@@ -186,6 +190,19 @@ def test_sae_recovers_planted_concepts_and_their_top_images(planted):
     c = learn_concepts(model, "layer", masks, method="sae", n_concepts=K_TRUE, k=2, epochs=5,
                        lr=1e-2, sae_batch_size=128, positions_per_image=None, progress=False, batch_size=60)
     assert c.method == "sae" and c.encoder_state["k"] == 2
+    _check_recovered(c, d, model, masks, carries)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sae_with_default_settings_recovers_other_planted_concepts(seed):
+    from captum_topk.concepts import learn_concepts
+
+    d = planted_directions(seed)
+    masks, carries = planted_masks(120, seed)
+    model = Planted(d).eval()
+    c = learn_concepts(model, "layer", masks, method="sae", n_concepts=K_TRUE, progress=False, seed=seed)
+    assert c.encoder_state["steps"] >= 800  # small data: passes repeated up to min_steps / 100 passes
     _check_recovered(c, d, model, masks, carries)
 
 
@@ -221,8 +238,8 @@ def test_channels_last_and_token_layers_learn_the_same_concepts(planted, layout)
     got = learn_concepts(model, "layer", masks[:40], method="pca", n_concepts=3, progress=False, **kw)
     want = learn_concepts(base, "layer", masks[:40], method="pca", n_concepts=3, progress=False)
     torch.testing.assert_close(got.directions, want.directions, atol=1e-5, rtol=0)
-    sae = learn_concepts(model, "layer", masks[:40], method="sae", n_concepts=4, k=2, progress=False, **kw)
-    sae_ref = learn_concepts(base, "layer", masks[:40], method="sae", n_concepts=4, k=2, progress=False)
+    sae = learn_concepts(model, "layer", masks[:40], method="sae", n_concepts=4, k=2, epochs=2, progress=False, **kw)
+    sae_ref = learn_concepts(base, "layer", masks[:40], method="sae", n_concepts=4, k=2, epochs=2, progress=False)
     torch.testing.assert_close(sae.directions, sae_ref.directions, atol=1e-5, rtol=0)
     # and the concept maps read the same positions
     from captum_topk.core.sources.torch import TorchSource
@@ -277,8 +294,10 @@ def test_learning_on_ten_times_more_images_keeps_the_same_state(monkeypatch):
     assert out[30][0] == out[300][0] == 500 * C_MIX * 4            # the state does not grow
     assert out[30][1:] == (240, 240) and out[300][1:] == (500, 2400)
     # the SAE's and PCA's states are parameters / C x C moments: the same objects whatever N
-    sae_small = learn.learn_concepts(model, "layer", planted_masks(20)[0], method="sae", n_concepts=6, progress=False)
-    sae_big = learn.learn_concepts(model, "layer", planted_masks(200)[0], method="sae", n_concepts=6, progress=False)
+    sae_small = learn.learn_concepts(model, "layer", planted_masks(20)[0], method="sae", n_concepts=6,
+                                     epochs=1, progress=False)
+    sae_big = learn.learn_concepts(model, "layer", planted_masks(200)[0], method="sae", n_concepts=6,
+                                   epochs=1, progress=False)
     assert {k: tuple(v.shape) for k, v in sae_small.encoder_state.items() if isinstance(v, torch.Tensor)} == \
         {k: tuple(v.shape) for k, v in sae_big.encoder_state.items() if isinstance(v, torch.Tensor)}
 

@@ -105,7 +105,8 @@ def learn_concepts(
     negatives: str = "refuse",
     name: Optional[str] = None,
     k: Optional[int] = None,
-    epochs: int = 1,
+    epochs: Optional[int] = None,
+    min_steps: int = 2000,
     lr: float = 1e-3,
     sae_batch_size: int = 256,
     max_iter: int = 400,
@@ -132,7 +133,10 @@ def learn_concepts(
             ``ValueError`` with a hint) or ``"clamp"`` (factorise and encode ``max(a, 0)``).
         name (str, optional): the concepts' name (default ``f"{method}{n_concepts}"``).
         k (int, optional): SAE: active latents per position (default ``max(1, n_concepts // 8)``).
-        epochs (int): SAE: passes over the data (the data must be re-iterable when > 1).
+        epochs (int, optional): SAE: passes over the data (the data must be re-iterable when
+            > 1). None (default): one pass, repeated while fewer than ``min_steps`` Adam steps
+            were taken (a small dataset), at most 100 passes.
+        min_steps (int): SAE: the fewest Adam steps when ``epochs`` is None.
         lr (float): SAE: Adam's learning rate.
         sae_batch_size (int): SAE: rows per Adam step.
         max_iter (int): NMF: coordinate-descent iterations.
@@ -201,7 +205,9 @@ def learn_concepts(
     sae: Optional[TopKSAE] = None
     kk = int(k) if k is not None else max(1, n_concepts // 8)
     history = []
-    for epoch in range(int(epochs)):
+    max_epochs = int(epochs) if epochs is not None else 100
+    passes = 0
+    while passes < max_epochs and not (epochs is None and passes > 0 and len(history) >= int(min_steps)):
         seen_this = 0
         for b in layer_rows(model, layer, data, **stream_kw):
             rows = _sample_positions(b.rows, b.images, positions_per_image, gen)
@@ -213,15 +219,17 @@ def learn_concepts(
                 history.append(sae.step(rows[perm[i:i + int(sae_batch_size)]])["nmse"])
             seen_this += b.images
             rows_seen += rows.shape[0]
-        if epoch == 0:
+        if seen_this == 0:  # no batch: empty data, or a one-shot iterator already read
+            if passes > 0 and epochs is not None:
+                raise ValueError("epochs > 1 needs re-iterable data (a DataLoader, dataset or tensor), "
+                                 "not a one-shot iterator.")
+            break
+        if passes == 0:
             images = seen_this
-        if seen_this == 0:
-            if epoch == 0:
-                break
-            raise ValueError("epochs > 1 needs re-iterable data (a DataLoader, dataset or tensor), "
-                             "not a one-shot iterator.")
+        passes += 1
     if sae is None:
         raise ValueError("no images: the data gave no batch.")
     tail = history[-max(1, len(history) // 10):]
     return sae.concepts(lname, name=name, extra={"images": images, "rows": rows_seen,
-                                                  "epochs": int(epochs), "train_nmse": float(np.mean(tail))})
+                                                  "epochs": passes,
+                                                  "train_nmse": float(np.mean(tail))})
