@@ -17,7 +17,8 @@ position (a row of ``C`` channels). Memory does not grow with the dataset:
   the directions are the top eigenvectors (sign: largest entry positive).
 * ``"sae"``: a TopK sparse autoencoder (:class:`~.sae.TopKSAE`) trained with Adam on the stream:
   every batch's positions (``positions_per_image`` per image, or all) shuffled into steps of
-  ``sae_batch_size`` rows, for ``epochs`` passes.
+  ``sae_batch_size`` rows, for ``epochs`` passes (default: one, repeated on a small dataset
+  until ``min_steps`` Adam steps were taken).
 """
 
 from __future__ import annotations
