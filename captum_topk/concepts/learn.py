@@ -54,7 +54,7 @@ def _sklearn():
     try:
         import sklearn  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("method='nmf' uses scikit-learn's NMF: pip install scikit-learn "
+        raise ImportError("method='nmf' uses scikit-learn's NMF: pip install 'captum-topk[concepts]' "
                           "(or use method='sae' / 'pca', which need torch only).") from exc
 
 
