@@ -56,6 +56,8 @@ _LAZY = {
     "RunSpec": ("runs.spec", "RunSpec"),
     "mine_run": ("runs.mine", "mine_run"),
     "Concepts": ("concepts.base", "Concepts"),
+    "learn_concepts": ("concepts.learn", "learn_concepts"),
+    "match_concepts": ("concepts.compare", "match_concepts"),
 }
 
 __all__ = [

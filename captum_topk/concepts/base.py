@@ -91,7 +91,8 @@ class Concepts:
         encoder_state (dict, optional): what the encoding needs beyond the directions: tensors
             (``"mean"`` for ``"pca"``; ``"W_enc"`` ``(K, C)``, ``"b_enc"`` ``(K,)``,
             ``"b_pre"`` ``(C,)`` for ``"sae"``) and JSON-able scalars (``"k"`` for ``"sae"``,
-            ``"n_iter"`` for ``"nmf"``, facts about the learning run).
+            ``"n_iter"`` and ``"clamp"`` (encode ``max(a, 0)``) for ``"nmf"``, facts about the
+            learning run).
         labels (list of str, optional): one label per concept (a class name, a TCAV concept).
 
     Example::
@@ -219,6 +220,8 @@ class Concepts:
         state = {k: v.to(x.device, work) if isinstance(v, Tensor) else v for k, v in self._state.items()}
         x = x.to(work)
         if self._method == "nmf":
+            if state.get("clamp"):
+                x = x.clamp_min(0)  # learned on max(a, 0) (``negatives="clamp"``)
             return nnls(x, d, n_iter=int(state.get("n_iter", 300)))
         if self._method == "sae":
             pre = (x - state["b_pre"]) @ state["W_enc"].T + state["b_enc"]
@@ -292,6 +295,108 @@ class Concepts:
             Concepts: method ``"vectors"``.
         """
         return cls(layer, tensor, "vectors", name=name, labels=labels)
+
+    @classmethod
+    def from_classifier(cls, layer: str, classifier: Any, *, classes: Optional[Sequence[str]] = None,
+                        name: Optional[str] = None) -> "Concepts":
+        r"""A linear classifier's class weights as directions of the layer whose global-average
+        pooled activation it reads (e.g. the head :func:`~captum_topk.transfer.linear.fit_linear_head`
+        or ``captum-topk finetune`` fits on ``features.18`` of MobileNetV2). The projection of
+        a position's activation on class ``j``'s weights is that position's share of the
+        class's logit: its mean over positions is the logit minus the bias.
+
+        Args:
+            layer (str): the pooled layer.
+            classifier (nn.Linear, nn.Module or Tensor): the head (its last ``nn.Linear`` is
+                taken: a ``Sequential(Dropout, Linear)`` or a whole model works) or its
+                ``(classes, C)`` weight.
+            classes (list of str, optional): class names (the labels of the concepts).
+            name (str, optional): default ``f"classifier{classes}"``.
+        Returns:
+            Concepts: method ``"classifier"``, one concept per class.
+        Example::
+
+            >>> head, _ = fit_linear_head(embeddings, labels)
+            >>> Concepts.from_classifier("features.18", head, classes=["good", "cracked"])
+        """
+        from .given import classifier_weights
+
+        return cls(layer, classifier_weights(classifier), "classifier", name=name, labels=classes)
+
+    @classmethod
+    def from_tcav(cls, model: Any, layer: str, concepts: Sequence[Any], random_concept: Any, *,
+                  name: Optional[str] = None, save_path: Optional[str] = None, **tcav_kw: Any) -> "Concepts":
+        r"""Concept activation vectors of Captum's ``captum.concept.TCAV``: one CAV per concept,
+        each trained against ``random_concept`` on ``layer``'s activations.
+
+        Captum flattens a spatial layer's activations, so a CAV holds one weight per (channel,
+        position); the concept's direction is its sum over positions (the CAV's response to a
+        map that is the same everywhere), in the layer's raw layout (NCHW, NHWC, tokens).
+
+        Args:
+            model (nn.Module): the model.
+            layer (str): the layer's name.
+            concepts (list of captum.concept.Concept): the concepts (examples in ``data_iter``).
+            random_concept (captum.concept.Concept): the counter-examples.
+            name (str, optional): default ``f"tcav{K}"``.
+            save_path (str, optional): Captum's activation / CAV folder (default: a temporary
+                folder, removed after); CAVs are always trained anew (Captum's own loader
+                unpickles files).
+            tcav_kw: further arguments of ``TCAV`` (``classifier``, ``model_id``).
+        Returns:
+            Concepts: method ``"tcav"``, labelled with the concepts' names.
+        """
+        from .given import tcav_directions
+
+        directions, labels = tcav_directions(model, layer, concepts, random_concept,
+                                             save_path=save_path, **tcav_kw)
+        return cls(layer, directions, "tcav", name=name, labels=labels)
+
+    # ------------------------------------------------------------------ decisions
+    def importance(self, model: Any, data: Any, target: Any, *, batch_size: int = 32,
+                   max_images: Optional[int] = None, per_image: bool = False, progress: bool = False,
+                   **source_kw: Any) -> Tensor:
+        r"""Each concept's contribution to the ``target`` logit (CRAFT's gradient x concept
+        activation): ``sum over positions of u_k (dy/da · d_k)``, averaged over images, with
+        ``u`` the concept activations and ``dy/da`` the target's gradient at the layer.
+
+        Args:
+            model (nn.Module or callable): the model the concepts' layer belongs to.
+            data: a DataLoader / iterable of batches, a dataset, or an ``(N, C, H, W)`` tensor.
+            target: Captum's ``target``: a class index, or one per image (a list / tensor of
+                the data's length, taken batch by batch).
+            batch_size (int): for a dataset or a tensor.
+            max_images (int, optional): stop after this many images.
+            per_image (bool): return every image's ``(N, K)`` scores instead of the mean.
+            progress (bool): a tqdm bar.
+            source_kw: ``layout``, ``token_grid``, ``prefix_tokens`` of the TorchSource.
+        Returns:
+            Tensor: ``(K,)`` (or ``(N, K)`` with ``per_image``).
+        Example::
+
+            >>> concepts.importance(model, images, target=281).topk(3)
+        """
+        from .importance import importance
+
+        return importance(self, model, data, target, batch_size=batch_size, max_images=max_images,
+                          per_image=per_image, progress=progress, **source_kw)
+
+    def heatmaps(self, model: Any, images: Tensor, *, size: Any = None, batch_size: int = 32,
+                 **source_kw: Any) -> Tensor:
+        r"""Which concept is where: every image's concept activations bilinearly upsampled to
+        the image size.
+
+        Args:
+            model (nn.Module or callable): the model.
+            images (Tensor): ``(N, C, H, W)``.
+            size (int or tuple, optional): output size (default the images' ``(H, W)``).
+            batch_size (int): images per forward.
+        Returns:
+            Tensor: ``(N, K, H, W)`` on the CPU.
+        """
+        from .importance import heatmaps
+
+        return heatmaps(self, model, images, size=size, batch_size=batch_size, **source_kw)
 
     # ------------------------------------------------------------------ files
     def state_dict(self) -> Dict[str, Any]:
