@@ -137,6 +137,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_args(sp: argparse.ArgumentParser, positional: bool = False) -> None:
+    r"""The model spec (positional or ``--model``) and ``--checkpoint``."""
+    if positional:
+        sp.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                        help=f"built-in name, torchvision arch or checkpoint (default {DEFAULT_MODEL})")
+    else:
+        sp.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"built-in name, torchvision arch or checkpoint (default {DEFAULT_MODEL})")
+    sp.add_argument("--checkpoint", default=None, help="state_dict / training checkpoint (weights_only)")
+
+
+def _input_args(sp: argparse.ArgumentParser, layouts: bool = True) -> None:
+    r"""What a pass over images takes (``mine``, ``concepts learn`` / ``compare``): the data, how
+    many images, batches, crop size, random weights and (``layouts``) the layers' layout."""
+    sp.add_argument("--data", default=None, help="image folder or ImageNet val folder (default: packaged photos)")
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--max-images", type=int, default=None)
+    sp.add_argument("--input-size", type=int, default=None, help="crop size in px (default: the model's)")
+    sp.add_argument("--random-init", action="store_true",
+                    help="a torchvision architecture with random (seeded) weights: what its units respond to untrained")
+    if not layouts:
+        return
+    sp.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NHWC", "NLC", "NC"],
+                    help="layout of the layers' outputs (default auto: detected on the first batch)")
+    sp.add_argument("--token-grid", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="patch grid of token (NLC) layers when the model does not expose it")
+    sp.add_argument("--prefix-tokens", type=int, default=None,
+                    help="class / register tokens before the patches of token layers")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="captum-topk",
@@ -144,14 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    def model_args(sp: argparse.ArgumentParser, positional: bool = False) -> None:
-        if positional:
-            sp.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                            help=f"built-in name, torchvision arch or checkpoint (default {DEFAULT_MODEL})")
-        else:
-            sp.add_argument("--model", default=DEFAULT_MODEL,
-                            help=f"built-in name, torchvision arch or checkpoint (default {DEFAULT_MODEL})")
-        sp.add_argument("--checkpoint", default=None, help="state_dict / training checkpoint (weights_only)")
+    model_args = _model_args
 
     sp = sub.add_parser("layers", help="list minable layers with output shape, stride, receptive field")
     model_args(sp, positional=True)
@@ -183,15 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(sp)
     sp.add_argument("--layers", nargs="+", default=None, help="layer names (default: three blocks of the model, e.g. "
                     f"{' '.join(DEFAULT_LAYERS)} for {DEFAULT_MODEL}; see `captum-topk layers MODEL`)")
-    sp.add_argument("--data", default=None, help="image folder or ImageNet val folder (default: packaged photos)")
+    _input_args(sp)
     sp.add_argument("--k", type=int, default=9)
-    sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     sp.add_argument("--out", required=True, help="output folder (result.pt, snapshot.pt, run.json)")
     sp.add_argument("--resume", action="store_true", help="continue from OUT/snapshot.pt")
     sp.add_argument("--snapshot-every", type=float, default=30.0, help="seconds between snapshots")
-    sp.add_argument("--max-images", type=int, default=None)
-    sp.add_argument("--input-size", type=int, default=None, help="crop size in px (default: the model's)")
     sp.add_argument("--device", default="auto", help="auto (this rank's GPU if any), cpu, cuda")
     sp.add_argument("--half", action="store_true", help="float16 forward (GPU only)")
     sp.add_argument("--several-per-image", action="store_true",
@@ -201,14 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto (default): ONNX Runtime on CPU when the model exports and passes the parity "
                          "check (the export is cached in onnx_models/), PyTorch on GPU or when the export "
                          "fails; run.json records the engine used")
-    sp.add_argument("--random-init", action="store_true",
-                    help="a torchvision architecture with random (seeded) weights: what its units respond to untrained")
-    sp.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NHWC", "NLC", "NC"],
-                    help="layout of the layers' outputs (default auto: detected on the first batch)")
-    sp.add_argument("--token-grid", type=int, nargs=2, default=None, metavar=("H", "W"),
-                    help="patch grid of token (NLC) layers when the model does not expose it")
-    sp.add_argument("--prefix-tokens", type=int, default=None,
-                    help="class / register tokens before the patches of token layers")
     sp.add_argument("--stats", action=argparse.BooleanOptionalAction, default=True,
                     help="per-channel histogram / mean / fraction > 0 in the same pass (default on; "
                          "a few percent of the mining time)")
@@ -252,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--patch-px", type=int, default=96, help="largest patch side in the sheets")
     sp.set_defaults(func=cmd_demo)
 
+    from .concepts import add_concepts_command
     from .dashboard import add_dashboard_command
     from .transfer import add_transfer_commands  # finetune, compare
     from .visualize import add_visualize_command
@@ -259,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_transfer_commands(sub)
     add_dashboard_command(sub)
     add_visualize_command(sub)
+    add_concepts_command(sub)
     return p
 
 
