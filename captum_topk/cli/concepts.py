@@ -110,17 +110,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def add_concepts_command(sub: Any) -> None:
     r"""Add ``concepts learn | show | compare`` to the CLI's sub-parsers."""
     from ..concepts.compare import MATCH_THRESHOLD
-    from .main import _input_args, _model_args
+    from .args import add_input_args, add_model_args
 
     p = sub.add_parser("concepts", help="learn, show and compare concept directions of a layer")
     csub = p.add_subparsers(dest="concepts_command", required=True)
 
     sp = csub.add_parser("learn", help="learn concepts (NMF, sparse autoencoder, PCA) of a layer -> a concepts file")
-    _model_args(sp)
+    add_model_args(sp)
     sp.add_argument("--layer", required=True, help="the layer's name (see `captum-topk layers MODEL`)")
     sp.add_argument("--method", choices=["nmf", "sae", "pca"], default="nmf")
     sp.add_argument("--n", type=int, default=16, help="number of concepts (default 16)")
-    _input_args(sp)
+    add_input_args(sp)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--negatives", choices=["refuse", "clamp"], default="refuse",
                     help="NMF on a layer with negative values: refuse (default) or factorise max(a, 0)")
@@ -147,8 +147,8 @@ def add_concepts_command(sub: Any) -> None:
                          "activations over --data (A on --model/--checkpoint, B on --checkpoint-b)")
     sp.add_argument("--threshold", type=float, default=MATCH_THRESHOLD,
                     help=f"similarity from which a pair is the same concept (default {MATCH_THRESHOLD})")
-    _model_args(sp)
+    add_model_args(sp)
     sp.add_argument("--checkpoint-b", default=None, help="--by correlation: B's weights (default: A's model)")
-    _input_args(sp, layouts=False)
+    add_input_args(sp, layouts=False)
     sp.add_argument("--json", action="store_true", help="print the matching as JSON")
     sp.set_defaults(func=cmd_compare)

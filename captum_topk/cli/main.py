@@ -21,6 +21,7 @@ from ..runs.layers import describe_layers
 from ..runs.folder import open_run as load_run
 
 from ..runs.render import render_filters, render_overlays, render_projections, render_run
+from .args import add_input_args, add_model_args
 
 
 
@@ -137,36 +138,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_args(sp: argparse.ArgumentParser, positional: bool = False) -> None:
-    r"""The model spec (positional or ``--model``) and ``--checkpoint``."""
-    if positional:
-        sp.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                        help=f"built-in name, torchvision arch or checkpoint (default {DEFAULT_MODEL})")
-    else:
-        sp.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"built-in name, torchvision arch or checkpoint (default {DEFAULT_MODEL})")
-    sp.add_argument("--checkpoint", default=None, help="state_dict / training checkpoint (weights_only)")
-
-
-def _input_args(sp: argparse.ArgumentParser, layouts: bool = True) -> None:
-    r"""What a pass over images takes (``mine``, ``concepts learn`` / ``compare``): the data, how
-    many images, batches, crop size, random weights and (``layouts``) the layers' layout."""
-    sp.add_argument("--data", default=None, help="image folder or ImageNet val folder (default: packaged photos)")
-    sp.add_argument("--batch-size", type=int, default=32)
-    sp.add_argument("--max-images", type=int, default=None)
-    sp.add_argument("--input-size", type=int, default=None, help="crop size in px (default: the model's)")
-    sp.add_argument("--random-init", action="store_true",
-                    help="a torchvision architecture with random (seeded) weights: what its units respond to untrained")
-    if not layouts:
-        return
-    sp.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NHWC", "NLC", "NC"],
-                    help="layout of the layers' outputs (default auto: detected on the first batch)")
-    sp.add_argument("--token-grid", type=int, nargs=2, default=None, metavar=("H", "W"),
-                    help="patch grid of token (NLC) layers when the model does not expose it")
-    sp.add_argument("--prefix-tokens", type=int, default=None,
-                    help="class / register tokens before the patches of token layers")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="captum-topk",
@@ -174,10 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    model_args = _model_args
-
     sp = sub.add_parser("layers", help="list minable layers with output shape, stride, receptive field")
-    model_args(sp, positional=True)
+    add_model_args(sp, positional=True)
     sp.add_argument("--input-size", type=int, default=None, help="input side in px (default: the model's)")
     sp.add_argument("--all", action="store_true", help="list every module, not only the minable ones")
     sp.add_argument("--rf", action="store_true",
@@ -186,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_layers)
 
     sp = sub.add_parser("export", help="export to ONNX with intermediate layers as extra outputs (+ JSON sidecar)")
-    model_args(sp, positional=True)
+    add_model_args(sp, positional=True)
     sp.add_argument("--layers", nargs="+", required=True, help="layer names to expose as graph outputs")
     sp.add_argument("--out", default=None, help="the .onnx file (default onnx_models/<model>.onnx)")
     sp.add_argument("--input-size", type=int, default=None, help="input side in px (default: the model's)")
@@ -203,10 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("mine", help="mine top-k patches of a dataset (resumable)")
-    model_args(sp)
+    add_model_args(sp)
     sp.add_argument("--layers", nargs="+", default=None, help="layer names (default: three blocks of the model, e.g. "
                     f"{' '.join(DEFAULT_LAYERS)} for {DEFAULT_MODEL}; see `captum-topk layers MODEL`)")
-    _input_args(sp)
+    add_input_args(sp)
     sp.add_argument("--k", type=int, default=9)
     sp.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     sp.add_argument("--out", required=True, help="output folder (result.pt, snapshot.pt, run.json)")
@@ -253,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_show)
 
     sp = sub.add_parser("filters", help="layer-1 filter tiles as PNG")
-    model_args(sp, positional=True)
+    add_model_args(sp, positional=True)
     sp.add_argument("--layer", default=None, help="a conv layer (default: the first)")
     sp.add_argument("--out", default="filters.png")
     sp.set_defaults(func=cmd_filters)
