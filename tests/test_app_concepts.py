@@ -195,3 +195,18 @@ def test_concepts_page_gallery_of_a_mined_run(world, learned, monkeypatch):
     at.button(key="cc_vis").click().run()
     _ok(at)
     assert not any("not visualized yet" in i.value for i in at.info)
+
+
+def test_jobspec_concepts_field_keeps_old_folders_and_stays_under_the_runs_root(world):
+    import hashlib
+    import json
+
+    plain = dd.JobSpec(layers=("layer1",))
+    d = plain.to_dict()
+    del d["concepts"]  # what a JobSpec without the field hashed: its runs keep their folders
+    old = hashlib.sha1(json.dumps({**d, "format": dd.JOB_FORMAT}, sort_keys=True).encode()).hexdigest()[:8]
+    assert plain.key() == old
+    with_c = dd.JobSpec(layers=("layer1",), concepts=("run/concepts/a.pt",))
+    assert with_c.key() != plain.key() and dd.JobSpec.from_dict(json.loads(json.dumps(with_c.to_dict()))) == with_c
+    with pytest.raises(dd.UnsafePathError):
+        dd.run_spec(dd.JobSpec(layers=("layer1",), concepts=("../elsewhere.pt",)), world)
