@@ -62,6 +62,15 @@ def test_learning_job_saves_what_the_library_learns(world, learned):
     assert dd.load_concepts_file(world, rel)[0] == saved
     with pytest.raises(dd.UnsafePathError):
         dd.load_concepts_file(world, "../outside.pt")
+    bad = learned["file"].parent / "bad.pt"
+    for content in (b"not a torch file", None):
+        if content is None:
+            torch.save({"weights": torch.zeros(2)}, bad)  # a torch file, not concepts
+        else:
+            bad.write_bytes(content)
+        with pytest.raises(ValueError, match="not a concepts file"):
+            dd.load_concepts_file(world, f"{TINY_SPEC.run_name()}/concepts/bad.pt")
+    bad.unlink()
     # a second submission finds the file: no learning, progress says done at once
     reports = []
     assert dd.learn_job(SPEC, world, progress=lambda *a: reports.append(a)) == learned["file"]
