@@ -1,6 +1,7 @@
 """captum-topk dashboard: ``streamlit run app_streamlit/main.py``.
 
-Pages (st.navigation): Top-k patches (default), Microscope, Filters, Compare, Embeddings, Data and jobs.
+Pages (st.navigation): Top-k patches (default), Microscope, Filters, Compare, Embeddings, Concepts,
+Data and jobs.
 The sidebar picks the run every page shows. All computation is in captum_topk.dashboard;
 see docs/dashboard.md.
 """
@@ -30,6 +31,7 @@ pages = [
     st.Page("pages/filters.py", title="Filters", icon=":material/tune:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+    st.Page("pages/concepts.py", title="Concepts", icon=":material/hub:"),
     st.Page("pages/data_jobs.py", title="Data and jobs", icon=":material/construction:"),
 ]
 nav = st.navigation(pages)

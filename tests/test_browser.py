@@ -22,6 +22,7 @@ PAGES = {  # url path -> (h1 title, text shown, at least this many <img>, at lea
     "filters": ("Filters", RUN, 0, 2),
     "compare": ("Compare", RUN, 2, 0),
     "embeddings": ("Embeddings", RUN, 6, 1),
+    "concepts": ("Concepts", "Learn from this run", 0, 0),
     "data_jobs": ("Data and jobs", "New mining job", 0, 0),
 }
 

@@ -160,12 +160,14 @@ def jobs_panel() -> None:
             c1.info(f"{name}: {job.status}" + (f" ({job.error})" if job.error else ""), icon=":material/schedule:")
             c2.button("Cancel", key=f"jobs_cancel_{job.id}", on_click=queue.cancel, args=(job.id,))
         elif job.status == "failed":
-            st.error(f"{name}: mining failed: {job.error}", icon=":material/error:")
+            what = "learning concepts" if isinstance(job.spec, dd.ConceptJobSpec) else "mining"
+            st.error(f"{name}: {what} failed: {job.error}", icon=":material/error:")
         elif job.status == "cancelled":
             st.warning(f"{name}: cancelled (its snapshot is kept: mining it again resumes).", icon=":material/cancel:")
         else:
             run = job.folder.relative_to(roots.runs).as_posix() if job.folder else name
-            st.success(f"Mined `{run}`.", icon=":material/check_circle:")
+            verb = "Learned" if isinstance(job.spec, dd.ConceptJobSpec) else "Mined"
+            st.success(f"{verb} `{run}`.", icon=":material/check_circle:")
             if st.session_state.get("jobs_watch") == job.id:
                 st.session_state.pop("jobs_watch")
                 st.session_state[common.RUN_REQUEST] = run

@@ -21,6 +21,7 @@ from ..runs.layers import describe_layers
 from ..runs.folder import open_run
 
 from ..runs.render import render_filters, render_overlays, render_projections, render_run
+from .args import add_input_args, add_model_args
 
 
 
@@ -140,25 +141,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-MODEL_HELP = ("a built-in name, a torchvision architecture or checkpoint, timm:NAME, hf:DIR (a save_pretrained "
-              "folder), package.module:factory, or (layers) MODEL.onnx; default " + DEFAULT_MODEL)
 BACKEND_HELP = ("auto (default): ONNX Runtime on CPU when the model exports and passes the parity check (the export "
                 "is cached in onnx_models/), PyTorch on GPU or when the export fails; run.json records the engine used")
 
 
-def _model_args(sp: argparse.ArgumentParser, positional: bool = False) -> None:
-    r"""The model spec (positional or ``--model``) and ``--checkpoint``."""
-    if positional:
-        sp.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=MODEL_HELP)
-    else:
-        sp.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    sp.add_argument("--checkpoint", default=None,
-                    help="weights: .safetensors, or a state_dict / training checkpoint (.pth / .pt, weights_only)")
-
 
 def _add_layers(sub: Any) -> None:
     sp = sub.add_parser("layers", help="list minable layers with output shape, stride, receptive field")
-    _model_args(sp, positional=True)
+    add_model_args(sp, positional=True)
     sp.add_argument("--input-size", type=int, default=None, help="input side in px (default: the model's)")
     sp.add_argument("--all", action="store_true", help="list every module, not only the minable ones")
     sp.add_argument("--rf", action="store_true",
@@ -169,7 +159,7 @@ def _add_layers(sub: Any) -> None:
 
 def _add_export(sub: Any) -> None:
     sp = sub.add_parser("export", help="export to ONNX with intermediate layers as extra outputs (+ JSON sidecar)")
-    _model_args(sp, positional=True)
+    add_model_args(sp, positional=True)
     sp.add_argument("--layers", nargs="+", required=True, help="layer names to expose as graph outputs")
     sp.add_argument("--out", default=None, help="the .onnx file (default onnx_models/<model>.onnx)")
     sp.add_argument("--input-size", type=int, default=None, help="input side in px (default: the model's)")
@@ -185,36 +175,24 @@ def _add_export(sub: Any) -> None:
 
 def _add_mine(sub: Any) -> None:
     sp = sub.add_parser("mine", help="mine top-k patches of a dataset (resumable)")
-    _model_args(sp)
+    add_model_args(sp)
     sp.add_argument("--onnx", default=None, metavar="FILE",
                     help="mine this ONNX file through ONNX Runtime instead of a PyTorch model (its export "
                          "sidecar gives the layers and preprocessing)")
     sp.add_argument("--layers", nargs="+", default=None, help="layer names (default: three blocks of the model, e.g. "
                     f"{' '.join(DEFAULT_LAYERS)} for {DEFAULT_MODEL}; see `captum-topk layers MODEL`)")
-    sp.add_argument("--data", default=None,
-                    help="image folder or ImageNet val folder (default, or 'demo': the packaged photos)")
+    add_input_args(sp)
     sp.add_argument("--k", type=int, default=9)
-    sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     sp.add_argument("--out", required=True, help="output folder (result.pt, snapshot.pt, run.json)")
     sp.add_argument("--resume", action="store_true", help="continue from OUT/snapshot.pt")
     sp.add_argument("--snapshot-every", type=float, default=30.0, help="seconds between snapshots")
-    sp.add_argument("--max-images", type=int, default=None)
-    sp.add_argument("--input-size", type=int, default=None, help="crop size in px (default: the model's)")
     sp.add_argument("--device", default="auto", help="auto (this rank's GPU if any), cpu, cuda")
     sp.add_argument("--half", action="store_true", help="float16 forward (GPU only)")
     sp.add_argument("--several-per-image", action="store_true",
                     help="allow several of a channel's top-k from one image")
     sp.add_argument("--no-progress", action="store_true")
     sp.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"], help=BACKEND_HELP)
-    sp.add_argument("--random-init", action="store_true",
-                    help="a torchvision architecture with random (seeded) weights: what its units respond to untrained")
-    sp.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NHWC", "NLC", "NC"],
-                    help="layout of the layers' outputs (default auto: detected on the first batch)")
-    sp.add_argument("--token-grid", type=int, nargs=2, default=None, metavar=("H", "W"),
-                    help="patch grid of token (NLC) layers when the model does not expose it")
-    sp.add_argument("--prefix-tokens", type=int, default=None,
-                    help="class / register tokens before the patches of token layers")
     sp.add_argument("--stats", action=argparse.BooleanOptionalAction, default=True,
                     help="per-channel histogram / mean / fraction > 0 in the same pass (default on; "
                          "a few percent of the mining time)")
@@ -252,7 +230,7 @@ def _add_show(sub: Any) -> None:
 
 def _add_filters(sub: Any) -> None:
     sp = sub.add_parser("filters", help="layer-1 filter tiles as PNG")
-    _model_args(sp, positional=True)
+    add_model_args(sp, positional=True)
     sp.add_argument("--layer", default=None, help="a conv layer (default: the first)")
     sp.add_argument("--out", default="filters.png")
     sp.set_defaults(func=cmd_filters)
@@ -268,6 +246,7 @@ def _add_demo(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     r"""The ``captum-topk`` parser: one builder per command."""
+    from .concepts import add_concepts_command
     from .dashboard import add_dashboard_command
     from .transfer import add_transfer_commands  # finetune, compare
     from .visualize import add_visualize_command
@@ -278,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_layers, _add_export, _add_mine, _add_show, _add_filters, _add_demo,
-                add_transfer_commands, add_dashboard_command, add_visualize_command):
+                add_transfer_commands, add_dashboard_command, add_visualize_command, add_concepts_command):
         add(sub)
     return p
 

@@ -20,10 +20,10 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..compare.inputs import eval_mode, image_batches
+from ..compare.inputs import image_batches
 from ..compare.matching import UnitMatching
 from ..core.accumulators.crosscorr import CrossCorrelation
-from ..utils.modules import root_module
+from ..utils.modules import eval_mode, root_module
 from .base import Concepts
 from .stream import make_source
 
@@ -69,7 +69,7 @@ def _correlation(a: Concepts, b: Concepts, model_a: Any, model_b: Any, data: Any
     roots = [r for r in (root_module(model_a), root_module(model_b)) if r is not None]
     images = 0
     for batch in image_batches(data, batch_size=batch_size, max_images=max_images):
-        with eval_mode(*roots) if roots else torch.no_grad():
+        with eval_mode(*roots), torch.no_grad():
             ua = a.encode(src_a(batch.images)[name_a])
             ub = b.encode(src_b(batch.images)[name_b])
         acc.update(ua, ub)

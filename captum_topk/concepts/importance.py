@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..capture.hooks import resolve_layers
-from ..compare.inputs import eval_mode, image_batches
+from ..compare.inputs import image_batches
 from ..core.sources.layouts import canonical
 from ..core.sources.torch import TorchSource
-from ..utils.modules import device_dtype, root_module
+from ..utils.modules import device_dtype, eval_mode, root_module
 
 __all__ = ["concept_gradients", "importance", "heatmaps"]
 
@@ -99,8 +99,7 @@ def importance(concepts: Any, model: Any, data: Any, target: Any, *, batch_size:
             elif isinstance(target, (list, tuple)) and len(target) > n:
                 t = list(target[offset:offset + n])
             offset += n
-            with eval_mode(root) if root is not None else torch.no_grad():
-                with torch.enable_grad():
+            with eval_mode(*([root] if root is not None else [])), torch.enable_grad():
                     codes, dgrad = concept_gradients(model, concepts, batch.images, t, source)
             contrib = codes * dgrad
             out.append((contrib.flatten(2).sum(2) if contrib.dim() == 4 else contrib).cpu())
@@ -122,7 +121,7 @@ def heatmaps(concepts: Any, model: Any, images: Tensor, *, size: Optional[Any] =
     root = root_module(model)
     size = tuple(images.shape[-2:]) if size is None else ((size, size) if isinstance(size, int) else tuple(size))
     maps = []
-    with eval_mode(root) if root is not None else torch.no_grad():
+    with eval_mode(*([root] if root is not None else [])), torch.no_grad():
         for i in range(0, images.shape[0], batch_size):
             acts = source(images[i:i + batch_size])[source.names[0]]
             codes = concepts.encode(acts)

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..compare.inputs import count_images, eval_mode, image_batches
+from ..compare.inputs import count_images, image_batches
 from ..core.sources.torch import TorchSource
-from ..utils.modules import root_module
+from ..utils.modules import eval_mode, root_module
 
 __all__ = ["LayerBatch", "layer_rows", "Reservoir", "Moments", "to_rows"]
 
@@ -84,7 +84,7 @@ def layer_rows(model: Any, layer: Any, data: Any, *, batch_size: int = 64,
     try:
         for batch in image_batches(data, batch_size=batch_size, max_images=max_images):
             # eval mode and no_grad for the forward only: the consumer (an SAE step) needs grads
-            with eval_mode(root) if root is not None else torch.no_grad():
+            with eval_mode(*([root] if root is not None else [])), torch.no_grad():
                 acts = source(batch.images)
             if name not in acts:
                 raise KeyError(f"the source gave no activation named {name!r} (got {sorted(acts)}).")

@@ -31,6 +31,12 @@ plain Python (no Streamlit import) and tested on their own. They live in the sma
   :func:`channel_classes`, :func:`record_image` (the whole model input with the receptive
   field drawn), :func:`top1_grid`, :func:`filter_view`, :func:`run_embeddings` +
   :func:`pca_2d`, :func:`thumbnails`.
+* **Concepts** (the Concepts page): :class:`ConceptJobSpec` / :func:`learn_job` (learning a
+  run layer's concepts as a queued job, saved in ``<run>/concepts/``),
+  :func:`list_concept_files` / :func:`load_concepts_file`, :func:`concept_layer` (the run's
+  layer of mined concepts), :func:`concept_mining_spec` (the job mining a run again with them),
+  :func:`concept_visualizations`, :func:`concept_importance`, :func:`concept_heatmaps`,
+  :func:`match_files` + :func:`matching_rows` (kept / dropped / created).
 * **Comparisons** (:func:`compare_runs`): layer x layer CKA and channels ranked by how much
   they changed, through :mod:`captum_topk.compare`; :func:`compare_status` says when two runs
   cannot be compared that way (ONNX Runtime runs have no PyTorch model).
@@ -43,6 +49,9 @@ Example::
     >>> tiles, recs = channel_patches(run, "features.7", 12)   # (9, 75, 75, 3) uint8, records
 """
 
+from .concepts import (CONCEPT_LIMITS, CONCEPT_METHODS, ConceptJobSpec, concept_heatmaps, concept_importance,
+                       concept_layer, concept_mining_spec, concept_visualizations, concepts_facts, concepts_path, directions_visualizable,
+                       learn_job, list_concept_files, load_concepts_file, match_files, matching_rows)
 from .comparisons import compare_runs, compare_status, find_finetuned, like_run, matching_layers, shared_images
 from .embeddings import nearest_neighbours, pca_2d, run_embeddings, thumbnails
 from .jobs import HISTOGRAM_BINS, ensure_default_run, find_job, job_layers, job_model, job_model_spec, mine_job, onnx_available, run_spec, suggest_layers
@@ -120,4 +129,20 @@ __all__ = [
     "matching_layers",
     "compare_status",
     "compare_runs",
+    "CONCEPT_METHODS",
+    "CONCEPT_LIMITS",
+    "ConceptJobSpec",
+    "learn_job",
+    "concepts_path",
+    "list_concept_files",
+    "load_concepts_file",
+    "concepts_facts",
+    "concept_layer",
+    "concept_mining_spec",
+    "concept_visualizations",
+    "directions_visualizable",
+    "concept_importance",
+    "concept_heatmaps",
+    "matching_rows",
+    "match_files",
 ]

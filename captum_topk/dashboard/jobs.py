@@ -47,15 +47,16 @@ def run_spec(spec: JobSpec, roots: Roots) -> RunSpec:
         UnsafePathError: a path leaves its root. FileNotFoundError: a missing file or folder.
     """
     data = str(resolve_under(roots.data, spec.data, kind="dir")) if spec.data else None
+    concepts = tuple(str(resolve_under(roots.runs, c, kind="file")) for c in spec.concepts)
     if spec.onnx:
         return RunSpec(model="", onnx=str(resolve_under(roots.onnx, spec.onnx, kind="file")),
                        layers=tuple(spec.layers), data=data, k=spec.k, batch_size=spec.batch_size,
                        input_size=spec.input_size, max_images=spec.max_images, stats_bins=HISTOGRAM_BINS,
-                       backend="onnxruntime")
+                       backend="onnxruntime", concepts=concepts)
     checkpoint = str(resolve_under(roots.checkpoints, spec.checkpoint, kind="file")) if spec.checkpoint else None
     return RunSpec(model=job_model_spec(spec, roots), checkpoint=checkpoint, layers=tuple(spec.layers), data=data, k=spec.k,
                    batch_size=spec.batch_size, input_size=spec.input_size, max_images=spec.max_images,
-                   stats_bins=HISTOGRAM_BINS, backend=spec.backend)
+                   stats_bins=HISTOGRAM_BINS, backend=spec.backend, concepts=concepts)
 
 
 def job_model_spec(spec: JobSpec, roots: Roots) -> str:

@@ -8,6 +8,10 @@ mines, the worker holds the runs root's job lock (:class:`~captum_topk.runs.lock
 ``<runs>/.jobs.lock``), so a second dashboard process on the same root waits its turn (its job
 says whose). A job can be cancelled: it stops before its next batch, leaving its snapshot; the
 same job submitted again resumes from it.
+
+Two kinds of jobs share the queue: a :class:`~.spec.JobSpec` mines a run
+(:func:`~.jobs.mine_job`); a :class:`~.concepts.ConceptJobSpec` learns concepts of a run's
+layer (:func:`~.concepts.learn_job`: progress over the images, a cancelled one saves nothing).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 from ..runs.lock import RunLock, RunLockedError
+from .concepts import ConceptJobSpec, learn_job
 from .jobs import mine_job
 from .roots import Roots
 from .spec import JobSpec
@@ -41,16 +46,16 @@ class Job:
 
     Attributes:
         id (int): unique in this process.
-        spec (JobSpec): what it mines.
+        spec (JobSpec or ConceptJobSpec): what it mines, or which concepts it learns.
         status (str): ``"queued"``, ``"waiting"`` (another process mines in this root),
             ``"running"``, ``"done"``, ``"failed"`` or ``"cancelled"``.
         phase (str), done (int), total (int or None): the last progress report.
-        folder (Path or None): the run folder once done.
+        folder (Path or None): the run folder once done (the concepts file of a learning job).
         error (str or None): why it failed, or whom it waits for.
     """
 
     id: int
-    spec: JobSpec
+    spec: Union[JobSpec, ConceptJobSpec]
     status: str = "queued"
     phase: str = ""
     done: int = 0
@@ -86,7 +91,7 @@ class JobQueue:
         self._worker: Optional[threading.Thread] = None
 
     # ------------------------------------------------------------------ the page's side
-    def submit(self, spec: JobSpec) -> Job:
+    def submit(self, spec: Union[JobSpec, ConceptJobSpec]) -> Job:
         r"""Queue ``spec``; the same spec already queued or running is returned instead.
 
         Raises:
@@ -170,8 +175,12 @@ class JobQueue:
                     def report(phase, done, total, job=job):
                         self._set(job, phase=phase, done=int(done or 0), total=total)
 
-                    folder = mine_job(job.spec, self.roots, progress=report, should_stop=job.cancel_event.is_set)
-                    stopped = job.cancel_event.is_set() and not (folder / "result.pt").is_file()
+                    if isinstance(job.spec, ConceptJobSpec):
+                        folder = learn_job(job.spec, self.roots, progress=report, should_stop=job.cancel_event.is_set)
+                        stopped = folder is None
+                    else:
+                        folder = mine_job(job.spec, self.roots, progress=report, should_stop=job.cancel_event.is_set)
+                        stopped = job.cancel_event.is_set() and not (folder / "result.pt").is_file()
                     self._set(job, status="cancelled" if stopped else "done", folder=folder, finished=time.time())
             except RunLockedError as exc:  # another process mines in this root: wait for it
                 self._set(job, status="waiting", error=f"waiting: {exc.owner.get('command', '?')} "

@@ -91,6 +91,8 @@ class JobSpec:
         backend (str): ``"auto"`` (ONNX Runtime on CPU when the model exports faithfully: see
             :mod:`captum_topk.runs.backend`), ``"torch"`` or ``"onnxruntime"``; an ONNX file is
             always mined with ONNX Runtime.
+        concepts (tuple of str): concepts files under the runs root, mined beside the channels
+            as layers ``"<layer>:<name>"`` (``docs/concepts_mining.md``).
     """
 
     model: str = DEFAULT_MODEL
@@ -103,9 +105,11 @@ class JobSpec:
     input_size: Optional[int] = None
     max_images: Optional[int] = None
     backend: str = "auto"
+    concepts: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(str(v) for v in self.layers))
+        object.__setattr__(self, "concepts", tuple(str(v) for v in self.concepts))
         for name, (low, high) in LIMITS.items():
             value = getattr(self, name)
             if name == "layers":
@@ -121,6 +125,7 @@ class JobSpec:
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["layers"] = list(self.layers)
+        d["concepts"] = list(self.concepts)
         return d
 
     @classmethod
@@ -128,11 +133,15 @@ class JobSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         kw["layers"] = tuple(kw.get("layers", DEFAULT_LAYERS))
+        kw["concepts"] = tuple(kw.get("concepts", ()))
         return cls(**kw)
 
     def key(self) -> str:
         r"""A short hash of the settings (and of the job format): equal specs share one run folder."""
-        text = json.dumps({**self.to_dict(), "format": JOB_FORMAT}, sort_keys=True)
+        d = self.to_dict()
+        if not d["concepts"]:  # jobs without concepts keep the folders they had before the field
+            del d["concepts"]
+        text = json.dumps({**d, "format": JOB_FORMAT}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:8]
 
     def run_name(self) -> str:
