@@ -374,7 +374,7 @@ def _set_header(payload, fn):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("shapes", "Not a top-k state"),
+    ("shapes", "has shape (3, 3), expected (64, 4)"),
     ("nan", "NaN top values"),
     ("absurd-k", "declares k=1000000"),
     ("outside", "outside the configured root"),
