@@ -58,7 +58,6 @@ from captum_topk import Concepts, LayerTopKPatches, learn_concepts  # noqa: E402
 from captum_topk.concepts.sae import TopKSAE  # noqa: E402
 from captum_topk.data import demo_images  # noqa: E402
 from captum_topk.models import load_model  # noqa: E402
-from captum_topk.viz.plot import save_png  # noqa: E402
 
 OUT = ROOT / "docs" / "images"
 CACHE = ROOT / "results" / "concepts_docs"
@@ -88,6 +87,15 @@ class Views(torch.utils.data.Dataset):
             return self.plain(img)
         torch.manual_seed(i)
         return self.aug(img)
+
+
+def save_small(image, path: Path) -> None:
+    r"""A 256-colour PNG (the figures stay small in the repository)."""
+    from PIL import Image
+
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    img.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    print(path, path.stat().st_size // 1024, "KB")
 
 
 def timed(label, fn, times):
@@ -262,7 +270,7 @@ def main() -> None:
     summary["nmf_top9_classes"] = {str(c): [cats[int(photo_pred[ids.index(t)])] for t in tops[c]] for c in tops}
     title = (f"MobileNetV2 {LAYER} NMF concepts (packaged photos, {len(views)} views): "
              f"feature visualization | top-9 patches from 9 photos")
-    save_png(sheet(vis, patches, values, mean=info.mean, std=info.std, vis_px=96, patch_px=40,
+    save_small(sheet(vis, patches, values, mean=info.mean, std=info.std, vis_px=96, patch_px=40,
                    ncols=4, title=title), OUT / "concepts_nmf16_features14.png")
 
     # TCAV: animal vs not animal, trained on the foolbox photos' views, ranked on the others
@@ -289,7 +297,7 @@ def main() -> None:
     grid = patch_grid(tres.patches(held_views, tl, 0), [f"{r.value:.1f}" for r in trec],
                       mean=info.mean, std=info.std, ncols=9, title="TCAV 'animal' CAV at features.14: "
                       "top-9 of the 26 photos it was not trained on")
-    save_png(grid, OUT / "concepts_tcav_animal.png")
+    save_small(grid, OUT / "concepts_tcav_animal.png")
 
     summary["seconds"] = times
     (CACHE / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -313,7 +321,7 @@ def plot_polysemanticity(poly, path: Path) -> None:
     axes[0].set_ylabel("share of units")
     axes[0].legend(fontsize=7)
     axes[1].boxplot([poly[n][1] for n in names], tick_labels=[n.replace(" ", "\n") for n in names])
-    axes[1].set_ylabel("mean pairwise cosine, features.18 embeddings")
+    axes[1].set_ylabel("coherence (cosine, features.18)")
     axes[1].tick_params(labelsize=7)
     fig.suptitle("Top-9 photos of a unit: one class? (purity) how alike? (coherence)", fontsize=9)
     fig.tight_layout()

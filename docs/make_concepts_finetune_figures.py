@@ -13,6 +13,8 @@ cells; which concepts fine-tuning kept, dropped and created, with their top-9 ce
 * A concept's top-9 cells: the 9 cells where its activation (``Concepts.encode``) is highest at
   any position, what ``LayerTopKPatches(..., concepts=[c])`` ranks; at ``features.18`` every
   position's receptive field covers the whole 224 px cell, so the patch is the cell.
+* Baseline: NMF is not unique, so ImageNet concepts learned on two halves of the cells are
+  matched the same way; fine-tuning's "created" and "dropped" mean something only beyond that.
 * Matching: Hungarian on the Pearson correlation of the two concept activations over every
   position of every cell (``match_concepts(by="correlation")``, threshold 0.5), and on the
   cosine of the directions (``by="cosine"``, the same channel basis) for comparison.
@@ -43,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from captum_topk import elpv_dataset, learn_concepts, load_finetuned, match_concepts  # noqa: E402
 from captum_topk.models import load_model  # noqa: E402
-from captum_topk.viz.plot import patch_grid, save_png  # noqa: E402
+from captum_topk.viz.plot import patch_grid  # noqa: E402
 
 OUT = ROOT / "docs" / "images"
 CACHE = ROOT / "results" / "concepts_finetune"
@@ -83,6 +85,20 @@ def top9(concepts, acts, k=9):
     return i.T, v.T
 
 
+def label_purity(acts, labels, k=9):
+    r"""Per unit of ``acts`` (N, U, h, w): the share of its top-k cells in their majority label."""
+    idx = acts.amax(dim=(2, 3)).topk(k, dim=0).indices  # (k, U)
+    share = torch.tensor(labels, dtype=torch.float32)[idx].mean(0)
+    return torch.maximum(share, 1 - share)
+
+
+def describe(p):
+    p = p.double()
+    return {"n": len(p), "mean": round(float(p.mean()), 3), "median": round(float(p.median()), 3),
+            "share_9_of_9": round(float((p > 1 - 1e-6).double().mean()), 3),
+            "share_ge_8_of_9": round(float((p > 8 / 9 - 1e-6).double().mean()), 3)}
+
+
 def thumbs(images, px=56):
     return torch.nn.functional.interpolate(images, size=(px, px), mode="bilinear", antialias=True,
                                            align_corners=False)
@@ -91,6 +107,15 @@ def thumbs(images, px=56):
 def row(images, idx, vals, labels, title, mean, std):
     tags = [f"{v:.2g}{' D' if labels[i] else ''}" for i, v in zip(idx.tolist(), vals.tolist())]
     return np.asarray(patch_grid(images[idx], tags, ncols=9, title=title, mean=mean, std=std))
+
+
+def save_small(image, path):
+    r"""A 256-colour PNG (the figures stay small in the repository)."""
+    from PIL import Image
+
+    Image.fromarray(np.asarray(image)).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(
+        path, optimize=True)
+    print(path, path.stat().st_size // 1024, "KB")
 
 
 def stack(blocks):
@@ -129,6 +154,11 @@ def main() -> None:
     cb = learn_concepts(rep_b, LAYER, both, name=f"elpv_nmf{args.concepts}", **kw)
     ca.save(CACHE / "imagenet_nmf.pt"), cb.save(CACHE / "elpv_nmf.pt")
     m = match_concepts(ca, cb, by="correlation", model_a=rep_a, model_b=rep_b, data=both)
+    # NMF's own instability: ImageNet concepts learned on two halves of the cells, matched the same way
+    half = len(cells) // 2
+    h1 = learn_concepts(rep_a, LAYER, both[:half], name="half1", **kw)
+    h2 = learn_concepts(rep_a, LAYER, both[half:], name="half2", **kw)
+    m_halves = match_concepts(h1, h2, by="correlation", model_a=rep_a, model_b=rep_a, data=both)
     mc = match_concepts(ca, cb, by="cosine")
     ia, va = top9(ca, acts_a)
     ib, vb = top9(cb, acts_b)
@@ -139,6 +169,7 @@ def main() -> None:
         "checkpoint_metrics": ckpt.get("metrics"), "cells": len(cells),
         "defective_cells": int(sum(labels)), "layer": LAYER,
         "correlation": m.to_json(), "cosine": mc.to_json(),
+        "imagenet_halves_correlation": m_halves.to_json(),
         "assignment_correlation": [[int(i), int(j), round(float(s), 3)] for i, j, s in zip(
             range(ca.n_concepts), m.units.assignment.tolist(), m.units.correlation.tolist())]
         if hasattr(m.units, "assignment") else None,
@@ -146,6 +177,17 @@ def main() -> None:
         "top9_defective_b": [defect(ib[k]) for k in range(cb.n_concepts)],
         "base_rate_defective": round(sum(labels) / len(labels), 3),
         "seconds": {"forward_both_models": round(t_fwd, 1), "total": round(time.perf_counter() - t0, 1)},
+    }
+    # label purity of top-9s (defective / functional): channels vs NMF concepts, both models
+    g = torch.Generator().manual_seed(0)
+    rand = torch.stack([torch.tensor(labels, dtype=torch.float32)[torch.randperm(len(labels), generator=g)[:9]].mean()
+                        for _ in range(2000)])
+    summary["top9_label_purity"] = {
+        "random 9 cells": describe(torch.maximum(rand, 1 - rand)),
+        "ImageNet channels": describe(label_purity(acts_a, labels)),
+        "fine-tuned channels": describe(label_purity(acts_b, labels)),
+        "ImageNet NMF concepts": describe(label_purity(ca.encode(acts_a), labels)),
+        "fine-tuned NMF concepts": describe(label_purity(cb.encode(acts_b), labels)),
     }
     blocks, small = [], thumbs(images)
     title = (f"ELPV cells: {LAYER} NMF concepts, ImageNet MobileNetV2 vs fine-tuned (matched by "
@@ -161,7 +203,7 @@ def main() -> None:
     for a in m.dropped[:2]:
         blocks.append(row(small, ia[a], va[a], labels, f"dropped: ImageNet {a} ({defect(ia[a])}/9 D)",
                           info.mean, info.std))
-    save_png(stack(blocks), OUT / "concepts_finetune_match.png")
+    save_small(stack(blocks), OUT / "concepts_finetune_match.png")
     summary["seconds"]["total"] = round(time.perf_counter() - t0, 1)
     (CACHE / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
