@@ -24,6 +24,7 @@ import torchvision.models as tvm
 from onnx import TensorProto, helper
 from torch import nn
 
+from captum_topk import LayerTopKPatches
 from captum_topk.capture.layouts import ChannelsLastError
 from captum_topk.onnx import list_tensors, load_onnx, onnx_receptive_fields
 from captum_topk.receptive_field import (
@@ -349,12 +350,61 @@ def test_channels_last_outputs_still_refused_without_a_full_probe():
             seen.clear()
             with pytest.raises(ChannelsLastError, match="channels-last"):
                 receptive_field(model, layer, 24, cache=False)
-            assert sum(seen) <= 2 + 1 + 2 * 14 < 1 + 2 * 24  # refused by the confirmation probes
+            assert sum(seen) <= 2 + 1 + 2 * 14 + 1 < 1 + 2 * 24  # found by the trace, confirmed permuted
     finally:
         handle.remove()
     traced = receptive_fields(model, ["4", "5"], 16, cache=False, method="trace")  # permuted back
     assert traced == receptive_fields(model, ["4", "5"], 16, cache=False, method="probe")
     assert traced["5"].size == (5, 5)
+
+
+def _nhwc_fields_traced_like_the_full_probe(model, first_conv, nhwc, nchw, size, monkeypatch):
+    r"""Declared channels-last layers are traced (and equal the full NaN probe box by box);
+    undeclared, the trace finds the layout, confirms it and refuses them with every field of
+    the call read as the probe reads it, within the trace's forward passes; the miner then
+    needs no second measurement.
+
+    The reference is the NaN probe alone: the shifted-window correction of the full probe
+    (finite changes where NaN from a border reaches the far border) would shrink the
+    whole-image fields of these blocks, whose residual branches are scaled by ``1e-6`` at
+    init, so that a finite change of the input vanishes in float32 where NaN does not."""
+    monkeypatch.setattr(probe_mod, "_without_wrapped_nan", lambda forward, names, masks, *a: masks)
+    layers = nhwc + nchw
+    probed = receptive_fields(model, layers, size, cache=False, method="probe", channels_last=nhwc, progress=False)
+    traced = receptive_fields(model, layers, size, cache=False, method="trace", channels_last=nhwc)
+    assert traced == probed and all(f.method == "trace" for f in traced.values())
+    seen, handle = _count_images(model, first_conv)
+    try:
+        with pytest.raises(ChannelsLastError, match="channels-last") as err:
+            receptive_fields(model, layers, size, cache=False, method="trace")
+        assert sum(seen) <= 2 + 1 + 2 * 14 + 1
+        assert err.value.layers == nhwc and err.value.fields == probed
+        seen.clear()
+        clear_receptive_field_cache()
+        LayerTopKPatches(model, layers, k=2).update(torch.rand(2, 3, size, size))
+        assert sum(seen) - 2 <= 2 + 1 + 2 * 14 + 1  # one trace, one confirmation
+    finally:
+        handle.remove()
+
+
+@pytest.mark.slow
+def test_torchvision_convnext_channels_last_layers_are_traced(monkeypatch):
+    torch.manual_seed(0)
+    model = tvm.convnext_tiny(weights=None).eval()
+    _nhwc_fields_traced_like_the_full_probe(
+        model, model.features[0][0],
+        ["features.1.0.block.2", "features.1.0.block.3", "features.3.0.block.5"],  # LayerNorm, Linear, Linear
+        ["features.1.0", "features.2.0"], 32, monkeypatch)  # NCHW around them: the block, LayerNorm2d (permute, norm, permute)
+
+
+def test_timm_convnext_channels_last_layers_are_traced(monkeypatch):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_atto", pretrained=False, conv_mlp=False).eval()
+    _nhwc_fields_traced_like_the_full_probe(
+        model, model.stem[0],
+        ["stages.0.blocks.0.norm", "stages.0.blocks.0.mlp.fc1", "stages.1.blocks.0.mlp.fc2"],
+        ["stages.0.blocks.0", "stages.1.downsample"], 32, monkeypatch)
 
 
 def test_method_survives_the_caches(tmp_path, monkeypatch):

@@ -90,7 +90,7 @@ from ..capture.hooks import LayerSpec, resolve_layers, run_capture
 from .field import METHODS, ReceptiveField, SizeSpec, _parse_size
 from .cache import _CACHE, _CACHE_LOCK, _CACHE_MAXSIZE, _disk_get, _disk_put, _structural_signature
 from .intervals import LayoutUnsupported, TraceError, Unsupported
-from .trace import Prediction, trace_fields
+from .trace import ChannelsLastPrediction, Prediction, trace_fields
 
 logger = logging.getLogger("captum_topk.receptive_field")
 
@@ -279,26 +279,40 @@ def _receptive_fields(
             if hit is not None and method in ("auto", hit.method):  # an explicit method is honoured
                 results[name] = hit
 
+    def remember(key: tuple, rf: ReceptiveField) -> None:
+        with _CACHE_LOCK:
+            _CACHE[key] = rf
+            _CACHE.move_to_end(key)
+            while len(_CACHE) > _CACHE_MAXSIZE:
+                _CACHE.popitem(last=False)
+        _disk_put(key, rf)
+
     todo = [(n, m) for n, m in pairs if n not in results]
     if todo:
         _check_nan_propagation(device, dtype)
-        fresh = _probe(model, scope, todo, size, channels, attribute_to_layer_input,
-                       int(batch_size), device, dtype, progress, method, channels_last)
+        try:
+            fresh = _probe(model, scope, todo, size, channels, attribute_to_layer_input,
+                           int(batch_size), device, dtype, progress, method, channels_last)
+        except ChannelsLastError as exc:
+            if exc.fields is None:
+                raise
+            # the trace found the layout: keep what was measured (the channels-last layers under
+            # the key of their permutation), and give the caller every field of this call
+            for name, rf in exc.fields.items():
+                if name in keys:
+                    remember(keys[name] + (("NHWC",) if name in exc.layers else ()), rf)
+            exc.fields = {n: _copy(rf) for n, rf in {**results, **exc.fields}.items()}
+            raise
         for name, rf in fresh.items():
             results[name] = rf
             if name in keys:
-                with _CACHE_LOCK:
-                    _CACHE[keys[name]] = rf
-                    _CACHE.move_to_end(keys[name])
-                    while len(_CACHE) > _CACHE_MAXSIZE:
-                        _CACHE.popitem(last=False)
-                _disk_put(keys[name], rf)
+                remember(keys[name], rf)
     # Copies, so that a caller mutating ``boxes`` cannot corrupt the cache.
-    return {
-        name: ReceptiveField(results[name].boxes.clone(), results[name].input_size,
-                             results[name].size, results[name].stride, results[name].method)
-        for name, _ in pairs
-    }
+    return {name: _copy(results[name]) for name, _ in pairs}
+
+
+def _copy(rf: ReceptiveField) -> ReceptiveField:
+    return ReceptiveField(rf.boxes.clone(), rf.input_size, rf.size, rf.stride, rf.method)
 
 
 def _check_nan_propagation(device: torch.device, dtype: torch.dtype) -> None:
@@ -836,15 +850,17 @@ def _probe(
     """Measure the fields of ``pairs``: trace and confirm, then the full probe for the rest
     (``channels_last`` layers are read as their ``(N, C, H, W)`` permutation)."""
     fields: Dict[str, ReceptiveField] = {}
+    traced_last: Dict[str, Tuple[int, ...]] = {}  # undeclared layers the trace finds channels-last
     if method != "probe":
         with _eval_mode(scope, catch_all=True), torch.no_grad():
             predicted = trace_fields(model, pairs, size, channels, attribute_to_layer_input, device, dtype,
                                      channels_last)
+            traced_last = {n: p.shape for n, p in predicted.items() if isinstance(p, ChannelsLastPrediction)}
             module_of = dict(pairs)
 
             def forward_for(names: List[str]) -> Callable[[Tensor], Sequence[Tensor]]:
                 modules = [module_of[n] for n in names]
-                nhwc = [n in channels_last for n in names]
+                nhwc = [n in channels_last or n in traced_last for n in names]
 
                 def forward(batch: Tensor) -> Sequence[Tensor]:
                     outs = run_capture(model, modules, batch,
@@ -858,10 +874,19 @@ def _probe(
             logger.info("receptive field of %r: full NaN probe (%s)", name, why)
         if method == "trace" and reasons:
             raise TraceError(reasons)
+    # a traced channels-last reading the probes did not confirm: the full probe's checks decide
+    found = [n for n in traced_last if n in fields]
     rest = [(n, m) for n, m in pairs if n not in fields]
     if rest:
-        fields.update(_full_probe(model, scope, rest, size, channels, attribute_to_layer_input,
-                                  batch_size, device, dtype, progress, channels_last))
+        try:
+            fields.update(_full_probe(model, scope, rest, size, channels, attribute_to_layer_input,
+                                      batch_size, device, dtype, progress, channels_last))
+        except ChannelsLastError as exc:
+            if not found:
+                raise
+            raise ChannelsLastError(found + exc.layers, traced_last[found[0]], dict(fields)) from None
+    if found:  # refused as before, with the fields read as the permutation (cached by the caller)
+        raise ChannelsLastError(found, traced_last[found[0]], {n: fields[n] for n, _ in pairs})
     return {n: fields[n] for n, _ in pairs}
 
 
