@@ -262,3 +262,13 @@ def test_torchvision_swin_stage_boxes_hold_the_gradient_support():
         t, l, b, r = rf.box(y, x)
         rows, cols = support.any(1).nonzero(), support.any(0).nonzero()
         assert (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1) == (t, l, b, r)
+
+
+def test_timm_dynamic_img_size_takes_other_and_non_square_inputs():
+    model = _timm("vit_tiny_patch16_224", img_size=32, depth=2, dynamic_img_size=True)()
+    images = torch.randn(2, 3, 48, 32, generator=torch.Generator().manual_seed(3))
+    res = LayerTopKPatches(model, ["patch_embed", "blocks.1"], k=2).mine(images, progress=False)
+    assert res.layout("patch_embed") == "NHWC" and res.states["patch_embed"].out_size == (3, 2)
+    assert res.states["blocks.1"].out_size == (3, 2) and res.layer_info["blocks.1"]["prefix_tokens"] == 1
+    for suffix, maps in _by_hand(_raw(model, "blocks.1", images), ("NLC", 1, (3, 2))).items():
+        _assert_twin(res, "blocks.1" + suffix, maps, 2)

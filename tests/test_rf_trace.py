@@ -262,8 +262,11 @@ def test_forward_passes_counted():
     assert rf.method == "trace"
     # shape pass (2 images), clean image, rows, columns, one twice-as-tall image (the layout by shape)
     assert traced == 2 + 1 + 2 * len(rows) + 1 <= 32
-    # the layouts first (clean, top row, bottom row, left column; the tall image), then the probe
-    assert probed == 4 + 1 + 1 + 2 * size
+    # the layouts first (clean, top row, bottom row, left column; the tall image), then the probe,
+    # then, since layer3's field at 48 px spans the image (NaN from the top row reaches the bottom
+    # of the map), the wrap check: clean and the four border rows / columns changed finitely
+    assert probed == 4 + 1 + 1 + 2 * size + 5
+    assert rf == receptive_field(model, "layer3", size, cache=False, method="probe")  # no wrap taken out
 
 
 # ---------------------------------------------------------------------------------------

@@ -80,6 +80,10 @@ def describe_layers(model: str = DEFAULT_MODEL, checkpoint: Optional[PathLike] =
                 infos.update(TorchSource(net, {n: m}).layer_infos(images))
             except TokenLayoutError as exc:
                 problems[n] = "tokens: grid unknown (pass --token-grid)" if "grid" in str(exc) else str(exc)
+            except ValueError as exc:  # windowed attention: (N * k, L, C), not one image's tokens
+                if "batch reshaped" not in str(exc):
+                    raise
+                problems[n] = "windows: batch reshaped (mine the block)"
     rows = []
     for n, m in named:
         s = shapes[n]
