@@ -874,7 +874,8 @@ def _probe(
             logger.info("receptive field of %r: full NaN probe (%s)", name, why)
         if method == "trace" and reasons:
             raise TraceError(reasons)
-    # a traced channels-last reading the probes did not confirm: the full probe's checks decide
+    # undeclared layers read channels-last by the trace and confirmed so (those not confirmed go
+    # to the full probe below, whose layout checks decide)
     found = [n for n in traced_last if n in fields]
     rest = [(n, m) for n, m in pairs if n not in fields]
     if rest:
