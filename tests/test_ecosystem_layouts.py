@@ -50,6 +50,8 @@ CASES = [
     ("pvt_v2_b0", _timm("pvt_v2_b0"), 32, "stages.1", "NCHW"),
     pytest.param(("coatnet", _timm("coatnet_nano_rw_224", img_size=64), 64, "stages.2", "NCHW"),
                  marks=pytest.mark.slow, id="coatnet:stages.2"),
+    pytest.param(("maxvit", _timm("maxvit_nano_rw_256", img_size=64), 64, "stages.1", "NCHW"),
+                 marks=pytest.mark.slow, id="maxvit:stages.1"),
     ("efficientvit", _timm("efficientvit_b0"), 32, "stages.1", "NCHW"),
     ("poolformer", _timm("poolformer_s12"), 32, "stages.1", "NCHW"),
     ("convnext_atto", _timm("convnext_atto"), 32, "stages.0", "NCHW"),
@@ -191,6 +193,9 @@ def test_transformers_batches_and_attribute_on_tuple_outputs():
     assert res.n_images == 4
     got = miner.attribute(images)
     assert torch.equal(got, _raw(model, "layers.0.attention", images))
+    maps = res.activation_maps(images, "layers.0.attention", 3, model=model)  # the hidden state, on its grid
+    for m, r in zip(maps, res.records("layers.0.attention", 3)):
+        assert float(m[r.y, r.x]) == pytest.approx(r.value, abs=1e-5)
 
 
 def _gradient_support(model, layer, images, expected, y, x):
@@ -272,3 +277,32 @@ def test_timm_dynamic_img_size_takes_other_and_non_square_inputs():
     assert res.states["blocks.1"].out_size == (3, 2) and res.layer_info["blocks.1"]["prefix_tokens"] == 1
     for suffix, maps in _by_hand(_raw(model, "blocks.1", images), ("NLC", 1, (3, 2))).items():
         _assert_twin(res, "blocks.1" + suffix, maps, 2)
+
+
+class _TokenStem(torch.nn.Module):
+    """A 3x3 conv stem, its map flattened to tokens and a per-token Linear: a window-local token layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.linear = torch.nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.linear(self.conv(x).flatten(2).transpose(1, 2)).mean(1)
+
+
+def test_a_local_token_layer_has_the_same_field_through_onnx_runtime(tmp_path):
+    from captum_topk.onnx import OnnxTopKPatches, export
+
+    torch.manual_seed(0)
+    net = _TokenStem().eval()
+    images = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    res = LayerTopKPatches(net, "linear", k=2).mine(images, progress=False)
+    rf = res.receptive_fields["linear"][(16, 16)]
+    assert res.box_kind("linear") == "receptive_field" and res.states["linear"].out_size == (8, 8)
+    assert rf.box(2, 3) == (3, 5, 6, 8)  # the 3x3 window at stride 2, not the 2x2 footprint
+    exp = export(net, ["linear"], tmp_path / "stem.onnx", input_size=16, check_images=0, progress=False)
+    ort = OnnxTopKPatches(exp.path, k=2, progress_rf=False).mine(images, progress=False)
+    assert ort.box_kind("linear") == "receptive_field"
+    assert ort.receptive_fields["linear"][(16, 16)] == rf
+    assert torch.equal(ort.indices("linear"), res.indices("linear"))
