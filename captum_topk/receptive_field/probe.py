@@ -149,7 +149,9 @@ def receptive_field(
     Raises:
         ValueError: unknown layer (with the closest names), a 3-D / 5-D / ... output, or an
             output that already contains NaN for a finite input.
-        ChannelsLastError: the output looks channels-last ``(N, H, W, C)``.
+        ChannelsLastError: the output looks channels-last ``(N, H, W, C)`` (pass it in
+            ``receptive_fields(..., channels_last=)``); where the trace found the layout, its
+            ``fields`` holds the field of the permutation ``(N, C, H, W)``, already measured.
         TraceError: ``method="trace"`` and the field could not be traced or confirmed.
         RuntimeError: this PyTorch build does not propagate NaN through basic operations.
 
