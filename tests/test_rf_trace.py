@@ -384,6 +384,11 @@ def _nhwc_fields_traced_like_the_full_probe(model, first_conv, nhwc, nchw, size,
         assert err.value.layers == nhwc and err.value.fields == probed
         seen.clear()
         clear_receptive_field_cache()
+        with pytest.raises(ChannelsLastError):  # cached: under the key of the permutation
+            receptive_fields(model, layers, size, method="trace")
+        seen.clear()
+        assert receptive_fields(model, layers, size, channels_last=nhwc) == probed and not seen
+        clear_receptive_field_cache()
         LayerTopKPatches(model, layers, k=2).update(torch.rand(2, 3, size, size))
         assert sum(seen) - 2 <= 2 + 1 + 2 * 14 + 1  # one trace, one confirmation
     finally:
