@@ -19,6 +19,11 @@ everything (tracing, shape pass, interval arithmetic, confirmation). The two res
 compared box by box. The two methods alternate per model (trace first on even repeats), and
 the best of ``--repeats`` is kept.
 
+Two cases are channels-last ``(N, H, W, C)`` layers inside ConvNeXt blocks (torchvision
+``convnext_tiny``, timm ``convnext_atto`` with ``conv_mlp=False``): the traced side asks without
+declaring the layout, as the miner does, and takes the field of the permutation from the
+``ChannelsLastError`` (the trace found the layout); the probe is told the layout.
+
 Usage::
 
     .venv/bin/python benchmarks/receptive_field_cold.py            # the documented run (CPU)
@@ -43,28 +48,54 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from captum_topk.receptive_field import clear_receptive_field_cache, receptive_field  # noqa: E402
+from captum_topk.capture.layouts import ChannelsLastError  # noqa: E402
+from captum_topk.receptive_field import clear_receptive_field_cache, receptive_field, receptive_fields  # noqa: E402
 from captum_topk.utils.files import atomic_write_text  # noqa: E402
+
+def _timm_convnext_atto_nhwc() -> nn.Module:
+    import timm  # optional: only for this case
+
+    return timm.create_model("convnext_atto", pretrained=False, conv_mlp=False)
+
 
 CASES = {
     "resnet18": ("layer3", lambda: torchvision.models.resnet18(weights=None)),
     "mobilenet_v2": ("features.14", lambda: torchvision.models.mobilenet_v2(weights=None)),
     "googlenet": ("inception4a", lambda: torchvision.models.googlenet(weights=None, aux_logits=False,
                                                                       init_weights=True)),
+    # channels-last (N, H, W, C) layers inside ConvNeXt blocks (the Linear after the LayerNorm)
+    "convnext_tiny": ("features.1.0.block.3", lambda: torchvision.models.convnext_tiny(weights=None)),
+    "convnext_atto_nhwc": ("stages.1.blocks.0.mlp.fc1", _timm_convnext_atto_nhwc),
 }
+NHWC = {"convnext_tiny", "convnext_atto_nhwc"}
+"""Cases whose layer is channels-last. The traced side asks as the miner does, without saying
+so: the trace finds the layout, and the ``ChannelsLastError`` that refuses the raw output
+carries the field of its ``(N, C, H, W)`` permutation; the probe is told the layout."""
 
 
 def _first_conv(model: nn.Module) -> nn.Module:
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
-def measure(model: nn.Module, layer: str, size: int, method: str) -> Dict[str, object]:
+def measure(model: nn.Module, layer: str, size: int, method: str, nhwc: bool = False) -> Dict[str, object]:
     clear_receptive_field_cache()
     images: List[int] = []
     handle = _first_conv(model).register_forward_pre_hook(lambda _m, args: images.append(int(args[0].shape[0])))
     try:
         start = time.perf_counter()
-        rf = receptive_field(model, layer, size, cache=False, progress=False, method=method)
+        if not nhwc:
+            rf = receptive_field(model, layer, size, cache=False, progress=False, method=method)
+        elif method == "probe":
+            rf = receptive_fields(model, [layer], size, cache=False, progress=False, method=method,
+                                  channels_last=[layer])[layer]
+        else:
+            try:
+                receptive_field(model, layer, size, cache=False, progress=False, method=method)
+                raise AssertionError(f"{layer} was not found channels-last")
+            except ChannelsLastError as exc:
+                if exc.fields is None:
+                    raise AssertionError(f"{layer}: the trace did not find the layout ({exc})") from None
+                rf = exc.fields[layer]
         wall = time.perf_counter() - start
     finally:
         handle.remove()
@@ -79,7 +110,7 @@ def bench(name: str, size: int, repeats: int) -> Dict[str, object]:
     for rep in range(repeats):
         order = ("auto", "probe") if rep % 2 == 0 else ("probe", "auto")
         for method in order:
-            got = measure(model, layer, size, method)
+            got = measure(model, layer, size, method, name in NHWC)
             key = "trace" if method == "auto" else "probe"
             if key not in best or got["wall_s"] < best[key]["wall_s"]:
                 best[key] = got
@@ -99,7 +130,8 @@ def bench(name: str, size: int, repeats: int) -> Dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES),
+                   help="convnext_atto_nhwc needs timm")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: stable on a shared CPU)")
@@ -120,10 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_after": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None}
     print()
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    print(f"{'model':<14}{'layer':<13}{'px':>4}{'fwd-eq trace':>14}{'fwd-eq probe':>14}"
+    print(f"{'model':<20}{'layer':<27}{'px':>4}{'fwd-eq trace':>14}{'fwd-eq probe':>14}"
           f"{'trace s':>9}{'probe s':>9}{'speedup':>9}  identical")
     for r in rows:
-        print(f"{r['model']:<14}{r['layer']:<13}{r['size']:>4}{r['trace_forward_equivalents']:>14}"
+        print(f"{r['model']:<20}{r['layer']:<27}{r['size']:>4}{r['trace_forward_equivalents']:>14}"
               f"{r['probe_forward_equivalents']:>14}{r['trace_s']:>9.2f}{r['probe_s']:>9.2f}"
               f"{r['speedup']:>8.1f}x  {r['identical']} ({r['trace_method']})")
     if args.json:

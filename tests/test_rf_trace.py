@@ -24,6 +24,7 @@ import torchvision.models as tvm
 from onnx import TensorProto, helper
 from torch import nn
 
+from captum_topk import LayerTopKPatches
 from captum_topk.capture.layouts import ChannelsLastError
 from captum_topk.onnx import list_tensors, load_onnx, onnx_receptive_fields
 from captum_topk.receptive_field import (
@@ -363,12 +364,137 @@ def test_channels_last_outputs_still_refused_without_a_full_probe():
             seen.clear()
             with pytest.raises(ChannelsLastError, match="channels-last"):
                 receptive_field(model, layer, 24, cache=False)
-            assert sum(seen) <= 2 + 1 + 2 * 14 < 1 + 2 * 24  # refused by the confirmation probes
+            assert sum(seen) <= 2 + 1 + 2 * 14 + 1 < 1 + 2 * 24  # found by the trace, confirmed permuted
     finally:
         handle.remove()
     traced = receptive_fields(model, ["4", "5"], 16, cache=False, method="trace")  # permuted back
     assert traced == receptive_fields(model, ["4", "5"], 16, cache=False, method="probe")
     assert traced["5"].size == (5, 5)
+
+
+def _nhwc_fields_traced_like_the_full_probe(model, first_conv, nhwc, nchw, size):
+    r"""Declared channels-last layers are traced (and equal the full NaN probe box by box);
+    undeclared, the trace finds the layout, confirms it and refuses them with every field of
+    the call read as the probe reads it, within the trace's forward passes; the miner then
+    needs no second measurement.
+
+    The full probe runs with its shifted-window correction: these blocks' residual branches
+    are scaled by ``1e-6`` at init, so a finite change of the input vanishes in float32 where
+    NaN does not, and only the float64 check keeps the correction from shrinking their fields."""
+    layers = nhwc + nchw
+    probed = receptive_fields(model, layers, size, cache=False, method="probe", channels_last=nhwc, progress=False)
+    traced = receptive_fields(model, layers, size, cache=False, method="trace", channels_last=nhwc)
+    assert traced == probed and all(f.method == "trace" for f in traced.values())
+    seen, handle = _count_images(model, first_conv)
+    try:
+        with pytest.raises(ChannelsLastError, match="channels-last") as err:
+            receptive_fields(model, layers, size, cache=False, method="trace")
+        assert sum(seen) <= 2 + 1 + 2 * 14 + 1
+        assert err.value.layers == nhwc and err.value.fields == probed
+        seen.clear()
+        clear_receptive_field_cache()
+        with pytest.raises(ChannelsLastError):  # cached: under the key of the permutation
+            receptive_fields(model, layers, size, method="trace")
+        seen.clear()
+        assert receptive_fields(model, layers, size, channels_last=nhwc) == probed and not seen
+        clear_receptive_field_cache()
+        LayerTopKPatches(model, layers, k=2).update(torch.rand(2, 3, size, size))
+        assert sum(seen) - 2 <= 2 + 1 + 2 * 14 + 1  # one trace, one confirmation
+    finally:
+        handle.remove()
+
+
+def _nan_alone(monkeypatch, model, layers, size):
+    """The full probe's fields from NaN alone (no wrap-around check)."""
+    with monkeypatch.context() as m:
+        m.setattr(probe_mod, "_without_wrapped_nan", lambda forward, names, masks, *a: masks)
+        return receptive_fields(model, layers, size, cache=False, method="probe", progress=False)
+
+
+def _finite_change_falls_short(model, layer, size):
+    """Whether NaN in the input's top row reaches the bottom of the map and a float32 finite change
+    of that row does not (what the full probe reads as a wrap-around, before its float64 check)."""
+    module = model.get_submodule(layer)
+    forward = lambda batch: probe_mod.run_capture(model, [module], batch)  # noqa: E731
+    nan = next(iter(probe_mod.probe_masks(forward, [layer], (size, size), 3, 8, rows=[0], cols=[0],
+                                          check_layout=False).values()))[0][0]
+    (finite,) = probe_mod._changed_masks(forward, 1, (size, size), 3, 8, None, torch.float32, [0], [])
+    return bool(nan[-1].any()) and not bool(finite[0][-1].any())
+
+
+class _LayerScaled(nn.Module):
+    """Residual blocks ``x + 1e-6 * conv(x)``: a dependency two blocks away weighs ``1e-12``, lost
+    to float32 rounding where NaN still reaches."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Conv2d(4, 4, 5, padding=2) for _ in range(3))
+
+    def forward(self, x):
+        x = self.stem(x)
+        for conv in self.blocks:
+            x = x + 1e-6 * conv(x)
+        return x
+
+
+def test_layer_scale_is_not_taken_for_a_wrap(monkeypatch):
+    # a finite change that rounding hides is no evidence against a dependency: the float64 check
+    # sees it, and the full probe keeps NaN's field (= the trace's)
+    torch.manual_seed(0)
+    model = _LayerScaled().eval()
+    layers = ["blocks.0", "blocks.2"]
+    assert _finite_change_falls_short(model, "blocks.2", 8)  # three blocks away: 1e-18, lost in float64 too
+    probed = receptive_fields(model, layers, 8, cache=False, method="probe", progress=False)
+    assert probed == receptive_fields(model, layers, 8, cache=False, method="trace")
+    assert probed == _nan_alone(monkeypatch, model, layers, 8)
+    assert probed["blocks.2"].box(0, 0) == (0, 0, 8, 8) and probed["blocks.0"].box(0, 0) == (0, 0, 4, 4)
+    # a plain forward function has no float64 twin: unknown, NaN's field is kept
+    assert receptive_field(lambda x: model(x), {"blocks.2": model.blocks[2]}, 8, cache=False, method="probe",
+                           progress=False) == probed["blocks.2"]
+
+
+@pytest.mark.parametrize("conv_mlp", [False, True])
+def test_timm_convnext_full_probe_keeps_the_fields_that_layer_scale_hides(monkeypatch, conv_mlp):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_atto", pretrained=False, conv_mlp=conv_mlp).eval()
+    layers = ["stages.0.blocks.0", "stages.1.downsample", "stages.1.blocks.0"]
+    assert _finite_change_falls_short(model, "stages.1.downsample", 32)
+    probed = receptive_fields(model, layers, 32, cache=False, method="probe", progress=False)
+    assert probed == receptive_fields(model, layers, 32, cache=False, method="trace")
+    assert probed == _nan_alone(monkeypatch, model, layers, 32)
+    assert probed["stages.1.downsample"].size == (32, 32)
+
+
+def test_torchvision_convnext_full_probe_keeps_the_fields_that_layer_scale_hides(monkeypatch):
+    torch.manual_seed(0)
+    model = tvm.convnext_tiny(weights=None).eval()
+    assert _finite_change_falls_short(model, "features.2.0", 32)
+    probed = receptive_field(model, "features.2.0", 32, cache=False, method="probe", progress=False)
+    assert probed == receptive_field(model, "features.2.0", 32, cache=False, method="trace")
+    assert probed == _nan_alone(monkeypatch, model, ["features.2.0"], 32)["features.2.0"]
+    assert probed.size == (32, 32)
+
+
+@pytest.mark.slow
+def test_torchvision_convnext_channels_last_layers_are_traced():
+    torch.manual_seed(0)
+    model = tvm.convnext_tiny(weights=None).eval()
+    _nhwc_fields_traced_like_the_full_probe(
+        model, model.features[0][0],
+        ["features.1.0.block.2", "features.1.0.block.3", "features.3.0.block.5"],  # LayerNorm, Linear, Linear
+        ["features.1.0", "features.2.0"], 32)  # NCHW around them: the block, LayerNorm2d (permute, norm, permute)
+
+
+def test_timm_convnext_channels_last_layers_are_traced():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_atto", pretrained=False, conv_mlp=False).eval()
+    _nhwc_fields_traced_like_the_full_probe(
+        model, model.stem[0],
+        ["stages.0.blocks.0.norm", "stages.0.blocks.0.mlp.fc1", "stages.1.blocks.0.mlp.fc2"],
+        ["stages.0.blocks.0", "stages.1.downsample"], 32)
 
 
 def test_method_survives_the_caches(tmp_path, monkeypatch):

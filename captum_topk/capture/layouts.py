@@ -26,7 +26,7 @@ unmistakable (one common stride on dimensions 1-2, strides at least 2x apart on 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from torch import Tensor
 
@@ -74,9 +74,14 @@ class ChannelsLastError(ValueError):
     Attributes:
         layers (list of str): every probed layer that looks channels-last (the message
             describes the first).
+        fields (dict or None): where the trace found the layout, the receptive fields
+            measured in the same call, name -> ``ReceptiveField`` (``layers`` read as their
+            permutation ``(N, C, H, W)``), so that a caller reading them so need not measure
+            again; None otherwise.
     """
 
-    def __init__(self, layers: Sequence[str], shape: Sequence[int]) -> None:
+    def __init__(self, layers: Sequence[str], shape: Sequence[int], fields: Optional[Dict[str, Any]] = None) -> None:
         self.layers = list(layers)
+        self.fields = fields
         more = f" (also: {', '.join(self.layers[1:])})" if len(self.layers) > 1 else ""
         super().__init__(channels_last_message(self.layers[0], shape) + more)

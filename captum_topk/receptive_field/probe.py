@@ -74,6 +74,7 @@ which is then an estimate (e.g. 19 instead of 16 for AlexNet ``features.8`` at 9
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -87,7 +88,7 @@ from ..capture.hooks import LayerSpec, resolve_layers, run_capture
 from .field import METHODS, ReceptiveField, SizeSpec, _parse_size
 from .cache import _CACHE, _CACHE_LOCK, _CACHE_MAXSIZE, _disk_get, _disk_put, _structural_signature
 from .intervals import LayoutUnsupported, TraceError, Unsupported
-from .trace import Prediction, trace_fields
+from .trace import ChannelsLastPrediction, Prediction, trace_fields
 
 logger = logging.getLogger("captum_topk.receptive_field")
 
@@ -146,7 +147,9 @@ def receptive_field(
     Raises:
         ValueError: unknown layer (with the closest names), a 3-D / 5-D / ... output, or an
             output that already contains NaN for a finite input.
-        ChannelsLastError: the output looks channels-last ``(N, H, W, C)``.
+        ChannelsLastError: the output looks channels-last ``(N, H, W, C)`` (pass it in
+            ``receptive_fields(..., channels_last=)``); where the trace found the layout, its
+            ``fields`` holds the field of the permutation ``(N, C, H, W)``, already measured.
         TraceError: ``method="trace"`` and the field could not be traced or confirmed.
         RuntimeError: this PyTorch build does not propagate NaN through basic operations.
 
@@ -276,26 +279,40 @@ def _receptive_fields(
             if hit is not None and method in ("auto", hit.method):  # an explicit method is honoured
                 results[name] = hit
 
+    def remember(key: tuple, rf: ReceptiveField) -> None:
+        with _CACHE_LOCK:
+            _CACHE[key] = rf
+            _CACHE.move_to_end(key)
+            while len(_CACHE) > _CACHE_MAXSIZE:
+                _CACHE.popitem(last=False)
+        _disk_put(key, rf)
+
     todo = [(n, m) for n, m in pairs if n not in results]
     if todo:
         _check_nan_propagation(device, dtype)
-        fresh = _probe(model, scope, todo, size, channels, attribute_to_layer_input,
-                       int(batch_size), device, dtype, progress, method, channels_last)
+        try:
+            fresh = _probe(model, scope, todo, size, channels, attribute_to_layer_input,
+                           int(batch_size), device, dtype, progress, method, channels_last)
+        except ChannelsLastError as exc:
+            if exc.fields is None:
+                raise
+            # the trace found the layout: keep what was measured (the channels-last layers under
+            # the key of their permutation), and give the caller every field of this call
+            for name, rf in exc.fields.items():
+                if name in keys:
+                    remember(keys[name] + (("NHWC",) if name in exc.layers else ()), rf)
+            exc.fields = {n: _copy(rf) for n, rf in {**results, **exc.fields}.items()}
+            raise
         for name, rf in fresh.items():
             results[name] = rf
             if name in keys:
-                with _CACHE_LOCK:
-                    _CACHE[keys[name]] = rf
-                    _CACHE.move_to_end(keys[name])
-                    while len(_CACHE) > _CACHE_MAXSIZE:
-                        _CACHE.popitem(last=False)
-                _disk_put(keys[name], rf)
+                remember(keys[name], rf)
     # Copies, so that a caller mutating ``boxes`` cannot corrupt the cache.
-    return {
-        name: ReceptiveField(results[name].boxes.clone(), results[name].input_size,
-                             results[name].size, results[name].stride, results[name].method)
-        for name, _ in pairs
-    }
+    return {name: _copy(results[name]) for name, _ in pairs}
+
+
+def _copy(rf: ReceptiveField) -> ReceptiveField:
+    return ReceptiveField(rf.boxes.clone(), rf.input_size, rf.size, rf.stride, rf.method)
 
 
 def _check_nan_propagation(device: torch.device, dtype: torch.dtype) -> None:
@@ -575,9 +592,11 @@ def fields_from_probe(
     device: Optional[torch.device] = None,
     dtype: Optional[torch.dtype] = None,
     bar: Optional[Any] = None,
+    precise: Optional[Callable[[], Optional[Callable[[Tensor], Sequence[Tensor]]]]] = None,
 ) -> Dict[str, ReceptiveField]:
     r"""The full probe: :func:`probe_masks` for every input row and column, turned into one
-    :class:`ReceptiveField` per output (``method="probe"``).
+    :class:`ReceptiveField` per output (``method="probe"``), NaN that only wraps around the
+    image through a shifted-window mask taken out (:func:`_without_wrapped_nan`).
 
     Args:
         forward (callable): ``(n, channels, H, W)`` tensor -> one output per name, each
@@ -585,12 +604,15 @@ def fields_from_probe(
         names (sequence of str): output names, in ``forward``'s order (for messages and keys).
         size, channels, batch_size, device, dtype: as :func:`probe_batches`.
         bar (tqdm, optional): advanced by the number of images of each chunk.
+        precise (callable, optional): builds ``forward`` in float64 (None where it cannot);
+            called only where NaN may have wrapped around. Without it (an ONNX graph), NaN's
+            field is kept wherever the finite check alone cannot tell a wrap from rounding.
 
     Returns:
         dict name -> :class:`ReceptiveField`.
     """
     masks = probe_masks(forward, names, size, channels, batch_size, device, dtype, bar)
-    masks = _without_wrapped_nan(forward, names, masks, size, channels, batch_size, device, dtype)
+    masks = _without_wrapped_nan(forward, names, masks, size, channels, batch_size, device, dtype, precise)
     return {name: _field_from_masks(r, c, size) for name, (r, c) in masks.items()}
 
 
@@ -599,43 +621,77 @@ def _changed_masks(forward: Callable[[Tensor], Sequence[Tensor]], n_out: int, si
                    rows: Sequence[int], cols: Sequence[int], pixels: Sequence[Tuple[int, int]] = ()) -> List[Tensor]:
     r"""The probe with *finite* changes: per output, ``(len(rows) + len(cols) + len(pixels), h, w)``
     bool, which positions change when an input row, column or pixel gets other finite values
-    (``1 - background``) instead of NaN."""
+    (``1 - background``) instead of NaN. Every chunk holds the clean image too, first, and is
+    compared with it: kernels round differently for other batch sizes (a convolution batched by
+    4 differs from the same image alone in the last bit), which would read as a change."""
     H, W = size
     background = _background(size, channels, device, dtype)
     plan = [("r", r) for r in rows] + [("c", c) for c in cols] + [("p", p) for p in pixels]
-    clean = forward(background[None])
-    step = max(1, int(batch_size))
+    step = max(1, int(batch_size) - 1)
     hits: List[List[Tensor]] = [[] for _ in range(n_out)]
     for start in range(0, len(plan), step):
         part = plan[start : start + step]
-        batch = background.expand(len(part), channels, H, W).clone()
-        for k, (kind, where) in enumerate(part):
+        batch = background.expand(1 + len(part), channels, H, W).clone()
+        for k, (kind, where) in enumerate(part, start=1):
             if kind == "r":
                 batch[k, :, where, :] = 1.0 - batch[k, :, where, :]
             elif kind == "c":
                 batch[k, :, :, where] = 1.0 - batch[k, :, :, where]
             else:
                 batch[k, :, where[0], where[1]] = 1.0 - batch[k, :, where[0], where[1]]
-        for i, (o, c) in enumerate(zip(forward(batch), clean)):
+        for i, out in enumerate(forward(batch)):
+            o, c = out[1:], out[:1]
             changed = (o != c) & ~torch.isnan(o)
             hits[i].append((changed.any(dim=1) if o.dim() == 4 else changed.any(dim=1).reshape(-1, 1, 1)).cpu())
     return [torch.cat(h) for h in hits]
 
 
+def _float64_twin(model: Any, modules: Sequence[nn.Module]) -> Optional[Tuple[Any, List[nn.Module]]]:
+    r"""A float64 copy of ``model`` (a module or a bound method of one) and the copies of
+    ``modules`` inside it, or None where there is none: a plain function (its closure holds the
+    original model), a model that cannot be copied. The copy keeps the eval flags and the
+    hooks of the original; the caller's model is not touched."""
+    try:
+        twin, twin_modules = copy.deepcopy((model, list(modules)))
+    except Exception:  # noqa: BLE001 -- an uncopyable model: no twin, the caller keeps NaN's field
+        return None
+    root = twin if isinstance(twin, nn.Module) else getattr(twin, "__self__", None)
+    if not isinstance(root, nn.Module):
+        return None
+    inside = {id(m) for m in root.modules()}
+    if not all(id(m) in inside for m in twin_modules):
+        return None
+    root.double()
+    return twin, twin_modules
+
+
 def _without_wrapped_nan(forward: Callable[[Tensor], Sequence[Tensor]], names: Sequence[str],
                          masks: Dict[str, Tuple[Tensor, Tensor]], size: Tuple[int, int], channels: int,
-                         batch_size: int, device: Optional[torch.device],
-                         dtype: Optional[torch.dtype]) -> Dict[str, Tuple[Tensor, Tensor]]:
+                         batch_size: int, device: Optional[torch.device], dtype: Optional[torch.dtype],
+                         precise: Optional[Callable[[], Optional[Callable[[Tensor], Sequence[Tensor]]]]] = None,
+                         ) -> Dict[str, Tuple[Tensor, Tensor]]:
     r"""Full-probe masks with the NaN that only wrapped around the image taken out.
 
     Shifted-window attention (Swin) rolls the map by half a window and masks the pairs that the
     roll brought together with ``-100`` before the softmax: their weight, ``exp(-100)``, is lost
-    to float32 rounding, so a finite change of the input's top row never reaches the bottom of
-    the map, but NaN does (``NaN - 100`` is NaN, and so is the softmax of its row). The
-    signature: NaN from a border row (column) of the input reaching the far border of the map.
-    Where the finite change of the same border row or column does not, the layer's masks are
-    those of NaN *and* a finite change, for every probed row and column; elsewhere NaN alone
-    decides (a finite change can vanish where a dependency is real: a max-pool, a dead ReLU)."""
+    to rounding, so a finite change of the input's top row never reaches the bottom of the
+    map, but NaN does (``NaN - 100`` is NaN, and so is the softmax of its row). The
+    signature: NaN from a border row (column) of the input reaching the far border of the map
+    where the finite change of the same border row or column does not.
+
+    A finite change that is not seen is not yet "no dependency": rounding hides small real
+    ones too (ConvNeXt's layer scale, ``1e-6`` at init, scales a change by ``1e-6`` per block
+    it crosses, ``1e-12`` after two, lost in float32). So the border check runs again in
+    float64 (``precise``): where the finite change reaches what NaN reached, or reaches
+    further than in float32, its cutoff is rounding, and NaN's field stays. Only a cutoff that
+    29 more bits of precision do not move (a weight of ``exp(-100)``, not a product of small
+    factors) is a masked wrap; the layer is then measured with finite changes of every row and
+    column, in both precisions, and a probe's reach is that of NaN *and* the float64 change
+    where the two precisions agree on it, NaN's alone where they do not. Without ``precise``
+    (ONNX graphs, plain forward functions, models that cannot be copied or run in float64),
+    nothing is shrunk: unknown keeps NaN's field, which is never too small. Where there is no
+    wrap, NaN alone decides (a finite change can vanish where a dependency is real: a
+    max-pool, a dead ReLU)."""
     H, W = size
     suspects = []
     for name in names:
@@ -648,22 +704,62 @@ def _without_wrapped_nan(forward: Callable[[Tensor], Sequence[Tensor]], names: S
         return masks
     index = [names.index(n) for n in suspects]
 
-    def chosen(batch: Tensor) -> List[Tensor]:
-        outs = forward(batch)
-        return [outs[i] for i in index]
+    def pick(fwd: Callable[[Tensor], Sequence[Tensor]]) -> Callable[[Tensor], List[Tensor]]:
+        def chosen(batch: Tensor) -> List[Tensor]:
+            outs = fwd(batch)
+            return [outs[i] for i in index]
+        return chosen
 
-    border = _changed_masks(chosen, len(index), size, channels, batch_size, device, dtype, [0, H - 1], [0, W - 1])
-    out = dict(masks)
-    for name, b in zip(suspects, border):
+    def finite(fwd: Callable[[Tensor], Sequence[Tensor]], kind: Optional[torch.dtype], rows: Sequence[int],
+               cols: Sequence[int]) -> List[Tensor]:
+        return _changed_masks(pick(fwd), len(index), size, channels, batch_size, device, kind, rows, cols)
+
+    def nan_of(name: str) -> Tensor:
         rows, cols = masks[name]
-        nan = torch.stack([rows[0], rows[-1], cols[0], cols[-1]])
-        if torch.equal(nan & b, nan):
-            continue  # a real wrap (torch.roll without a mask): finite changes go as far as NaN
-        logger.info("receptive field of %r: NaN wraps around the image where finite changes do not "
-                    "(a masked shifted window); measured with finite changes within NaN's reach", name)
-        finite = _changed_masks(chosen, len(index), size, channels, batch_size, device, dtype,
-                                range(H), range(W))[suspects.index(name)]
-        out[name] = (rows & finite[:H], cols & finite[H:])
+        return torch.stack([rows[0], rows[-1], cols[0], cols[-1]])
+
+    border = finite(forward, dtype, [0, H - 1], [0, W - 1])
+    wrapped = [k for k, (name, b) in enumerate(zip(suspects, border))
+               if not torch.equal(nan_of(name) & b, nan_of(name))]  # else a real wrap (torch.roll), or none
+    if not wrapped:
+        return masks
+    forward64 = None
+    try:
+        forward64 = precise() if precise is not None else None
+        border64 = finite(forward64, torch.float64, [0, H - 1], [0, W - 1]) if forward64 is not None else None
+    except Exception as exc:  # noqa: BLE001 -- no float64 run (a device without it, a fixed dtype inside)
+        logger.info("receptive field: no float64 run to check a wrap-around (%s: %s)", type(exc).__name__, exc)
+        border64 = None
+    if border64 is None:
+        for k in wrapped:
+            logger.info("receptive field of %r: NaN reaches the far border where a finite change does not; "
+                        "without a float64 run rounding cannot be ruled out, NaN's field is kept", suspects[k])
+        return masks
+    masked = []
+    for k in wrapped:
+        nan = nan_of(suspects[k])
+        if torch.equal(nan & border64[k], nan & border[k]):
+            masked.append(k)
+        else:
+            logger.info("receptive field of %r: a finite change reaches other positions in float64 than in "
+                        "float32 (rounding, not a mask): NaN's field is kept", suspects[k])
+    if not masked:
+        return masks
+    for k in masked:
+        logger.info("receptive field of %r: NaN wraps around the image where finite changes do not, in float32 "
+                    "and in float64 (a masked shifted window); measured with finite changes within NaN's reach",
+                    suspects[k])
+    all_rows, all_cols = range(H), range(W)
+    f32 = finite(forward, dtype, all_rows, all_cols)
+    f64 = finite(forward64, torch.float64, all_rows, all_cols)
+    out = dict(masks)
+    for k in masked:
+        name = suspects[k]
+        nan = torch.cat(masks[name])
+        a, b = nan & f32[k], nan & f64[k]
+        stable = (a == b).flatten(1).all(1)[:, None, None]  # per probe: a cutoff precision does not move
+        kept = torch.where(stable, b, nan)
+        out[name] = (kept[:H], kept[H:])
     return out
 
 
@@ -801,15 +897,17 @@ def _probe(
     """Measure the fields of ``pairs``: trace and confirm, then the full probe for the rest
     (``channels_last`` layers are read as their ``(N, C, H, W)`` permutation)."""
     fields: Dict[str, ReceptiveField] = {}
+    traced_last: Dict[str, Tuple[int, ...]] = {}  # undeclared layers the trace finds channels-last
     if method != "probe":
         with eval_mode(scope, catch_calls=True), torch.no_grad():
             predicted = trace_fields(model, pairs, size, channels, attribute_to_layer_input, device, dtype,
                                      channels_last)
+            traced_last = {n: p.shape for n, p in predicted.items() if isinstance(p, ChannelsLastPrediction)}
             module_of = dict(pairs)
 
             def forward_for(names: List[str]) -> Callable[[Tensor], Sequence[Tensor]]:
                 modules = [module_of[n] for n in names]
-                nhwc = [n in channels_last for n in names]
+                nhwc = [n in channels_last or n in traced_last for n in names]
 
                 def forward(batch: Tensor) -> Sequence[Tensor]:
                     outs = run_capture(model, modules, batch,
@@ -823,10 +921,20 @@ def _probe(
             logger.info("receptive field of %r: full NaN probe (%s)", name, why)
         if method == "trace" and reasons:
             raise TraceError(reasons)
+    # undeclared layers read channels-last by the trace and confirmed so (those not confirmed go
+    # to the full probe below, whose layout checks decide)
+    found = [n for n in traced_last if n in fields]
     rest = [(n, m) for n, m in pairs if n not in fields]
     if rest:
-        fields.update(_full_probe(model, scope, rest, size, channels, attribute_to_layer_input,
-                                  batch_size, device, dtype, progress, channels_last))
+        try:
+            fields.update(_full_probe(model, scope, rest, size, channels, attribute_to_layer_input,
+                                      batch_size, device, dtype, progress, channels_last))
+        except ChannelsLastError as exc:
+            if not found:
+                raise
+            raise ChannelsLastError(found + exc.layers, traced_last[found[0]], dict(fields)) from None
+    if found:  # refused as before, with the fields read as the permutation (cached by the caller)
+        raise ChannelsLastError(found, traced_last[found[0]], {n: fields[n] for n, _ in pairs})
     return {n: fields[n] for n, _ in pairs}
 
 
@@ -851,18 +959,24 @@ def _full_probe(
     last = [name in channels_last for name, _ in pairs]
     total = 1 + size[0] + size[1]
 
-    def forward(batch: Tensor) -> Sequence[Tensor]:
-        outs = run_capture(
-            model, modules, batch,
-            attribute_to_layer_input=attribute_to_layer_input, stop_early=True,
-        )
-        return _as_nchw(outs, last)
+    def forward_of(net: Any, layers: Sequence[nn.Module]) -> Callable[[Tensor], Sequence[Tensor]]:
+        def forward(batch: Tensor) -> Sequence[Tensor]:
+            outs = run_capture(
+                net, layers, batch,
+                attribute_to_layer_input=attribute_to_layer_input, stop_early=True,
+            )
+            return _as_nchw(outs, last)
+        return forward
+
+    def precise() -> Optional[Callable[[Tensor], Sequence[Tensor]]]:
+        twin = _float64_twin(model, modules)
+        return None if twin is None else forward_of(*twin)
 
     with tqdm(total=total, desc="receptive-field probe (cached per architecture and input size)",
               unit="img", disable=not progress or total < 4 * batch_size, leave=False) as bar:
         with eval_mode(scope, catch_calls=True), torch.no_grad():
-            return fields_from_probe(forward, [n for n, _ in pairs], size, channels,
-                                     batch_size, device, dtype, bar)
+            return fields_from_probe(forward_of(model, modules), [n for n, _ in pairs], size, channels,
+                                     batch_size, device, dtype, bar, precise)
 
 
 def _nan_positions(name: str, out: Tensor, n: int) -> Tensor:
@@ -1010,13 +1124,17 @@ def token_fields(
     if todo:
         _check_nan_propagation(device, dtype)
         modules = [m for _, m, _, _ in todo]
-        names = [n for n, _, _, _ in todo]
 
-        def forward(batch: Tensor) -> List[Tensor]:
-            outs = run_capture(model, modules, batch, attribute_to_layer_input=attribute_to_layer_input,
-                               stop_early=True, names=names)
-            return [o[:, p:, :].transpose(1, 2).reshape(o.shape[0], o.shape[2], g[0], g[1])
-                    for o, (_, _, p, g) in zip(outs, todo)]
+        def forward_of(net: Any, entries: Sequence[Tuple[str, nn.Module, int, Tuple[int, int]]],
+                       mods: Sequence[nn.Module]) -> Callable[[Tensor], List[Tensor]]:
+            def forward(batch: Tensor) -> List[Tensor]:
+                outs = run_capture(net, mods, batch, attribute_to_layer_input=attribute_to_layer_input,
+                                   stop_early=True, names=[n for n, _, _, _ in entries])
+                return [o[:, p:, :].transpose(1, 2).reshape(o.shape[0], o.shape[2], g[0], g[1])
+                        for o, (_, _, p, g) in zip(outs, entries)]
+            return forward
+
+        forward = forward_of(model, todo, modules)
 
         H, W = size
         corners = [(0, 0), (H - 1, W - 1)]
@@ -1037,19 +1155,19 @@ def token_fields(
             if local:
                 names_l = [n for n, _, _, _ in local]
                 modules_l = [m for _, m, _, _ in local]
+                forward_local = forward_of(model, local, modules_l)
 
-                def forward_local(batch: Tensor) -> List[Tensor]:
-                    outs = run_capture(model, modules_l, batch, attribute_to_layer_input=attribute_to_layer_input,
-                                       stop_early=True, names=names_l)
-                    return [o[:, p:, :].transpose(1, 2).reshape(o.shape[0], o.shape[2], g[0], g[1])
-                            for o, (_, _, p, g) in zip(outs, local)]
+                def precise() -> Optional[Callable[[Tensor], List[Tensor]]]:
+                    twin = _float64_twin(model, modules_l)
+                    return None if twin is None else forward_of(twin[0], local, twin[1])
 
                 total = 1 + H + W
                 with tqdm(total=total, desc="receptive-field probe of token layers (cached per architecture)",
                           unit="img", disable=not progress or total < 4 * batch_size, leave=False) as bar:
                     masks = probe_masks(forward_local, names_l, size, channels, batch_size, device, dtype, bar,
                                         check_layout=False)
-                masks = _without_wrapped_nan(forward_local, names_l, masks, size, channels, batch_size, device, dtype)
+                masks = _without_wrapped_nan(forward_local, names_l, masks, size, channels, batch_size, device, dtype,
+                                             precise)
                 for name in names_l:
                     results[name] = _field_from_masks(*masks[name], size)
         for name, _, _, _ in todo:

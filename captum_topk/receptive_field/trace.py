@@ -35,6 +35,20 @@ Prediction = Tuple[Tensor, Tensor]
 """``(rows, cols)``: ``(h, H)`` and ``(w, W)`` bool sets of a layer output."""
 
 
+class ChannelsLastPrediction(tuple):
+    r"""The :data:`Prediction` of a layer the trace finds channels-last although it was not
+    declared so: its output's dimensions 1 and 2 are the image's rows and columns (the trace
+    followed the permutations, e.g. inside a ConvNeXt block), and the sets are those of its
+    permutation ``(N, C, H, W)``. ``shape`` is the raw output's shape (batch of the shape pass)."""
+
+    shape: Tuple[int, ...]
+
+    def __new__(cls, sets: Prediction, shape: Sequence[int]) -> "ChannelsLastPrediction":
+        out = super().__new__(cls, sets)
+        out.shape = tuple(int(s) for s in shape)
+        return out
+
+
 _TRACE_LOCK = threading.RLock()
 
 
@@ -86,7 +100,9 @@ def trace_fields(
         attribute_to_layer_input (bool): predict the layers' inputs.
         device, dtype: of the shape-pass images.
         channels_last (frozenset of str): layers whose 4-D output is ``(N, H, W, C)``: read
-            as its permutation ``(N, C, H, W)``.
+            as its permutation ``(N, C, H, W)``. A 4-D output that is not declared so but
+            whose dimensions 1 and 2 the trace follows to the image's rows and columns is
+            read the same way, its prediction a :class:`ChannelsLastPrediction`.
 
     Returns:
         dict name -> ``(rows, cols)`` (``(h, H)``, ``(w, W)`` bool) or the
@@ -138,11 +154,20 @@ def trace_fields(
                     out[name] = Unsupported("the layer does not depend on the input image")
                 else:
                     try:
-                        nhwc = name in channels_last and len(deps.dims) == 4
-                        out[name] = (deps.permute((0, 3, 1, 2)) if nhwc else deps).field_sets()
+                        if name in channels_last and len(deps.dims) == 4:
+                            out[name] = deps.permute((0, 3, 1, 2)).field_sets()
+                        elif _channels_last(deps):
+                            out[name] = ChannelsLastPrediction(deps.permute((0, 3, 1, 2)).field_sets(), deps.shape)
+                        else:
+                            out[name] = deps.field_sets()
                     except Unsupported as exc:
                         out[name] = exc
     return {name: out[name] for name, _ in pairs}
+
+
+def _channels_last(deps: Deps) -> bool:
+    """Dimensions 1 and 2 of a 4-D tensor are the image's rows and columns, 3 the channels."""
+    return len(deps.dims) == 4 and deps.dims[:3] == ("n", "h", "w") and deps.dims[3] is None
 
 
 class _Tracer(fx.Tracer):

@@ -194,7 +194,9 @@ class TorchSource(MappedSource):
             forced = [n for n in found if layouts[n] == "NCHW"]
             if forced or not found:
                 raise
-            fields = measure(names, last + found)
+            got = {ours[n]: rf for n, rf in (exc.fields or {}).items() if n in ours}
+            # the trace found the layout and measured every field already; else measure again
+            fields = {n: got[n] for n in names} if set(got) >= set(names) else measure(names, last + found)
             fields["__channels_last__"] = found
             return fields
 
