@@ -18,13 +18,13 @@ from captum_topk.models.ecosystem import ModelSpec, PixelValuesModel, model_file
 from captum_topk.runs.spec import RunSpec
 
 from ._models import save_hf_vit, tiny_hf_vit
+from ._tolerance import BACKEND_ATOL, BACKEND_RTOL
 
 timm = pytest.importorskip("timm")
 tf = pytest.importorskip("transformers")
 
 #: The export's parity bound (docs/onnx.md): max |ORT - torch| <= ATOL + RTOL * max |torch|.
-#: tests/_tolerance.py (BACKEND_RTOL / BACKEND_ATOL) is not on this branch: the bound is stated here.
-ATOL = RTOL = 1e-4
+ATOL, RTOL = BACKEND_ATOL, BACKEND_RTOL
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:

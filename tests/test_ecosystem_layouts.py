@@ -11,6 +11,7 @@ import torch
 from captum_topk import LayerTopKPatches
 from captum_topk.capture.batch import split_batch
 from tests._reference import reference_topk
+from tests._tolerance import assert_same_records
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -305,4 +306,4 @@ def test_a_local_token_layer_has_the_same_field_through_onnx_runtime(tmp_path):
     ort = OnnxTopKPatches(exp.path, k=2, progress_rf=False).mine(images, progress=False)
     assert ort.box_kind("linear") == "receptive_field"
     assert ort.receptive_fields["linear"][(16, 16)] == rf
-    assert torch.equal(ort.indices("linear"), res.indices("linear"))
+    assert_same_records(ort, res, "linear")  # two backends: up to near ties (tests/_tolerance.py)
