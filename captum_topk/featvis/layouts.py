@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..capture.hooks import LayerSpec, resolve_layers
+from ..capture.tokens import vision_config
 from ..core.sources.layouts import PREFIX_SUFFIX, base_layer, canonical
 from ..core.sources.torch import TorchSource
 from ..utils.modules import device_dtype
@@ -31,11 +32,6 @@ def _side(size: Any) -> Optional[Tuple[int, int]]:
     return None
 
 
-def _hf_config(model: nn.Module) -> Any:
-    config = getattr(model, "config", None)
-    return getattr(config, "vision_config", None) or config
-
-
 def fixed_input_size(model: nn.Module) -> Optional[Tuple[int, int]]:
     r"""The one input size a model accepts, when its description says so: torchvision's
     ``VisionTransformer.image_size``; timm's ``patch_embed.img_size`` when the patch embedding
@@ -52,7 +48,7 @@ def fixed_input_size(model: nn.Module) -> Optional[Tuple[int, int]]:
     if (embed is not None and getattr(embed, "strict_img_size", False)
             and not getattr(model, "dynamic_img_size", False) and not getattr(embed, "dynamic_img_pad", False)):
         return _side(getattr(embed, "img_size", None))
-    config = _hf_config(model)
+    config = vision_config(model)
     if config is not None and not isinstance(config, dict):
         return _side(getattr(config, "image_size", None))
     return None
