@@ -78,6 +78,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..concepts.base import Concepts
     from ..concepts.compare import match_concepts
+    from ..core.sources.concepts import concept_layer
     from ..dashboard.concepts import matching_rows
 
     a, b = Concepts.load(args.a), Concepts.load(args.b)
@@ -92,10 +93,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     m = match_concepts(a, b, by=args.by, threshold=args.threshold, **kw)
     rows = matching_rows(m)
     if args.json:
-        print(json.dumps({"a": f"{a.layer}:{a.name}", "b": f"{b.layer}:{b.name}", **m.to_json(), "rows": rows},
+        print(json.dumps({"a": concept_layer(a), "b": concept_layer(b), **m.to_json(), "rows": rows},
                          indent=2))
         return 0
-    print(f"{a.layer}:{a.name} ({a.n_concepts}) vs {b.layer}:{b.name} ({b.n_concepts}), by {m.by}, "
+    print(f"{concept_layer(a)} ({a.n_concepts}) vs {concept_layer(b)} ({b.n_concepts}), by {m.by}, "
           f"threshold {m.threshold:g}: {len(m.kept)} kept, {len(m.dropped)} dropped, {len(m.created)} created")
     for r in rows:
         if r["status"] == "kept":

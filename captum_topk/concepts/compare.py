@@ -23,6 +23,7 @@ import torch
 from ..compare.inputs import image_batches
 from ..compare.matching import UnitMatching
 from ..core.accumulators.crosscorr import CrossCorrelation
+from ..core.sources.concepts import concept_layer
 from ..utils.modules import eval_mode, root_module
 from .base import Concepts
 from .stream import make_source
@@ -117,7 +118,7 @@ def match_concepts(a: Concepts, b: Concepts, *, by: str = "cosine", model_a: Any
                                       batch_size, max_images, positions)
     else:
         raise ValueError(f"by must be 'cosine' or 'correlation', got {by!r}.")
-    units = UnitMatching.from_correlation(matrix, f"{a.layer}:{a.name}", f"{b.layer}:{b.name}",
+    units = UnitMatching.from_correlation(matrix, concept_layer(a), concept_layer(b),
                                           keep_matrix=True, images=images,
                                           positions=positions if by == "correlation" else "directions")
     sim = units.correlation

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..concepts.base import Concepts
+from ..core.sources.concepts import concept_layer as result_layer
 from ..runs.folder import Run
 from ..utils.naming import slug
 from .comparisons import like_run
@@ -239,13 +240,13 @@ def concepts_facts(concepts: Concepts) -> Dict[str, Any]:
     scalars = {k: v for k, v in concepts.encoder_state.items() if not isinstance(v, torch.Tensor)}
     return {"name": concepts.name, "layer": concepts.layer, "method": concepts.method,
             "n_concepts": concepts.n_concepts, "channels": concepts.channels,
-            "result_layer": f"{concepts.layer}:{concepts.name}", "labels": concepts.labels, "facts": scalars}
+            "result_layer": result_layer(concepts), "labels": concepts.labels, "facts": scalars}
 
 
 def concept_layer(run: Run, concepts: Concepts) -> Optional[str]:
     r"""The run's result layer of ``concepts`` (``"<layer>:<name>"``) when the run was mined with
     these very concepts (same directions and encoding), else None."""
-    name = f"{concepts.layer}:{concepts.name}"
+    name = result_layer(concepts)
     if name not in run.result.layers:
         return None
     try:
