@@ -84,6 +84,13 @@ def test_save_load_round_trip_is_safe_and_exact(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # written atomically, nothing left behind
     with pytest.raises(ValueError, match="':'"):
         Concepts("l", torch.randn(2, 3), "vectors", name="a:b")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="is not a concepts file"):
+        Concepts.load(garbage)
+    torch.save({"weights": torch.zeros(2)}, garbage)
+    with pytest.raises(ValueError, match="not a saved Concepts object"):
+        Concepts.load(garbage)
 
 
 # ---------------------------------------------------------------------------- planted concepts

@@ -14,7 +14,6 @@ mines a run's settings again with a concepts file.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -230,7 +229,7 @@ def load_concepts_file(roots: Roots, path: str) -> Tuple[Concepts, Path]:
         file = resolve_under(roots.runs, text, kind="file")
     try:
         return Concepts.load(file), file
-    except (RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:  # another kind of file
+    except (ValueError, KeyError) as exc:  # another kind of file (Concepts.load says which)
         raise ValueError(f"{text} is not a concepts file (Concepts.save / `captum-topk concepts learn`): {exc}") from exc
 
 
