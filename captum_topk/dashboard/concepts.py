@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..concepts.base import Concepts
+from ..core.activation_maps import recorded_layout
 from ..core.sources.concepts import concept_layer as result_layer
 from ..runs.folder import Run
 from ..utils.naming import slug
@@ -111,18 +112,6 @@ def concepts_path(spec: ConceptJobSpec, roots: Roots) -> Path:
     return resolve_under(roots.runs, spec.run, kind="dir") / CONCEPTS_DIR / spec.file_name()
 
 
-def _layout_kw(run: Run, layer: str) -> Dict[str, Any]:
-    info = run.result.layer_info.get(layer, {})
-    kw: Dict[str, Any] = {}
-    if info.get("layout") in ("NHWC", "NLC"):
-        kw["layout"] = info["layout"]
-    if info.get("token_grid"):
-        kw["token_grid"] = tuple(info["token_grid"])
-    if info.get("prefix_tokens") is not None and info.get("layout") == "NLC":
-        kw["prefix_tokens"] = int(info["prefix_tokens"])
-    return kw
-
-
 class _Batches:
     r"""A run's images in batches (re-iterable: the SAE may take several passes), reporting
     ``progress(phase, images done, total)`` and stopping with :class:`JobStopped` when asked."""
@@ -195,7 +184,7 @@ def learn_job(spec: ConceptJobSpec, roots: Roots, progress: Optional[Callable[[s
     try:
         concepts = learn_concepts(model, spec.layer, data, method=spec.method, n_concepts=spec.n_concepts,
                                   seed=spec.seed, progress=False, batch_size=spec.batch_size,
-                                  negatives="clamp", **_layout_kw(run, spec.layer))
+                                  negatives="clamp", **recorded_layout(run.result, spec.layer))
     except JobStopped:
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -339,7 +328,7 @@ def concept_importance(run: Run, concepts: Concepts, target: int, max_images: in
         raise ValueError("Concept importance needs the PyTorch model; this run is of an ONNX file.")
     images = _images(run, max_images)
     scores = concepts.importance(model, images, int(target), batch_size=batch_size,
-                                 **_layout_kw(run, concepts.layer))
+                                 **recorded_layout(run.result, concepts.layer))
     return scores.double().numpy()
 
 
@@ -362,7 +351,7 @@ def concept_heatmaps(run: Run, concepts: Concepts, index: int, image_indices: Se
     if not image_indices:
         return np.zeros((0, 1, 1, 3), np.uint8)
     images = torch.stack([run.dataset[int(i)][0] for i in image_indices])
-    maps = concepts.heatmaps(model, images, batch_size=batch_size, **_layout_kw(run, concepts.layer))[:, int(index)]
+    maps = concepts.heatmaps(model, images, batch_size=batch_size, **recorded_layout(run.result, concepts.layer))[:, int(index)]
     top = max(float(maps.max()), 1e-12)
     return np.stack([overlay(img, m, mean=run.info.mean, std=run.info.std, scale=top)
                      for img, m in zip(images, maps)])
