@@ -84,6 +84,7 @@ from tqdm.auto import tqdm
 from ..capture.layouts import ChannelsLastError, looks_channels_last
 from ..utils.modules import device_dtype, eval_mode, first_conv
 from ..capture.hooks import LayerSpec, resolve_layers, run_capture
+from ..capture.tokens import split_tokens
 from .field import METHODS, ReceptiveField, SizeSpec, _parse_size
 from .cache import _CACHE, _CACHE_LOCK, _CACHE_MAXSIZE, _disk_get, _disk_put, _structural_signature
 from .intervals import LayoutUnsupported, TraceError, Unsupported
@@ -1009,15 +1010,19 @@ def token_fields(
     todo = [entry for entry in layers if entry[0] not in results]
     if todo:
         _check_nan_propagation(device, dtype)
-        modules = [m for _, m, _, _ in todo]
-        names = [n for n, _, _, _ in todo]
 
-        def forward(batch: Tensor) -> List[Tensor]:
-            outs = run_capture(model, modules, batch, attribute_to_layer_input=attribute_to_layer_input,
-                               stop_early=True, names=names)
-            return [o[:, p:, :].transpose(1, 2).reshape(o.shape[0], o.shape[2], g[0], g[1])
-                    for o, (_, _, p, g) in zip(outs, todo)]
+        def patch_maps(entries: Sequence[tuple]) -> Callable[[Tensor], List[Tensor]]:
+            r"""A forward giving each entry's patch tokens as an ``(N, C, h, w)`` map."""
+            modules, names = [m for _, m, _, _ in entries], [n for n, _, _, _ in entries]
 
+            def forward(batch: Tensor) -> List[Tensor]:
+                outs = run_capture(model, modules, batch, attribute_to_layer_input=attribute_to_layer_input,
+                                   stop_early=True, names=names)
+                return [split_tokens(o, p, g)[0] for o, (_, _, p, g) in zip(outs, entries)]
+
+            return forward
+
+        forward = patch_maps(todo)
         H, W = size
         corners = [(0, 0), (H - 1, W - 1)]
         with eval_mode(scope, catch_calls=True), torch.no_grad():
@@ -1036,13 +1041,7 @@ def token_fields(
                 results[entry[0]] = None
             if local:
                 names_l = [n for n, _, _, _ in local]
-                modules_l = [m for _, m, _, _ in local]
-
-                def forward_local(batch: Tensor) -> List[Tensor]:
-                    outs = run_capture(model, modules_l, batch, attribute_to_layer_input=attribute_to_layer_input,
-                                       stop_early=True, names=names_l)
-                    return [o[:, p:, :].transpose(1, 2).reshape(o.shape[0], o.shape[2], g[0], g[1])
-                            for o, (_, _, p, g) in zip(outs, local)]
+                forward_local = patch_maps(local)
 
                 total = 1 + H + W
                 with tqdm(total=total, desc="receptive-field probe of token layers (cached per architecture)",
