@@ -267,24 +267,24 @@ def concepts_file(path: str, mtime: float):
 @st.cache_data(show_spinner=False, max_entries=64)
 def concept_visualizations(path: str, mtime: float, file: str, fmtime: float, indices: Tuple[int, ...],
                            compute: bool):
-    return dd.concept_visualizations(open_run(path, mtime), concepts_file(file, fmtime), list(indices),
+    return dd.concept_visualizations(cached_run(path, mtime), concepts_file(file, fmtime), list(indices),
                                      compute=compute)
 
 
 @st.cache_data(show_spinner="Gradient x concept activation over the run's images...", max_entries=64)
 def concept_importance(path: str, mtime: float, file: str, fmtime: float, target: int, max_images: int):
-    return dd.concept_importance(open_run(path, mtime), concepts_file(file, fmtime), target, max_images=max_images)
+    return dd.concept_importance(cached_run(path, mtime), concepts_file(file, fmtime), target, max_images=max_images)
 
 
 @st.cache_data(show_spinner="Encoding the images' activations into concepts...", max_entries=64)
 def concept_heatmaps(path: str, mtime: float, file: str, fmtime: float, index: int, images: Tuple[int, ...]):
-    return dd.concept_heatmaps(open_run(path, mtime), concepts_file(file, fmtime), index, list(images))
+    return dd.concept_heatmaps(cached_run(path, mtime), concepts_file(file, fmtime), index, list(images))
 
 
 @st.cache_data(show_spinner="Matching the concepts (Hungarian)...", max_entries=32)
 def concept_matching(file_a: str, mt_a: float, file_b: str, mt_b: float, by: str,
                      run_a: Optional[Tuple[str, float]], run_b: Optional[Tuple[str, float]]):
-    ra = open_run(*run_a) if run_a else None
-    rb = open_run(*run_b) if run_b else None
+    ra = cached_run(*run_a) if run_a else None
+    rb = cached_run(*run_b) if run_b else None
     m = dd.match_files(concepts_file(file_a, mt_a), concepts_file(file_b, mt_b), by, ra, rb)
     return m.to_json(), dd.matching_rows(m)
