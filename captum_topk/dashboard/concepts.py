@@ -43,7 +43,6 @@ __all__ = [
     "concept_layer",
     "concept_mining_spec",
     "concept_visualizations",
-    "directions_visualizable",
     "concept_importance",
     "concept_heatmaps",
     "matching_rows",
@@ -266,14 +265,6 @@ def concept_mining_spec(run: Run, concepts_file: Path, roots: Roots) -> JobSpec:
     backend = run.backend if run.backend in ("torch", "onnxruntime") else "auto"  # the engine that mined it
     return dataclasses.replace(base, layers=layers, max_images=max_images, backend=backend,
                                concepts=(_relative(str(concepts_file), roots.runs),))
-
-
-def directions_visualizable() -> bool:
-    r"""Whether feature visualization takes directions here (the ``direction`` objective of
-    :mod:`captum_topk.featvis.objectives`)."""
-    from ..featvis import objectives
-
-    return hasattr(objectives, "direction")
 
 
 def concept_visualizations(run: Run, concepts: Concepts, indices: Sequence[int], compute: bool = True,
