@@ -301,9 +301,13 @@ def concept_visualizations(run: Run, concepts: Concepts, indices: Sequence[int],
     return {i: to_display(vis.of(j)[:1])[0] for j, i in enumerate(have)}
 
 
-def _images(run: Run, max_images: int) -> torch.Tensor:
-    n = min(len(run.dataset), int(max_images))
-    return torch.stack([run.dataset[i][0] for i in range(n)])
+def _images(run: Run, indices: Sequence[int]) -> torch.Tensor:
+    r"""``(n, C, H, W)``: the run's images at ``indices``, as the model sees them."""
+    return torch.stack([run.dataset[int(i)][0] for i in indices])
+
+
+def _first_images(run: Run, max_images: int) -> torch.Tensor:
+    return _images(run, range(min(len(run.dataset), int(max_images))))
 
 
 def concept_importance(run: Run, concepts: Concepts, target: int, max_images: int = 64,
@@ -317,7 +321,7 @@ def concept_importance(run: Run, concepts: Concepts, target: int, max_images: in
     model = run.model
     if model is None:
         raise ValueError("Concept importance needs the PyTorch model; this run is of an ONNX file.")
-    images = _images(run, max_images)
+    images = _first_images(run, max_images)
     scores = concepts.importance(model, images, int(target), batch_size=batch_size,
                                  **recorded_layout(run.result, concepts.layer))
     return scores.double().numpy()
@@ -341,7 +345,7 @@ def concept_heatmaps(run: Run, concepts: Concepts, index: int, image_indices: Se
         raise ValueError("Concept heatmaps need the PyTorch model; this run is of an ONNX file.")
     if not image_indices:
         return np.zeros((0, 1, 1, 3), np.uint8)
-    images = torch.stack([run.dataset[int(i)][0] for i in image_indices])
+    images = _images(run, image_indices)
     maps = concepts.heatmaps(model, images, batch_size=batch_size, **recorded_layout(run.result, concepts.layer))[:, int(index)]
     top = max(float(maps.max()), 1e-12)
     return np.stack([overlay(img, m, mean=run.info.mean, std=run.info.std, scale=top)
@@ -382,5 +386,5 @@ def match_files(a: Concepts, b: Concepts, by: str = "cosine", run_a: Optional[Ru
     if by == "correlation":
         if run_a is None or run_a.model is None or (run_b is not None and run_b.model is None):
             raise ValueError("Matching by correlation needs the runs' PyTorch models (pick two runs).")
-        kw.update(model_a=run_a.model, model_b=(run_b or run_a).model, data=_images(run_a, max_images))
+        kw.update(model_a=run_a.model, model_b=(run_b or run_a).model, data=_first_images(run_a, max_images))
     return match_concepts(a, b, by=by, **kw)
