@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..capture.hooks import resolve_layers
-from ..compare.inputs import count_images, image_batches
+from ..compare.inputs import image_batches
+from ..core.loop import count_images
 from ..core.sources.layouts import canonical
 from ..core.sources.torch import TorchSource
 from ..utils.modules import device_dtype, eval_mode, root_module
