@@ -89,7 +89,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         model_a, info = _load_model(args)
         model_b = _load_model(args, args.checkpoint_b)[0] if args.checkpoint_b else model_a
         kw = dict(model_a=model_a, model_b=model_b, data=open_dataset(args.data, info.transform)[0],
-                  batch_size=args.batch_size, max_images=args.max_images)
+                  batch_size=args.batch_size, max_images=args.max_images, progress=True)
     m = match_concepts(a, b, by=args.by, threshold=args.threshold, **kw)
     rows = matching_rows(m)
     if args.json:
