@@ -184,7 +184,7 @@ def test_concepts_page_gallery_of_a_mined_run(world, learned, monkeypatch):
     _ok(at)
     mined = learned["mined"]
     assert any(mined.path.name in c.value for c in at.caption)  # patches from the run mined with them
-    assert sum("not visualized yet" in i.value for i in at.info) == (4 if dd.directions_visualizable() else 0)
+    assert sum("not visualized yet" in i.value for i in at.info) == 4
     assert "Importance and heatmaps" in [s.value for s in at.subheader]
     # importance for the class picked, as the library computes it
     at.number_input(key="cc_imp_images").set_value(8).run()
@@ -199,8 +199,6 @@ def test_concepts_page_gallery_of_a_mined_run(world, learned, monkeypatch):
     _ok(at)
     assert any(m.value.startswith("**4 kept, 0 dropped, 0 created**") for m in at.markdown)
     # feature visualization of the directions, cached in the run folder
-    if not dd.directions_visualizable():
-        pytest.skip("feature visualization of directions (helper/featvis) is not merged in this tree")
     at.button(key="cc_vis").click().run()
     _ok(at)
     assert not any("not visualized yet" in i.value for i in at.info)

@@ -84,6 +84,13 @@ def test_save_load_round_trip_is_safe_and_exact(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # written atomically, nothing left behind
     with pytest.raises(ValueError, match="':'"):
         Concepts("l", torch.randn(2, 3), "vectors", name="a:b")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="is not a concepts file"):
+        Concepts.load(garbage)
+    torch.save({"weights": torch.zeros(2)}, garbage)
+    with pytest.raises(ValueError, match="not a saved Concepts object"):
+        Concepts.load(garbage)
 
 
 # ---------------------------------------------------------------------------- planted concepts
@@ -429,3 +436,17 @@ def test_public_names_are_lazy_and_sklearn_is_imported_only_inside_functions():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.split(".")[0] in {"sklearn", "scipy"} for n in names), (path, names)
+
+
+def test_learning_leaves_the_global_rng_alone():
+    from captum_topk.concepts.learn import learn_concepts
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(8, 3, 10, 10, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = learn_concepts(model, "1", x, method="sae", n_concepts=4, progress=False, min_steps=5)
+    assert torch.equal(torch.rand(3), expected)
+    second = learn_concepts(model, "1", x, method="sae", n_concepts=4, progress=False, min_steps=5)
+    assert torch.equal(first.directions, second.directions)

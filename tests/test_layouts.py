@@ -149,6 +149,10 @@ def test_activation_maps_hold_the_records_values():
     res = LayerTopKPatches(vit, layer, k=4).mine(x, progress=False)
     maps = res.activation_maps(x, layer, 2, model=vit)
     assert maps.shape == (4, 4, 4)
+    from captum_topk.core.activation_maps import recorded_layout
+
+    assert recorded_layout(res, layer) == {"layout": "NLC", "token_grid": (4, 4), "prefix_tokens": 1}
+    assert recorded_layout(res, layer + "[prefix]") == recorded_layout(res, layer)
     for m, r in zip(maps, res.records(layer, 2)):
         assert float(m[r.y, r.x]) == pytest.approx(r.value, abs=1e-5) and float(m.max()) == pytest.approx(r.value, abs=1e-5)
     bottom = res.activation_maps(x, layer, 2, model=vit, which="bottom")
@@ -156,6 +160,7 @@ def test_activation_maps_hold_the_records_values():
         assert float(m.min()) == pytest.approx(r.value, abs=1e-5)
     cnn = _ChannelsLastBlock().eval()
     res = LayerTopKPatches(cnn, "out", k=3, stats=True).mine(x, progress=False)
+    assert recorded_layout(res, "out") == {"layout": "NCHW", "token_grid": None, "prefix_tokens": None}
     maps = res.activation_maps(x, "out", 1, model=cnn)
     for m, r in zip(maps, res.records("out", 1)):
         assert float(m[r.y, r.x]) == pytest.approx(r.value, abs=1e-6)

@@ -417,3 +417,16 @@ def test_space_to_depth_stem_survives_resume_and_merge(tmp_path):
         assert torch.equal(result.indices("1"), direct.indices("1"))
         assert result.records("1", 0)[0].box == direct.records("1", 0)[0].box
 
+
+
+def test_count_images_of_every_data_form():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from captum_topk.core.loop import count_images
+
+    x = torch.zeros(10, 3, 4, 4)
+    ds = TensorDataset(x, torch.zeros(10, dtype=torch.long))
+    assert count_images(x) == 10 and count_images(x, max_images=4) == 4
+    assert count_images(ds) == 10 and count_images(DataLoader(ds, batch_size=3)) == 10
+    assert count_images([(x[:5],), (x[5:],)]) is None  # a list of 2 batches, not 2 images
+    assert count_images(iter([x])) is None

@@ -141,12 +141,9 @@ page = int(st.number_input(f"Page (1-{n_pages}, {per_page} concepts each)", 1, n
 shown_idx = list(range((page - 1) * per_page, min(K, page * per_page)))
 fkey = (str(file), fmtime(file))
 vis = {}
-if not dd.directions_visualizable():
-    st.caption("Feature visualization of directions is not available in this version of captum_topk.featvis.")
 with common.friendly("Cannot read the visualizations"):
-    if dd.directions_visualizable():
-        vis = common.concept_visualizations(path, mtime, *fkey, tuple(shown_idx), False)
-    missing = [i for i in shown_idx if i not in vis] if dd.directions_visualizable() else []
+    vis = common.concept_visualizations(path, mtime, *fkey, tuple(shown_idx), False)
+    missing = [i for i in shown_idx if i not in vis]
     if missing and st.button(f"Visualize the {len(missing)} concepts of this page not done yet "
                              f"(about {5 * len(missing)} s on a 2-core CPU)", key="cc_vis"):
         bar = st.progress(0.0, text="Optimising images along the directions...")
@@ -162,7 +159,7 @@ for j, i in enumerate(shown_idx):
         left, right = st.columns([1, 1.6])
         if i in vis:
             left.image(vis[i], caption="optimised along the direction", width="stretch")
-        elif dd.directions_visualizable():
+        else:
             left.info("not visualized yet")
         if mined_run is not None and mined_layer is not None:
             mpath, mmtime = common.run_key(mined_run)

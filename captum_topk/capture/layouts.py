@@ -12,7 +12,7 @@ and suffix, the signature of an image axis. (Channel layouts such as PixelUnshuf
 YOLO "Focus" stem give interleaved sets, not a prefix and a suffix, and the left column
 reaches only part of them, so they are not flagged.)
 
-Two more looks settle what NaN leaves undecided (:func:`captum_topk.receptive_field.probe_masks`,
+Two more looks settle what NaN leaves undecided (:func:`captum_topk.receptive_field.probe.probe_masks`,
 on the full probe before its ``H + W + 1`` images, not after). NaN over-reaches where a model
 multiplies by an exact zero (``0 * NaN`` is NaN: Swin's shifted-window mask carries a NaN top
 row to the bottom of the map), and a map whose every position sees the whole image has no

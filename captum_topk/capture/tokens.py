@@ -23,7 +23,7 @@ from typing import Any, List, Optional, Tuple
 
 from torch import Tensor, nn
 
-__all__ = ["token_layout", "model_token_facts", "split_tokens", "TokenLayoutError"]
+__all__ = ["token_layout", "model_token_facts", "split_tokens", "vision_config", "TokenLayoutError"]
 
 
 class TokenLayoutError(ValueError):
@@ -42,8 +42,10 @@ def _pair(v: Any) -> Optional[Tuple[int, int]]:
         return None
 
 
-def _config(model: nn.Module) -> Any:
-    config = getattr(model, "config", None)  # transformers (a vision tower's config, if nested)
+def vision_config(model: nn.Module) -> Any:
+    r"""A transformers model's ``config`` (its vision tower's ``vision_config`` when nested, as
+    in CLIP); None for a model without one."""
+    config = getattr(model, "config", None)
     return getattr(config, "vision_config", None) or config
 
 
@@ -73,7 +75,7 @@ def model_token_facts(model: Optional[nn.Module]) -> Tuple[Optional[int], Option
     """
     if model is None:
         return None, None
-    config = _config(model)
+    config = vision_config(model)
     stride = None
     embed = getattr(model, "patch_embed", None)
     proj = getattr(embed, "proj", None) if embed is not None else None

@@ -78,6 +78,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..concepts.base import Concepts
     from ..concepts.compare import match_concepts
+    from ..core.sources.concepts import concept_layer
     from ..dashboard.concepts import matching_rows
 
     a, b = Concepts.load(args.a), Concepts.load(args.b)
@@ -88,14 +89,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         model_a, info = _load_model(args)
         model_b = _load_model(args, args.checkpoint_b)[0] if args.checkpoint_b else model_a
         kw = dict(model_a=model_a, model_b=model_b, data=open_dataset(args.data, info.transform)[0],
-                  batch_size=args.batch_size, max_images=args.max_images)
+                  batch_size=args.batch_size, max_images=args.max_images, progress=True)
     m = match_concepts(a, b, by=args.by, threshold=args.threshold, **kw)
     rows = matching_rows(m)
     if args.json:
-        print(json.dumps({"a": f"{a.layer}:{a.name}", "b": f"{b.layer}:{b.name}", **m.to_json(), "rows": rows},
+        print(json.dumps({"a": concept_layer(a), "b": concept_layer(b), **m.to_json(), "rows": rows},
                          indent=2))
         return 0
-    print(f"{a.layer}:{a.name} ({a.n_concepts}) vs {b.layer}:{b.name} ({b.n_concepts}), by {m.by}, "
+    print(f"{concept_layer(a)} ({a.n_concepts}) vs {concept_layer(b)} ({b.n_concepts}), by {m.by}, "
           f"threshold {m.threshold:g}: {len(m.kept)} kept, {len(m.dropped)} dropped, {len(m.created)} created")
     for r in rows:
         if r["status"] == "kept":

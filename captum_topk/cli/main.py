@@ -12,14 +12,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..models.ecosystem import parse_model_spec
 from ..models.registry import DEFAULT_LAYERS, DEFAULT_MODEL
+from ..runs.folder import open_run
+from ..runs.layers import describe_layers
 from ..runs.lock import RunLockedError
 from ..runs.mine import mine_run
-
-from ..runs.layers import describe_layers
-
-from ..runs.folder import open_run
-
 from ..runs.render import render_filters, render_overlays, render_projections, render_run
 from .args import add_input_args, add_model_args
 
@@ -33,7 +31,7 @@ def _print_table(rows: List[Dict[str, Any]], columns: Sequence[str]) -> None:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    if str(args.model).lower().endswith(".onnx"):  # an ONNX file: its intermediate tensors
+    if parse_model_spec(str(args.model)).kind == "onnx":  # an ONNX file: its intermediate tensors
         from ..onnx.runtime import describe_onnx_layers
 
         rows = describe_onnx_layers(args.model, input_size=args.input_size,

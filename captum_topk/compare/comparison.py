@@ -63,7 +63,8 @@ from ..core.miner import LayerTopKPatches
 from ..core.sources.torch import TorchSource
 from ..core.result import TopKResult
 from ..core.accumulators.moments import ChannelMoments
-from .inputs import count_images, image_batches
+from ..core.loop import count_images
+from .inputs import image_batches
 from .matching import LayerPair, PairAccumulator, UnitMatching, _pairs, fold_pair, match_layers
 from .similarity import SimilarityMatrix, SimilarityMeasure, _num, similarity_matrices
 

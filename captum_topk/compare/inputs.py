@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..capture.batch import split_batch
 
-__all__ = ["ImageBatch", "image_batches", "count_images", "normalisation_map"]
+__all__ = ["ImageBatch", "image_batches", "normalisation_map"]
 
 
 class ImageBatch(NamedTuple):
@@ -41,14 +41,6 @@ def _raw_batches(data: Any, batch_size: int) -> Iterable[Any]:
 
         return make_loader(data, batch_size=batch_size)
     return data
-
-
-def count_images(data: Any, max_images: Optional[int] = None) -> Optional[int]:
-    r"""How many images a pass over ``data`` sees (None when ``data`` has no length)."""
-    total = len(data) if isinstance(data, Tensor) or hasattr(data, "__getitem__") else None
-    if total is not None and max_images is not None:
-        total = min(total, max_images)
-    return total
 
 
 def image_batches(data: Any, batch_size: int = 32, max_images: Optional[int] = None) -> Iterator[ImageBatch]:

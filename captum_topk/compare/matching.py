@@ -40,7 +40,8 @@ from ..utils.modules import eval_mode
 from ..capture.hooks import resolve_layers, run_capture
 from ..core.accumulators.base import Accumulator
 from ..core.accumulators.crosscorr import CrossCorrelation, POSITIONS
-from .inputs import count_images, image_batches
+from ..core.loop import count_images
+from .inputs import image_batches
 from .similarity import _num
 
 __all__ = ["UnitMatching", "match_units", "match_layers", "PairAccumulator", "KEEP_MATRIX_MAX"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -446,8 +447,15 @@ class Concepts:
             path (str or PathLike): the file.
         Returns:
             Concepts
+        Raises:
+            ValueError: the file is not one :meth:`save` wrote (another torch file, garbage bytes).
         """
-        return cls.from_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            raise ValueError(f"{os.fspath(path)} is not a concepts file (written by Concepts.save or "
+                             f"`captum-topk concepts learn`): torch.load failed ({type(exc).__name__}).") from exc
+        return cls.from_state_dict(state)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Concepts):

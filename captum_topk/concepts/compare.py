@@ -23,6 +23,8 @@ import torch
 from ..compare.inputs import image_batches
 from ..compare.matching import UnitMatching
 from ..core.accumulators.crosscorr import CrossCorrelation
+from ..core.loop import count_images
+from ..core.sources.concepts import concept_layer
 from ..utils.modules import eval_mode, root_module
 from .base import Concepts
 from .stream import make_source
@@ -62,18 +64,22 @@ class ConceptMatching:
 
 
 def _correlation(a: Concepts, b: Concepts, model_a: Any, model_b: Any, data: Any, batch_size: int,
-                 max_images: Optional[int], positions: str) -> tuple:
+                 max_images: Optional[int], positions: str, progress: bool = False) -> tuple:
+    from tqdm.auto import tqdm
+
     src_a, name_a = make_source(model_a, a.layer)
     src_b, name_b = make_source(model_b, b.layer)
     acc = CrossCorrelation(a.n_concepts, b.n_concepts, positions=positions)
     roots = [r for r in (root_module(model_a), root_module(model_b)) if r is not None]
     images = 0
-    for batch in image_batches(data, batch_size=batch_size, max_images=max_images):
-        with eval_mode(*roots), torch.no_grad():
-            ua = a.encode(src_a(batch.images)[name_a])
-            ub = b.encode(src_b(batch.images)[name_b])
-        acc.update(ua, ub)
-        images += batch.images.shape[0]
+    with tqdm(total=count_images(data, max_images), unit="img", desc="match concepts", disable=not progress) as bar:
+        for batch in image_batches(data, batch_size=batch_size, max_images=max_images):
+            with eval_mode(*roots), torch.no_grad():
+                ua = a.encode(src_a(batch.images)[name_a])
+                ub = b.encode(src_b(batch.images)[name_b])
+            acc.update(ua, ub)
+            images += batch.images.shape[0]
+            bar.update(batch.images.shape[0])
     if images == 0:
         raise ValueError("no images: the data gave no batch.")
     return acc.compute(), images
@@ -82,7 +88,7 @@ def _correlation(a: Concepts, b: Concepts, model_a: Any, model_b: Any, data: Any
 def match_concepts(a: Concepts, b: Concepts, *, by: str = "cosine", model_a: Any = None,
                    model_b: Any = None, data: Any = None, threshold: float = MATCH_THRESHOLD,
                    batch_size: int = 32, max_images: Optional[int] = None,
-                   positions: str = "resampled") -> ConceptMatching:
+                   positions: str = "resampled", progress: bool = False) -> ConceptMatching:
     r"""Match the concepts of ``a`` to those of ``b`` (Hungarian, maximum total similarity).
 
     Args:
@@ -96,6 +102,7 @@ def match_concepts(a: Concepts, b: Concepts, *, by: str = "cosine", model_a: Any
         batch_size (int), max_images (int, optional): the pass over ``data``.
         positions (str): ``"resampled"`` (default) or ``"pooled"``, as in
             :class:`~captum_topk.core.accumulators.crosscorr.CrossCorrelation`.
+        progress (bool): a tqdm bar over the images of ``by="correlation"``.
     Returns:
         ConceptMatching
     Example::
@@ -114,10 +121,10 @@ def match_concepts(a: Concepts, b: Concepts, *, by: str = "cosine", model_a: Any
         if model_a is None or data is None:
             raise ValueError("by='correlation' needs model_a (and model_b if another model) and data.")
         matrix, images = _correlation(a, b, model_a, model_b if model_b is not None else model_a, data,
-                                      batch_size, max_images, positions)
+                                      batch_size, max_images, positions, progress)
     else:
         raise ValueError(f"by must be 'cosine' or 'correlation', got {by!r}.")
-    units = UnitMatching.from_correlation(matrix, f"{a.layer}:{a.name}", f"{b.layer}:{b.name}",
+    units = UnitMatching.from_correlation(matrix, concept_layer(a), concept_layer(b),
                                           keep_matrix=True, images=images,
                                           positions=positions if by == "correlation" else "directions")
     sim = units.correlation

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..capture.hooks import resolve_layers
 from ..compare.inputs import image_batches
+from ..core.loop import count_images
 from ..core.sources.layouts import canonical
 from ..core.sources.torch import TorchSource
 from ..utils.modules import device_dtype, eval_mode, root_module
@@ -89,7 +90,7 @@ def importance(concepts: Any, model: Any, data: Any, target: Any, *, batch_size:
     root = root_module(model)
     out = []
     offset = 0
-    bar = tqdm(unit="img", desc="importance", disable=not progress)
+    bar = tqdm(total=count_images(data, max_images), unit="img", desc="importance", disable=not progress)
     try:
         for batch in image_batches(data, batch_size=batch_size, max_images=max_images):
             n = batch.images.shape[0]
@@ -100,7 +101,7 @@ def importance(concepts: Any, model: Any, data: Any, target: Any, *, batch_size:
                 t = list(target[offset:offset + n])
             offset += n
             with eval_mode(*([root] if root is not None else [])), torch.enable_grad():
-                    codes, dgrad = concept_gradients(model, concepts, batch.images, t, source)
+                codes, dgrad = concept_gradients(model, concepts, batch.images, t, source)
             contrib = codes * dgrad
             out.append((contrib.flatten(2).sum(2) if contrib.dim() == 4 else contrib).cpu())
             bar.update(n)

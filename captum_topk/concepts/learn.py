@@ -213,7 +213,6 @@ def learn_concepts(
         for b in layer_rows(model, layer, data, **stream_kw):
             rows = _sample_positions(b.rows, b.images, positions_per_image, gen)
             if sae is None:
-                torch.manual_seed(int(seed))
                 sae = TopKSAE(rows.shape[1], n_concepts, kk, seed=seed, lr=lr).to(rows.device)
             perm = torch.randperm(rows.shape[0], generator=gen).to(rows.device)
             for i in range(0, rows.shape[0], int(sae_batch_size)):

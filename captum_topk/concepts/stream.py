@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..compare.inputs import count_images, image_batches
+from ..compare.inputs import image_batches
+from ..core.loop import count_images
 from ..core.sources.torch import TorchSource
 from ..utils.modules import eval_mode, root_module
 

@@ -7,20 +7,39 @@ receptive field is the whole image, but its map shows which patches drive the ch
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..utils.modules import root_module
-
 from .records import ImageSource, record_image
 from .sources.base import ActivationSource
 from .sources.concepts import ConceptSource, find_concepts
 from .sources.layouts import base_layer
 from .sources.torch import TorchSource
 
-__all__ = ["activation_maps", "maps_source"]
+__all__ = ["activation_maps", "maps_source", "recorded_layout"]
+
+
+def recorded_layout(result: Any, layer: str) -> Dict[str, Any]:
+    r"""The :class:`~.sources.torch.TorchSource` options that read ``layer`` as it was mined: its
+    recorded layout and, for a token layer, its patch grid and prefix count (a grid or a prefix
+    given to the miner is not detected again).
+
+    Args:
+        result (TopKResult): a mined result.
+        layer (str): a mined layer (``"<layer>[prefix]"`` gives its base layer's options).
+    Returns:
+        dict: ``layout``, ``token_grid``, ``prefix_tokens``.
+    """
+    base = base_layer(layer)
+    meta = result.layer_info.get(base, {})
+    layout = meta.get("layout", "auto")
+    if layout != "NLC":
+        return {"layout": layout, "token_grid": None, "prefix_tokens": None}
+    grid = result.states[base].out_size if base in result.states else None
+    return {"layout": layout, "token_grid": tuple(grid) if grid else None, "prefix_tokens": meta.get("prefix_tokens")}
 
 
 def maps_source(result: Any, layer: str, model: Any, concepts: Optional[Sequence[Any]] = None,
@@ -45,13 +64,8 @@ def maps_source(result: Any, layer: str, model: Any, concepts: Optional[Sequence
     if layer_module is None and root_module(model) is None:
         raise ValueError(f"model is a plain function, whose layers have no names: pass layer_module= (the module "
                          f"mined as {base!r}), or the miner that mined it.")
-    meta = result.layer_info.get(base, {})
-    layout = meta.get("layout", "auto")
-    grid = None
-    if layout == "NLC":
-        grid = tuple(result.states[base].out_size) if result.states[base].out_size else None
-    return TorchSource(model, {base: layer_module} if layer_module is not None else [base], layout=layout, token_grid=grid,
-                       prefix_tokens=meta.get("prefix_tokens") if layout == "NLC" else None, progress=False)
+    return TorchSource(model, {base: layer_module} if layer_module is not None else [base], progress=False,
+                       **recorded_layout(result, base))
 
 
 @torch.no_grad()

@@ -19,18 +19,26 @@ __all__ = ["feed", "count_images"]
 Progress = Union[bool, Callable[[int, Optional[int]], None]]
 
 
-def count_images(data: Any) -> Optional[int]:
-    r"""How many images ``data`` will yield, when it can tell (``num_images``, a DataLoader's
-    dataset length, a tensor's first dimension), else None."""
+def count_images(data: Any, max_images: Optional[int] = None) -> Optional[int]:
+    r"""How many images a pass over ``data`` sees, when it can tell (a tensor's first dimension,
+    a dataset's length, ``num_images``, a DataLoader's dataset length), at most ``max_images``;
+    else None (a list or generator of batches)."""
+    from torch.utils.data import Dataset
+
     if isinstance(data, Tensor):
-        return int(data.shape[0])
-    total = getattr(data, "num_images", None)
-    if total is not None:
-        return int(total)
-    try:
-        return len(data.dataset)  # type: ignore[union-attr]
-    except (AttributeError, TypeError):
-        return None
+        total: Optional[int] = int(data.shape[0])
+    elif isinstance(data, Dataset) and hasattr(data, "__len__"):
+        total = len(data)
+    elif getattr(data, "num_images", None) is not None:
+        total = int(data.num_images)
+    else:
+        try:
+            total = len(data.dataset)  # type: ignore[union-attr]
+        except (AttributeError, TypeError):
+            total = None
+    if total is not None and max_images is not None:
+        total = min(total, int(max_images))
+    return total
 
 
 def feed(

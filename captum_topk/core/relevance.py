@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ..utils.modules import device_dtype
+from .sources.concepts import concept_layer
 from .sources.layouts import PREFIX_SUFFIX, canonical, check_shape
 from .sources.torch import TorchSource
 
@@ -222,7 +223,7 @@ class RelevanceRanking:
                 d = c.directions.to(grads[c.layer].device, grads[c.layer].dtype)
                 g = grads[c.layer]
                 along = torch.einsum("nchw,kc->nkhw", g, d) if g.dim() == 4 else g @ d.T
-                out[f"{c.layer}:{c.name}"] = c.encode(acts[c.layer]).to(along.dtype) * along
+                out[concept_layer(c)] = c.encode(acts[c.layer]).to(along.dtype) * along
             return out
         for name, raw in zip(source.names, raws):
             if tuple(raw.shape[1:]) != tuple(infos[name].raw_shape):

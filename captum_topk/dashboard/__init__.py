@@ -50,7 +50,7 @@ Example::
 """
 
 from .concepts import (CONCEPT_LIMITS, CONCEPT_METHODS, ConceptJobSpec, concept_heatmaps, concept_importance,
-                       concept_layer, concept_mining_spec, concept_visualizations, concepts_facts, concepts_path, directions_visualizable,
+                       concept_layer, concept_mining_spec, concept_visualizations, concepts_facts, concepts_path,
                        learn_job, list_concept_files, load_concepts_file, match_files, matching_rows)
 from .comparisons import compare_runs, compare_status, find_finetuned, like_run, matching_layers, shared_images
 from .embeddings import nearest_neighbours, pca_2d, run_embeddings, thumbnails
@@ -140,7 +140,6 @@ __all__ = [
     "concept_layer",
     "concept_mining_spec",
     "concept_visualizations",
-    "directions_visualizable",
     "concept_importance",
     "concept_heatmaps",
     "matching_rows",

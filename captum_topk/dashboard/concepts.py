@@ -14,7 +14,6 @@ mines a run's settings again with a concepts file.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 
 from ..concepts.base import Concepts
+from ..core.activation_maps import recorded_layout
+from ..core.sources.concepts import concept_layer as result_layer
 from ..runs.folder import Run
 from ..utils.naming import slug
 from .comparisons import like_run
@@ -42,7 +43,6 @@ __all__ = [
     "concept_layer",
     "concept_mining_spec",
     "concept_visualizations",
-    "directions_visualizable",
     "concept_importance",
     "concept_heatmaps",
     "matching_rows",
@@ -109,18 +109,6 @@ def concepts_path(spec: ConceptJobSpec, roots: Roots) -> Path:
     r"""Where ``spec``'s concepts are saved: ``<run>/concepts/<file_name>`` (the run resolved
     under the runs root)."""
     return resolve_under(roots.runs, spec.run, kind="dir") / CONCEPTS_DIR / spec.file_name()
-
-
-def _layout_kw(run: Run, layer: str) -> Dict[str, Any]:
-    info = run.result.layer_info.get(layer, {})
-    kw: Dict[str, Any] = {}
-    if info.get("layout") in ("NHWC", "NLC"):
-        kw["layout"] = info["layout"]
-    if info.get("token_grid"):
-        kw["token_grid"] = tuple(info["token_grid"])
-    if info.get("prefix_tokens") is not None and info.get("layout") == "NLC":
-        kw["prefix_tokens"] = int(info["prefix_tokens"])
-    return kw
 
 
 class _Batches:
@@ -195,7 +183,7 @@ def learn_job(spec: ConceptJobSpec, roots: Roots, progress: Optional[Callable[[s
     try:
         concepts = learn_concepts(model, spec.layer, data, method=spec.method, n_concepts=spec.n_concepts,
                                   seed=spec.seed, progress=False, batch_size=spec.batch_size,
-                                  negatives="clamp", **_layout_kw(run, spec.layer))
+                                  negatives="clamp", **recorded_layout(run.result, spec.layer))
     except JobStopped:
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +217,7 @@ def load_concepts_file(roots: Roots, path: str) -> Tuple[Concepts, Path]:
         file = resolve_under(roots.runs, text, kind="file")
     try:
         return Concepts.load(file), file
-    except (RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:  # another kind of file
+    except (ValueError, KeyError) as exc:  # another kind of file (Concepts.load says which)
         raise ValueError(f"{text} is not a concepts file (Concepts.save / `captum-topk concepts learn`): {exc}") from exc
 
 
@@ -239,13 +227,13 @@ def concepts_facts(concepts: Concepts) -> Dict[str, Any]:
     scalars = {k: v for k, v in concepts.encoder_state.items() if not isinstance(v, torch.Tensor)}
     return {"name": concepts.name, "layer": concepts.layer, "method": concepts.method,
             "n_concepts": concepts.n_concepts, "channels": concepts.channels,
-            "result_layer": f"{concepts.layer}:{concepts.name}", "labels": concepts.labels, "facts": scalars}
+            "result_layer": result_layer(concepts), "labels": concepts.labels, "facts": scalars}
 
 
 def concept_layer(run: Run, concepts: Concepts) -> Optional[str]:
     r"""The run's result layer of ``concepts`` (``"<layer>:<name>"``) when the run was mined with
     these very concepts (same directions and encoding), else None."""
-    name = f"{concepts.layer}:{concepts.name}"
+    name = result_layer(concepts)
     if name not in run.result.layers:
         return None
     try:
@@ -277,14 +265,6 @@ def concept_mining_spec(run: Run, concepts_file: Path, roots: Roots) -> JobSpec:
     backend = run.backend if run.backend in ("torch", "onnxruntime") else "auto"  # the engine that mined it
     return dataclasses.replace(base, layers=layers, max_images=max_images, backend=backend,
                                concepts=(_relative(str(concepts_file), roots.runs),))
-
-
-def directions_visualizable() -> bool:
-    r"""Whether feature visualization takes directions here (the ``direction`` objective of
-    :mod:`captum_topk.featvis.objectives`)."""
-    from ..featvis import objectives
-
-    return hasattr(objectives, "direction")
 
 
 def concept_visualizations(run: Run, concepts: Concepts, indices: Sequence[int], compute: bool = True,
@@ -321,9 +301,13 @@ def concept_visualizations(run: Run, concepts: Concepts, indices: Sequence[int],
     return {i: to_display(vis.of(j)[:1])[0] for j, i in enumerate(have)}
 
 
-def _images(run: Run, max_images: int) -> torch.Tensor:
-    n = min(len(run.dataset), int(max_images))
-    return torch.stack([run.dataset[i][0] for i in range(n)])
+def _images(run: Run, indices: Sequence[int]) -> torch.Tensor:
+    r"""``(n, C, H, W)``: the run's images at ``indices``, as the model sees them."""
+    return torch.stack([run.dataset[int(i)][0] for i in indices])
+
+
+def _first_images(run: Run, max_images: int) -> torch.Tensor:
+    return _images(run, range(min(len(run.dataset), int(max_images))))
 
 
 def concept_importance(run: Run, concepts: Concepts, target: int, max_images: int = 64,
@@ -337,9 +321,9 @@ def concept_importance(run: Run, concepts: Concepts, target: int, max_images: in
     model = run.model
     if model is None:
         raise ValueError("Concept importance needs the PyTorch model; this run is of an ONNX file.")
-    images = _images(run, max_images)
+    images = _first_images(run, max_images)
     scores = concepts.importance(model, images, int(target), batch_size=batch_size,
-                                 **_layout_kw(run, concepts.layer))
+                                 **recorded_layout(run.result, concepts.layer))
     return scores.double().numpy()
 
 
@@ -361,8 +345,8 @@ def concept_heatmaps(run: Run, concepts: Concepts, index: int, image_indices: Se
         raise ValueError("Concept heatmaps need the PyTorch model; this run is of an ONNX file.")
     if not image_indices:
         return np.zeros((0, 1, 1, 3), np.uint8)
-    images = torch.stack([run.dataset[int(i)][0] for i in image_indices])
-    maps = concepts.heatmaps(model, images, batch_size=batch_size, **_layout_kw(run, concepts.layer))[:, int(index)]
+    images = _images(run, image_indices)
+    maps = concepts.heatmaps(model, images, batch_size=batch_size, **recorded_layout(run.result, concepts.layer))[:, int(index)]
     top = max(float(maps.max()), 1e-12)
     return np.stack([overlay(img, m, mean=run.info.mean, std=run.info.std, scale=top)
                      for img, m in zip(images, maps)])
@@ -402,5 +386,5 @@ def match_files(a: Concepts, b: Concepts, by: str = "cosine", run_a: Optional[Ru
     if by == "correlation":
         if run_a is None or run_a.model is None or (run_b is not None and run_b.model is None):
             raise ValueError("Matching by correlation needs the runs' PyTorch models (pick two runs).")
-        kw.update(model_a=run_a.model, model_b=(run_b or run_a).model, data=_images(run_a, max_images))
+        kw.update(model_a=run_a.model, model_b=(run_b or run_a).model, data=_first_images(run_a, max_images))
     return match_concepts(a, b, by=by, **kw)

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..models.ecosystem import parse_model_spec
 from ..models.registry import DEFAULT_LAYERS, DEFAULT_MODEL
+from ..runs.spec import model_label
 from ..utils.naming import slug
 
 __all__ = [
@@ -146,15 +147,10 @@ class JobSpec:
 
     def run_name(self) -> str:
         r"""The run folder's name: ``<model>-<data>-<hash>``."""
-        what = Path(self.onnx).stem + "-onnx" if self.onnx else (_label(self.model) if self.model else "checkpoint")
+        what = Path(self.onnx).stem + "-onnx" if self.onnx else (model_label(self.model) if self.model else "checkpoint")
         if self.checkpoint and not self.onnx:
             what += "+" + Path(self.checkpoint).stem
         return f"{slug(what, keep='_.-', max_len=48, sep='-')}-{slug(self.data or 'demo', keep='_.-', max_len=48, sep='-')}-{self.key()}"
-
-
-def _label(model: str) -> str:
-    kind, target = parse_model_spec(model)
-    return {"timm": f"timm-{target}", "hf": f"hf-{Path(target).name}"}.get(kind, target.replace(":", "-"))
 
 
 DEFAULT_SPEC = JobSpec()

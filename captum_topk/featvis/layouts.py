@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from ..capture.hooks import LayerSpec, resolve_layers
+from ..capture.tokens import vision_config
 from ..core.sources.layouts import PREFIX_SUFFIX, base_layer, canonical
-from ..core.sources.torch import TorchSource
-from ..utils.modules import device_dtype
+from ..core.sources.torch import layer_infos
 
 __all__ = ["layer_layout", "fixed_input_size", "declared_input_size", "size_multiple", "model_input_size"]
 
@@ -29,11 +29,6 @@ def _side(size: Any) -> Optional[Tuple[int, int]]:
         h, w = size[-2:]
         return (int(h), int(w)) if h > 0 and w > 0 else None
     return None
-
-
-def _hf_config(model: nn.Module) -> Any:
-    config = getattr(model, "config", None)
-    return getattr(config, "vision_config", None) or config
 
 
 def fixed_input_size(model: nn.Module) -> Optional[Tuple[int, int]]:
@@ -52,7 +47,7 @@ def fixed_input_size(model: nn.Module) -> Optional[Tuple[int, int]]:
     if (embed is not None and getattr(embed, "strict_img_size", False)
             and not getattr(model, "dynamic_img_size", False) and not getattr(embed, "dynamic_img_pad", False)):
         return _side(getattr(embed, "img_size", None))
-    config = _hf_config(model)
+    config = vision_config(model)
     if config is not None and not isinstance(config, dict):
         return _side(getattr(config, "image_size", None))
     return None
@@ -132,12 +127,8 @@ def layer_layout(
     """
     name = layer if isinstance(layer, str) else resolve_layers(model, layer)[0][0]
     base = base_layer(name)
-    source = TorchSource(model, [base], layout=layout, token_grid=token_grid, prefix_tokens=prefix_tokens,
-                         progress=False)
-    device = device_dtype(model)[0] or torch.device("cpu")
-    h, w = (size, size) if isinstance(size, int) else size
     with torch.no_grad():
-        infos = source.layer_infos(torch.zeros(1, 3, h, w, device=device))
+        infos = layer_infos(model, [base], size, layout=layout, token_grid=token_grid, prefix_tokens=prefix_tokens)
     info, head = infos[base], infos.get(base + PREFIX_SUFFIX)
     if name not in infos:
         raise ValueError(f"Layer {base!r} has no prefix tokens: {name!r} does not exist.")
@@ -146,4 +137,4 @@ def layer_layout(
         return canonical(raw, info, head)[name]
 
     key = f"{info.layout}:{info.prefix_tokens}:{info.grid[0]}x{info.grid[1]}"
-    return source.modules[0], to_mined, key
+    return resolve_layers(model, base)[0][1], to_mined, key

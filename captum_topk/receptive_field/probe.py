@@ -85,6 +85,7 @@ from tqdm.auto import tqdm
 from ..capture.layouts import ChannelsLastError, looks_channels_last
 from ..utils.modules import device_dtype, eval_mode, first_conv
 from ..capture.hooks import LayerSpec, resolve_layers, run_capture
+from ..capture.tokens import split_tokens
 from .field import METHODS, ReceptiveField, SizeSpec, _parse_size
 from .cache import _CACHE, _CACHE_LOCK, _CACHE_MAXSIZE, _disk_get, _disk_put, _structural_signature
 from .intervals import LayoutUnsupported, TraceError, Unsupported
@@ -1127,15 +1128,17 @@ def token_fields(
 
         def forward_of(net: Any, entries: Sequence[Tuple[str, nn.Module, int, Tuple[int, int]]],
                        mods: Sequence[nn.Module]) -> Callable[[Tensor], List[Tensor]]:
+            r"""A forward of ``net`` giving each entry's patch tokens as an ``(N, C, h, w)`` map."""
+            names = [n for n, _, _, _ in entries]
+
             def forward(batch: Tensor) -> List[Tensor]:
                 outs = run_capture(net, mods, batch, attribute_to_layer_input=attribute_to_layer_input,
-                                   stop_early=True, names=[n for n, _, _, _ in entries])
-                return [o[:, p:, :].transpose(1, 2).reshape(o.shape[0], o.shape[2], g[0], g[1])
-                        for o, (_, _, p, g) in zip(outs, entries)]
+                                   stop_early=True, names=names)
+                return [split_tokens(o, p, g)[0] for o, (_, _, p, g) in zip(outs, entries)]
+
             return forward
 
         forward = forward_of(model, todo, modules)
-
         H, W = size
         corners = [(0, 0), (H - 1, W - 1)]
         with eval_mode(scope, catch_calls=True), torch.no_grad():

@@ -28,6 +28,7 @@ from .._version import __version__
 from ..core.loop import feed
 from ..core.miner import LayerTopKPatches
 from ..core.accumulators.stats import default_edges
+from ..models.ecosystem import parse_model_spec
 from ..models.registry import DEFAULT_MODEL
 from ..utils.files import PathLike, atomic_write_text
 from ..data.descriptor import open_dataset
@@ -151,7 +152,7 @@ def _spec_from(spec: Optional[RunSpec], settings: Dict[str, Any]) -> RunSpec:
     s = dict(settings)
     stats = s.pop("stats", True)
     s.setdefault("stats_bins", 64 if stats else 0)
-    if s.get("model") and str(s["model"]).lower().endswith(".onnx") and not s.get("onnx"):
+    if s.get("model") and parse_model_spec(str(s["model"])).kind == "onnx" and not s.get("onnx"):
         s["onnx"], s["model"] = s["model"], ""  # an ONNX file given as the model
     elif s.get("model"):
         s["model"] = absolute_model(str(s["model"]))

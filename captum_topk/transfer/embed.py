@@ -1,7 +1,7 @@
 r"""Embeddings: one global-average-pooled vector per image for a whole dataset, streamed.
 
 The output of ``layer`` is captured with the shared hook machinery
-(:func:`captum_topk._layers.run_capture`: hooks removed in ``finally``, forward stopped
+(:func:`captum_topk.capture.hooks.run_capture`: hooks removed in ``finally``, forward stopped
 right after the layer), averaged over its spatial positions and stored. On disk an
 embedding file is a pair written atomically:
 

@@ -20,7 +20,7 @@ to each channel; a 2-D ``(N, C)`` layer adds ``N``.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
