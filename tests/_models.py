@@ -52,3 +52,19 @@ def save_hf_vit(folder, num_labels: int = 5) -> str:
     r"""``save_pretrained`` of :func:`tiny_hf_vit` into ``folder``; returns the folder as a str."""
     tiny_hf_vit(num_labels).save_pretrained(str(folder))
     return str(folder)
+
+
+def small_classifier() -> nn.Module:
+    r"""Two conv blocks and a 5-class head, seeded, in eval mode: the tiny model of the concept
+    mining and relevance twins (layers ``"0"`` / ``"1"`` at 16 px, ``"3"`` / ``"4"`` at 4 px)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    ).eval()
+
+
+def seeded_images(n: int, size: int = 16, seed: int = 1) -> torch.Tensor:
+    r"""``(n, 3, size, size)`` normal images from their own generator."""
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))

@@ -8,22 +8,17 @@ from torch import nn
 
 from captum_topk import Concepts, LayerTopKPatches, TopKResult
 
-from ._models import convnext_like
+from ._models import convnext_like, seeded_images, small_classifier
 from ._reference import full_activations, reference_topk
 from ._tolerance import assert_same_records
 
 
 def _net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
-    ).eval()
+    return small_classifier()
 
 
 def _images(n=13, size=16, seed=1):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return seeded_images(n, size, seed)
 
 
 class _ReluProjection:

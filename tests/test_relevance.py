@@ -9,21 +9,16 @@ from torch import nn
 
 from captum_topk import LayerTopKPatches, TopKResult
 
-from ._models import convnext_like
+from ._models import convnext_like, seeded_images, small_classifier
 from ._reference import reference_topk
 
 
 def _net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
-    ).eval()
+    return small_classifier()
 
 
 def _images(n=11, size=16, seed=1):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return seeded_images(n, size, seed)
 
 
 def _per_image(method_cls, model, layer, images, targets):
